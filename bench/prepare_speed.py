@@ -1,0 +1,94 @@
+"""Per-image decode + resize time of prepare.py against the plain path, on full-size 4000x2672 JPEGs.
+
+    python bench/prepare_speed.py [--num 6] [--repeat 3] [--size 384]
+
+Both paths run interleaved in this one process on the same files (already in the page cache), one
+image at a time. Plain path: open, full decode, EXIF transpose, RGB, resize the shorter side to
+``--size`` with prepare.py's filter. prepare.py's path is its ``load_resized`` (JPEG draft decode at
+reduced scale, then the same filter). Saving the small JPEG costs the same on both sides and is not
+timed. Acceptance (issue 2): ratio >= 5 and PSNR >= 32 dB; the exit status is 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from termcolor import colored
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from process.prepare import RESAMPLE, load_resized, target_size  # noqa: E402
+from process.synthesize import synthesize  # noqa: E402
+
+FULL_SIZE = (4000, 2672)
+MIN_RATIO, MIN_PSNR = 5.0, 32.0
+
+
+def plain_path(path: Path, shorter: int) -> Image.Image:
+    """What a straightforward script does: decode everything, then resize."""
+    with Image.open(path) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    return upright.resize(target_size(upright.size, shorter), RESAMPLE)
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB between two 8-bit images of one size."""
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def timed(function, *args) -> tuple[float, Image.Image]:
+    start = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def measure(files: list[Path], shorter: int, repeat: int) -> tuple[list[float], list[float], list[float]]:
+    """Interleaved per-image seconds of both paths, and the PSNR of each file's two outputs."""
+    plain_times, fast_times, quality = [], [], []
+    for round_ in range(repeat):
+        for path in files:
+            plain_seconds, plain = timed(plain_path, path, shorter)
+            fast_seconds, fast = timed(load_resized, path, shorter)
+            plain_times.append(plain_seconds)
+            fast_times.append(fast_seconds)
+            if round_ == 0:
+                assert plain.size == fast.size, (path, plain.size, fast.size)
+                quality.append(psnr(plain, fast))
+    return plain_times, fast_times, quality
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num", type=int, default=6, help="full-size JPEGs to generate")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the files")
+    parser.add_argument("--size", type=int, default=384, help="target shorter side")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        synthesize(tmp, args.num, seed=0, size=FULL_SIZE)
+        files = sorted(Path(tmp, "train_images").glob("*.jpg"))
+        for path in files:  # warm the page cache so that neither side pays the disk
+            path.read_bytes()
+        plain_times, fast_times, quality = measure(files, args.size, args.repeat)
+    plain_ms, fast_ms = 1000 * np.mean(plain_times), 1000 * np.mean(fast_times)
+    ratio = plain_ms / fast_ms
+    print(f"{len(files)} JPEGs of {FULL_SIZE[0]}x{FULL_SIZE[1]} -> shorter side {args.size}, "
+          f"{args.repeat} interleaved passes, 1 process")
+    print(f"  plain decode + resize : {plain_ms:7.1f} ms/image")
+    print(f"  prepare.py            : {fast_ms:7.1f} ms/image")
+    print(f"  speed-up              : {ratio:7.2f}x   (need >= {MIN_RATIO:g})")
+    print(f"  PSNR vs plain         : mean {np.mean(quality):.2f} dB, min {np.min(quality):.2f} dB"
+          f"   (need >= {MIN_PSNR:g})")
+    passed = ratio >= MIN_RATIO and min(quality) >= MIN_PSNR
+    print(colored("PASS" if passed else "FAIL", "green" if passed else "red", attrs=["bold"]))
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Configuration: yacs defaults, merged with a yaml file (``BASE:`` includes), then ``--opts``.
+
+Key names follow Microsoft's Swin-Transformer repo so that its yaml files and commands keep
+working; the keys marked "ours" are the multi-label additions.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from data.labels import CLASSES, NUM_CLASSES
+
+_C = CN()
+
+# Base config files merged before this one (paths relative to the yaml that names them)
+_C.BASE = [""]
+
+# -----------------------------------------------------------------------------
+# Data settings
+# -----------------------------------------------------------------------------
+_C.DATA = CN()
+# Batch size for a single GPU (or the CPU), could be overwritten by command line argument
+_C.DATA.BATCH_SIZE = 32
+# Path to the prepared one-hot tree (DST of process/prepare.py: {train,val,test}/<code>/)
+_C.DATA.DATA_PATH = "dataset"
+# Dataset name, kept for upstream compatibility (only the one-hot folder tree is supported)
+_C.DATA.DATASET = "plant_pathology_2021"
+# Input image size (square)
+_C.DATA.IMG_SIZE = 224
+# Interpolation used to resize images (bicubic, bilinear, nearest)
+_C.DATA.INTERPOLATION = "bicubic"
+# Pin CPU memory in the DataLoader for faster transfer to the GPU
+_C.DATA.PIN_MEMORY = True
+# Number of data loading processes per training process
+_C.DATA.NUM_WORKERS = 8
+# Ours: per-class integer oversampling factors of the TRAINING split, e.g. {complex: 5}
+# (or --opts DATA.OVERSAMPLE.complex 5). An image is repeated as often as the largest factor
+# among its labels; validation and test are never touched.
+_C.DATA.OVERSAMPLE = CN({name: 1 for name in CLASSES})
+
+# -----------------------------------------------------------------------------
+# Model settings
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+# Backbone: any timm model name (timm.create_model(MODEL.TYPE, num_classes=0))
+_C.MODEL.TYPE = "swin_tiny_patch4_window7_224"
+# Run name: the run directory is OUTPUT/MODEL.NAME/TAG
+_C.MODEL.NAME = "swin_tiny_patch4_window7_224"
+# Pretrained weights file (official Microsoft .pth or timm .pth/.bin/.safetensors); '' = none
+_C.MODEL.PRETRAINED = ""
+# Checkpoint to resume from; '' = OUTPUT/NAME/TAG/ckpt_latest.pth when it exists
+_C.MODEL.RESUME = ""
+# Number of output labels: six Plant Pathology 2021 classes, never 1000
+_C.MODEL.NUM_CLASSES = NUM_CLASSES
+# Dropout rate before the head
+_C.MODEL.DROP_RATE = 0.0
+# Stochastic depth rate
+_C.MODEL.DROP_PATH_RATE = 0.1
+# Label smoothing of the multi-hot BCE targets (0 disables)
+_C.MODEL.LABEL_SMOOTHING = 0.0
+# Ours: classification head: 'linear' (6 sigmoid logits) or 'arcface' (multi-label ArcFace)
+_C.MODEL.HEAD = "linear"
+
+# Swin backbone overrides; 0 or [] keeps the value of the timm model named by MODEL.TYPE
+_C.MODEL.SWIN = CN()
+_C.MODEL.SWIN.PATCH_SIZE = 0
+_C.MODEL.SWIN.EMBED_DIM = 0
+_C.MODEL.SWIN.DEPTHS = []
+_C.MODEL.SWIN.NUM_HEADS = []
+_C.MODEL.SWIN.WINDOW_SIZE = 0
+_C.MODEL.SWIN.MLP_RATIO = 0.0
+
+# Ours: polarized self-attention (sequential) on the backbone's last feature map
+_C.MODEL.PSA = CN()
+_C.MODEL.PSA.ENABLE = False
+
+# Ours: multi-label ArcFace head
+_C.MODEL.ARCFACE = CN()
+# Logit scale s: logits are s * cos(theta)
+_C.MODEL.ARCFACE.SCALE = 30.0
+# Additive angular margin m (radians) applied at positive labels during training only
+_C.MODEL.ARCFACE.MARGIN = 0.5
+# Use the easy margin (apply the margin only where cos(theta) > 0)
+_C.MODEL.ARCFACE.EASY_MARGIN = False
+# Width of the embedding compared with the class centres
+_C.MODEL.ARCFACE.FEATURE_DIM = 512
+
+# Ours: exponential moving average of the weights
+_C.MODEL.EMA = CN()
+_C.MODEL.EMA.ENABLE = False
+_C.MODEL.EMA.DECAY = 0.999
+# Validate (and keep the best) with the EMA weights instead of the raw ones
+_C.MODEL.EMA.EVAL = True
+
+# -----------------------------------------------------------------------------
+# Loss (ours)
+# -----------------------------------------------------------------------------
+_C.LOSS = CN()
+# 'bce' (BCE with logits) or 'focal' (multi-label sigmoid focal loss)
+_C.LOSS.NAME = "bce"
+# Focal loss alpha (weight of positives; < 0 disables the weighting)
+_C.LOSS.FOCAL_ALPHA = 0.25
+# Focal loss gamma (focusing parameter)
+_C.LOSS.FOCAL_GAMMA = 2.0
+
+# -----------------------------------------------------------------------------
+# Training settings
+# -----------------------------------------------------------------------------
+_C.TRAIN = CN()
+_C.TRAIN.START_EPOCH = 0
+_C.TRAIN.EPOCHS = 30
+_C.TRAIN.WARMUP_EPOCHS = 2
+_C.TRAIN.WEIGHT_DECAY = 0.05
+_C.TRAIN.BASE_LR = 5e-4
+_C.TRAIN.WARMUP_LR = 5e-7
+_C.TRAIN.MIN_LR = 5e-6
+# Clip gradient norm (0 disables clipping)
+_C.TRAIN.CLIP_GRAD = 5.0
+# Resume from OUTPUT/NAME/TAG/ckpt_latest.pth automatically
+_C.TRAIN.AUTO_RESUME = True
+# Gradient accumulation steps
+_C.TRAIN.ACCUMULATION_STEPS = 1
+# Gradient checkpointing to save memory
+_C.TRAIN.USE_CHECKPOINT = False
+# Ours: stop after this many epochs without a better validation metric (0 disables)
+_C.TRAIN.PATIENCE = 0
+# Ours: validation metric that selects ckpt_best.pth (a key of the metrics summary)
+_C.TRAIN.BEST_METRIC = "macro_f1"
+
+# LR scheduler (timm)
+_C.TRAIN.LR_SCHEDULER = CN()
+_C.TRAIN.LR_SCHEDULER.NAME = "cosine"
+# Epoch interval to decay LR, used in StepLRScheduler
+_C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30
+# LR decay rate, used in StepLRScheduler
+_C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1
+
+# Optimizer
+_C.TRAIN.OPTIMIZER = CN()
+_C.TRAIN.OPTIMIZER.NAME = "adamw"
+_C.TRAIN.OPTIMIZER.EPS = 1e-8
+_C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
+# SGD momentum
+_C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
+
+# -----------------------------------------------------------------------------
+# Augmentation settings
+# -----------------------------------------------------------------------------
+_C.AUG = CN()
+# Color jitter factor (0 disables)
+_C.AUG.COLOR_JITTER = 0.4
+# Use AutoAugment policy ('' or 'none' disables), e.g. 'rand-m9-mstd0.5-inc1'
+_C.AUG.AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# Random erase prob
+_C.AUG.REPROB = 0.25
+# Random erase mode
+_C.AUG.REMODE = "pixel"
+# Random erase count
+_C.AUG.RECOUNT = 1
+# Ours: random vertical flip probability (leaves have no "up")
+_C.AUG.VFLIP = 0.5
+# Mixup alpha, mixup enabled if > 0 (targets are mixed as multi-hot vectors)
+_C.AUG.MIXUP = 0.0
+# Cutmix alpha, cutmix enabled if > 0
+_C.AUG.CUTMIX = 0.0
+# Cutmix min/max ratio, overrides alpha and enables cutmix if set
+_C.AUG.CUTMIX_MINMAX = None
+# Probability of performing mixup or cutmix when either/both is enabled
+_C.AUG.MIXUP_PROB = 1.0
+# Probability of switching to cutmix when both mixup and cutmix enabled
+_C.AUG.MIXUP_SWITCH_PROB = 0.5
+# How to apply mixup/cutmix params. Per "batch", "pair", or "elem"
+_C.AUG.MIXUP_MODE = "batch"
+
+# -----------------------------------------------------------------------------
+# Testing settings
+# -----------------------------------------------------------------------------
+_C.TEST = CN()
+# Whether to use center crop when testing (resize to IMG_SIZE/0.875 first)
+_C.TEST.CROP = False
+# Whether to use SequentialSampler as validation sampler
+_C.TEST.SEQUENTIAL = True
+_C.TEST.SHUFFLE = False
+# Ours: decision threshold used where no tuned thresholds exist
+_C.TEST.THRESHOLD = 0.5
+
+# -----------------------------------------------------------------------------
+# Misc
+# -----------------------------------------------------------------------------
+# Mixed precision with torch.amp (CUDA only; ignored on CPU)
+_C.AMP_ENABLE = True
+# Ours: autocast dtype on CUDA: 'bfloat16' (no scaler) or 'float16' (with GradScaler)
+_C.AMP_DTYPE = "bfloat16"
+# Kept for upstream commands: 'O0' disables AMP, anything else enables it
+_C.AMP_OPT_LEVEL = ""
+# Path to output folder, overwritten by command line argument
+_C.OUTPUT = "output"
+# Tag of experiment, overwritten by command line argument
+_C.TAG = "default"
+# Frequency (epochs) to save ckpt_epoch_N.pth (0 disables)
+_C.SAVE_FREQ = 0
+# Frequency (steps) to log info
+_C.PRINT_FREQ = 10
+# Fixed random seed
+_C.SEED = 0
+# Perform evaluation only, overwritten by command line argument
+_C.EVAL_MODE = False
+# Test throughput only, overwritten by command line argument
+_C.THROUGHPUT_MODE = False
+# Ours: 'auto' (CUDA when available), 'cpu' or 'cuda'
+_C.DEVICE = "auto"
+# Local rank for DistributedDataParallel, set from the environment by torchrun
+_C.LOCAL_RANK = 0
+# Ours: class names, in the order of the model outputs (read-only: data/labels.py)
+_C.CLASSES = list(CLASSES)
+
+
+def _update_config_from_file(config: CN, cfg_file: str) -> None:
+    """Merge ``cfg_file`` into ``config``, its ``BASE:`` files first."""
+    with open(cfg_file, "r") as f:
+        yaml_cfg = yaml.safe_load(f) or {}
+    for base in yaml_cfg.setdefault("BASE", [""]):
+        if base:
+            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
+    config.defrost()
+    print(f"=> merge config from {cfg_file}")
+    config.merge_from_file(cfg_file)
+    config.freeze()
+
+
+# (argparse attribute, config key) pairs copied when the attribute is set
+_ARG_KEYS = (
+    ("batch_size", "DATA.BATCH_SIZE"),
+    ("data_path", "DATA.DATA_PATH"),
+    ("pretrained", "MODEL.PRETRAINED"),
+    ("resume", "MODEL.RESUME"),
+    ("accumulation_steps", "TRAIN.ACCUMULATION_STEPS"),
+    ("output", "OUTPUT"),
+    ("tag", "TAG"),
+    ("device", "DEVICE"),
+    ("amp_opt_level", "AMP_OPT_LEVEL"),
+)
+
+
+def update_config(config: CN, args: Any) -> None:
+    """Apply ``--cfg``, ``--opts`` and the dedicated command-line flags, in that order."""
+    if getattr(args, "cfg", None):
+        _update_config_from_file(config, args.cfg)
+    config.defrost()
+    if getattr(args, "opts", None):
+        config.merge_from_list(args.opts)
+    for attr, key in _ARG_KEYS:
+        value = getattr(args, attr, None)
+        if value not in (None, ""):
+            node, leaf = config, key.split(".")
+            for part in leaf[:-1]:
+                node = node[part]
+            node[leaf[-1]] = value
+    if getattr(args, "use_checkpoint", False):
+        config.TRAIN.USE_CHECKPOINT = True
+    if getattr(args, "eval", False):
+        config.EVAL_MODE = True
+    if getattr(args, "throughput", False):
+        config.THROUGHPUT_MODE = True
+    if config.AMP_OPT_LEVEL == "O0":
+        config.AMP_ENABLE = False
+    config.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", 0) or 0))
+    _check_config(config)
+    config.freeze()
+
+
+def _check_config(config: CN) -> None:
+    """Reject settings that would silently train the wrong thing."""
+    if config.MODEL.NUM_CLASSES != NUM_CLASSES or list(config.CLASSES) != list(CLASSES):
+        raise ValueError(
+            f"MODEL.NUM_CLASSES/CLASSES must be the {NUM_CLASSES} classes {list(CLASSES)}; "
+            f"got {config.MODEL.NUM_CLASSES} / {list(config.CLASSES)}"
+        )
+    if config.MODEL.HEAD not in ("linear", "arcface"):
+        raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
+    if config.LOSS.NAME not in ("bce", "focal"):
+        raise ValueError(f"LOSS.NAME must be 'bce' or 'focal', got {config.LOSS.NAME!r}")
+    low = [k for k, v in config.DATA.OVERSAMPLE.items() if v < 1]
+    if low:
+        raise ValueError(f"DATA.OVERSAMPLE.{low[0]} must be an integer >= 1")
+
+
+def get_default_config() -> CN:
+    """A copy of the defaults (unfrozen)."""
+    return _C.clone()
+
+
+def get_config(args: Any) -> CN:
+    """Defaults, then ``args.cfg`` (with ``BASE:`` includes), then ``args.opts`` and flags; frozen."""
+    config = _C.clone()
+    update_config(config, args)
+    return config
+
+
+def config_from_string(text: str) -> CN:
+    """Rebuild a frozen config from the yaml dump stored in a checkpoint (unknown keys are errors)."""
+    config = _C.clone()
+    config.merge_from_other_cfg(CN.load_cfg(text))
+    _check_config(config)
+    config.freeze()
+    return config
