@@ -1,0 +1,133 @@
+"""Multi-label metrics shared by training (every epoch), test.py and the benchmarks.
+
+Everything is computed by scikit-learn on (N, C) arrays of 0/1 truths and sigmoid probabilities;
+this module only decides which numbers are reported and how thresholds are chosen.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from data.labels import CLASSES
+
+THRESHOLD_GRID = np.round(np.linspace(0.01, 0.99, 99), 2)
+SUMMARY_ROWS = ("macro", "micro", "samples")
+
+
+def _as_thresholds(thresholds: float | Sequence[float] | np.ndarray | None, num_classes: int) -> np.ndarray:
+    if thresholds is None:
+        thresholds = 0.5
+    return np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (num_classes,)).copy()
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
+    """Per-class thresholds maximising that class's F1 on (validation) data.
+
+    Where several grid points tie, the middle one is taken, which is the least sensitive to the
+    exact scores; a class with no positives keeps 0.5.
+    """
+    y_true = np.asarray(y_true) > 0.5
+    probs = np.asarray(probs)
+    grid = np.asarray(grid, dtype=np.float64)
+    best = np.full(y_true.shape[1], 0.5)
+    for c in range(y_true.shape[1]):
+        if not y_true[:, c].any():
+            continue
+        pred = probs[None, :, c] >= grid[:, None]  # (G, N)
+        tp = (pred & y_true[None, :, c]).sum(1)
+        fp = (pred & ~y_true[None, :, c]).sum(1)
+        fn = (~pred & y_true[None, :, c]).sum(1)
+        f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+        ties = np.flatnonzero(f1 == f1.max())
+        best[c] = grid[ties[len(ties) // 2]]
+    return best
+
+
+def _safe_score(score_fn, y: np.ndarray, p: np.ndarray) -> float:
+    """AP / AUC of one class, or nan where the class has only one kind of truth."""
+    if y.min() == y.max():
+        return float("nan")
+    return float(score_fn(y, p))
+
+
+def multilabel_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    thresholds: float | Sequence[float] | np.ndarray | None = None,
+    classes: Sequence[str] = CLASSES,
+) -> pd.DataFrame:
+    """The report table: one row per class, then macro, micro, samples and exact_match.
+
+    Columns: threshold, precision, recall, f1, ap, auc, accuracy, support.
+    """
+    y_true = (np.asarray(y_true) > 0.5).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    thr = _as_thresholds(thresholds, y_true.shape[1])
+    pred = (probs >= thr).astype(int)
+    p, r, f, s = precision_recall_fscore_support(y_true, pred, average=None, zero_division=0)
+    ap = [_safe_score(average_precision_score, y_true[:, c], probs[:, c]) for c in range(len(classes))]
+    auc = [_safe_score(roc_auc_score, y_true[:, c], probs[:, c]) for c in range(len(classes))]
+    acc = (pred == y_true).mean(0)
+    rows = {
+        name: dict(threshold=thr[c], precision=p[c], recall=r[c], f1=f[c], ap=ap[c], auc=auc[c],
+                   accuracy=acc[c], support=int(s[c]))
+        for c, name in enumerate(classes)
+    }
+    for average in SUMMARY_ROWS:
+        ap_avg = _average_score(average_precision_score, y_true, probs, average)
+        auc_avg = _average_score(roc_auc_score, y_true, probs, average)
+        pa, ra, fa, _ = precision_recall_fscore_support(y_true, pred, average=average, zero_division=0)
+        rows[average] = dict(threshold=np.nan, precision=pa, recall=ra, f1=fa, ap=ap_avg, auc=auc_avg,
+                             accuracy=float(acc.mean()) if average == "macro" else np.nan,
+                             support=int(y_true.sum()))
+    rows["exact_match"] = dict(threshold=np.nan, precision=np.nan, recall=np.nan, f1=np.nan, ap=np.nan,
+                               auc=np.nan, accuracy=accuracy_score(y_true, pred), support=len(y_true))
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _average_score(score_fn, y_true: np.ndarray, probs: np.ndarray, average: str) -> float:
+    """Averaged AP/AUC over the classes (or samples) where it is defined."""
+    if average == "macro":
+        keep = y_true.min(0) != y_true.max(0)
+        if not keep.any():
+            return float("nan")
+        return float(score_fn(y_true[:, keep], probs[:, keep], average="macro"))
+    if average == "samples":
+        keep = y_true.min(1) != y_true.max(1)
+        if not keep.any():
+            return float("nan")
+        return float(score_fn(y_true[keep], probs[keep], average="samples"))
+    if y_true.min() == y_true.max():
+        return float("nan")
+    return float(score_fn(y_true, probs, average=average))
+
+
+def summarize(
+    y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None
+) -> dict[str, float]:
+    """Flat per-epoch numbers: F1 at 0.5 and at tuned thresholds, mAP, per-class AP and AUC.
+
+    ``thresholds=None`` tunes them on these very arrays (what training does on validation).
+    """
+    y_true = (np.asarray(y_true) > 0.5).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    tuned = tune_thresholds(y_true, probs) if thresholds is None else _as_thresholds(thresholds, y_true.shape[1])
+    out: dict[str, float] = {}
+    for suffix, thr in (("", 0.5), ("_tuned", tuned)):
+        pred = (probs >= thr).astype(int)
+        for average in SUMMARY_ROWS:
+            out[f"{average}_f1{suffix}"] = float(f1_score(y_true, pred, average=average, zero_division=0))
+    out["mAP"] = _average_score(average_precision_score, y_true, probs, "macro")
+    for c, name in enumerate(CLASSES):
+        out[f"ap_{name}"] = _safe_score(average_precision_score, y_true[:, c], probs[:, c])
+        out[f"auc_{name}"] = _safe_score(roc_auc_score, y_true[:, c], probs[:, c])
+    return out

@@ -1,0 +1,80 @@
+"""metrics.py against scikit-learn on fixed arrays, including degenerate classes."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+
+import metrics
+from data.labels import CLASSES
+
+
+@pytest.fixture
+def arrays():
+    rng = np.random.default_rng(0)
+    y = (rng.random((80, 6)) < 0.3).astype(int)
+    y[:, 3] = 0  # a class with no positives
+    p = np.clip(y * 0.35 + rng.random((80, 6)) * 0.7, 0, 1)
+    return y, p
+
+
+def test_per_class_rows_equal_sklearn(arrays):
+    y, p = arrays
+    thr = np.array([0.3, 0.4, 0.5, 0.6, 0.45, 0.55])
+    table = metrics.multilabel_metrics(y, p, thr)
+    pred = (p >= thr).astype(int)
+    for c, name in enumerate(CLASSES):
+        row = table.loc[name]
+        assert row.threshold == thr[c]
+        assert row.precision == pytest.approx(precision_score(y[:, c], pred[:, c], zero_division=0))
+        assert row.recall == pytest.approx(recall_score(y[:, c], pred[:, c], zero_division=0))
+        assert row.f1 == pytest.approx(f1_score(y[:, c], pred[:, c], zero_division=0))
+        assert row.accuracy == pytest.approx((pred[:, c] == y[:, c]).mean())
+        assert row.support == y[:, c].sum()
+        if y[:, c].any():
+            assert row.ap == pytest.approx(average_precision_score(y[:, c], p[:, c]))
+            assert row.auc == pytest.approx(roc_auc_score(y[:, c], p[:, c]))
+        else:
+            assert np.isnan(row.ap) and np.isnan(row.auc)
+
+
+def test_averages_equal_sklearn(arrays):
+    y, p = arrays
+    table = metrics.multilabel_metrics(y, p, 0.5)
+    pred = (p >= 0.5).astype(int)
+    for average in ("macro", "micro", "samples"):
+        assert table.loc[average].f1 == pytest.approx(f1_score(y, pred, average=average, zero_division=0))
+        assert table.loc[average].precision == pytest.approx(
+            precision_score(y, pred, average=average, zero_division=0))
+    defined = y.any(0)
+    assert table.loc["macro"].ap == pytest.approx(average_precision_score(y[:, defined], p[:, defined]))
+    assert table.loc["micro"].auc == pytest.approx(roc_auc_score(y, p, average="micro"))
+    assert table.loc["exact_match"].accuracy == pytest.approx((pred == y).all(1).mean())
+
+
+def test_all_predictions_negative():
+    y = np.eye(6, dtype=int)[np.arange(12) % 6]
+    p = np.full((12, 6), 0.1)
+    table = metrics.multilabel_metrics(y, p, 0.5)
+    assert (table.loc[list(CLASSES), "f1"] == 0).all()
+    assert table.loc["macro"].f1 == 0 and table.loc["exact_match"].accuracy == 0
+    summary = metrics.summarize(y, p, thresholds=[0.5] * 6)
+    assert summary["macro_f1"] == 0 and summary["micro_f1_tuned"] == 0
+
+
+def test_tuned_thresholds_are_f1_optimal(arrays):
+    y, p = arrays
+    thr = metrics.tune_thresholds(y, p)
+    for c in range(6):
+        if not y[:, c].any():
+            assert thr[c] == 0.5
+            continue
+        scores = [f1_score(y[:, c], p[:, c] >= t, zero_division=0) for t in metrics.THRESHOLD_GRID]
+        assert f1_score(y[:, c], p[:, c] >= thr[c]) == pytest.approx(max(scores))
+
+
+def test_summary_keys_and_tuning_helps(arrays):
+    y, p = arrays
+    s = metrics.summarize(y, p)
+    assert s["macro_f1_tuned"] >= s["macro_f1"]
+    assert s["macro_f1"] == pytest.approx(f1_score(y, p >= 0.5, average="macro", zero_division=0))
+    assert np.isnan(s["ap_powdery_mildew"]) and not np.isnan(s["ap_scab"])
+    assert {f"auc_{c}" for c in CLASSES} <= s.keys()
