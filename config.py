@@ -45,7 +45,8 @@ _C.DATA.OVERSAMPLE = CN({name: 1 for name in CLASSES})
 # Model settings
 # -----------------------------------------------------------------------------
 _C.MODEL = CN()
-# Backbone: any timm model name (timm.create_model(MODEL.TYPE, num_classes=0))
+# Backbone: any timm model name (timm.create_model(MODEL.TYPE, num_classes=0)); upstream's
+# 'swin' means swin_tiny_patch4_window7_224 reshaped by the MODEL.SWIN.* overrides
 _C.MODEL.TYPE = "swin_tiny_patch4_window7_224"
 # Run name: the run directory is OUTPUT/MODEL.NAME/TAG
 _C.MODEL.NAME = "swin_tiny_patch4_window7_224"
@@ -55,26 +56,34 @@ _C.MODEL.PRETRAINED = ""
 _C.MODEL.RESUME = ""
 # Number of output labels: six Plant Pathology 2021 classes, never 1000
 _C.MODEL.NUM_CLASSES = NUM_CLASSES
-# Dropout rate before the head
+# Dropout rate on the features given to the head (applied once, by our model, not by timm)
 _C.MODEL.DROP_RATE = 0.0
 # Stochastic depth rate
 _C.MODEL.DROP_PATH_RATE = 0.1
-# Label smoothing of the multi-hot BCE targets (0 disables)
+# Label smoothing of the multi-hot targets, bce and focal: 1 -> 1 - eps/2, 0 -> eps/2 (0 disables)
 _C.MODEL.LABEL_SMOOTHING = 0.0
 # Ours: classification head: 'linear' (6 sigmoid logits) or 'arcface' (multi-label ArcFace)
 _C.MODEL.HEAD = "linear"
 
-# Swin backbone overrides; 0 or [] keeps the value of the timm model named by MODEL.TYPE
+# Swin backbone overrides (Swin models only); 0 or [] keeps the value of the timm model named by
+# MODEL.TYPE. Swin models also get img_size = DATA.IMG_SIZE.
 _C.MODEL.SWIN = CN()
+# Patch size of the patch embedding (pixels)
 _C.MODEL.SWIN.PATCH_SIZE = 0
+# Channels of the first stage (doubled at each later stage)
 _C.MODEL.SWIN.EMBED_DIM = 0
+# Number of blocks per stage, e.g. [2, 2, 6, 2]
 _C.MODEL.SWIN.DEPTHS = []
+# Attention heads per stage, e.g. [3, 6, 12, 24]
 _C.MODEL.SWIN.NUM_HEADS = []
+# Attention window size (tokens); pretrained bias tables are resized to it
 _C.MODEL.SWIN.WINDOW_SIZE = 0
+# Hidden width of the MLPs relative to the stage width
 _C.MODEL.SWIN.MLP_RATIO = 0.0
 
 # Ours: polarized self-attention (sequential) on the backbone's last feature map
 _C.MODEL.PSA = CN()
+# Insert PSA -> average pooling -> Linear + LayerNorm to MODEL.ARCFACE.FEATURE_DIM before the head
 _C.MODEL.PSA.ENABLE = False
 
 # Ours: multi-label ArcFace head
@@ -85,12 +94,15 @@ _C.MODEL.ARCFACE.SCALE = 30.0
 _C.MODEL.ARCFACE.MARGIN = 0.5
 # Use the easy margin (apply the margin only where cos(theta) > 0)
 _C.MODEL.ARCFACE.EASY_MARGIN = False
-# Width of the embedding compared with the class centres
+# Width of the embedding made by the PSA neck (MODEL.PSA.ENABLE); without PSA the head takes
+# the backbone's pooled features (backbone.num_features wide)
 _C.MODEL.ARCFACE.FEATURE_DIM = 512
 
 # Ours: exponential moving average of the weights
 _C.MODEL.EMA = CN()
+# Keep an EMA copy of the weights (saved as 'ema' in checkpoints)
 _C.MODEL.EMA.ENABLE = False
+# EMA decay per optimizer update
 _C.MODEL.EMA.DECAY = 0.999
 # Validate (and keep the best) with the EMA weights instead of the raw ones
 _C.MODEL.EMA.EVAL = True
@@ -110,12 +122,19 @@ _C.LOSS.FOCAL_GAMMA = 2.0
 # Training settings
 # -----------------------------------------------------------------------------
 _C.TRAIN = CN()
+# First epoch (set from the checkpoint when resuming)
 _C.TRAIN.START_EPOCH = 0
+# Total number of epochs, warmup included
 _C.TRAIN.EPOCHS = 30
+# Epochs of linear warmup from WARMUP_LR to BASE_LR
 _C.TRAIN.WARMUP_EPOCHS = 2
+# AdamW weight decay (never applied to norms, biases, position tables, ArcFace centres)
 _C.TRAIN.WEIGHT_DECAY = 0.05
+# Peak learning rate, used as given (not scaled by batch size)
 _C.TRAIN.BASE_LR = 5e-4
+# Learning rate at the start of warmup
 _C.TRAIN.WARMUP_LR = 5e-7
+# Learning rate at the end of the decay
 _C.TRAIN.MIN_LR = 5e-6
 # Clip gradient norm (0 disables clipping)
 _C.TRAIN.CLIP_GRAD = 5.0
@@ -132,6 +151,7 @@ _C.TRAIN.BEST_METRIC = "macro_f1"
 
 # LR scheduler (timm)
 _C.TRAIN.LR_SCHEDULER = CN()
+# timm scheduler name: 'cosine', 'step', ...
 _C.TRAIN.LR_SCHEDULER.NAME = "cosine"
 # Epoch interval to decay LR, used in StepLRScheduler
 _C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30
@@ -140,8 +160,11 @@ _C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1
 
 # Optimizer
 _C.TRAIN.OPTIMIZER = CN()
+# timm optimizer name: 'adamw', 'sgd', ...
 _C.TRAIN.OPTIMIZER.NAME = "adamw"
+# Optimizer epsilon (Adam family)
 _C.TRAIN.OPTIMIZER.EPS = 1e-8
+# Optimizer betas (Adam family)
 _C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
 # SGD momentum
 _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
@@ -183,6 +206,7 @@ _C.TEST = CN()
 _C.TEST.CROP = False
 # Whether to use SequentialSampler as validation sampler
 _C.TEST.SEQUENTIAL = True
+# Shuffle the validation set (upstream key; metrics do not depend on it)
 _C.TEST.SHUFFLE = False
 # Ours: decision threshold used where no tuned thresholds exist
 _C.TEST.THRESHOLD = 0.5
@@ -245,13 +269,26 @@ _ARG_KEYS = (
 )
 
 
+def _merge_opts(config: CN, opts: list) -> None:
+    """``--opts KEY VALUE ...``; an unknown key is a KeyError (yacs only asserts, which -O removes)."""
+    if len(opts) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {opts}")
+    for key in opts[0::2]:
+        node = config
+        for part in key.split("."):
+            if not isinstance(node, CN) or part not in node:
+                raise KeyError(f"--opts: unknown config key {key}")
+            node = node[part]
+    config.merge_from_list(opts)
+
+
 def update_config(config: CN, args: Any) -> None:
     """Apply ``--cfg``, ``--opts`` and the dedicated command-line flags, in that order."""
     if getattr(args, "cfg", None):
         _update_config_from_file(config, args.cfg)
     config.defrost()
     if getattr(args, "opts", None):
-        config.merge_from_list(args.opts)
+        _merge_opts(config, list(args.opts))
     for attr, key in _ARG_KEYS:
         value = getattr(args, attr, None)
         if value not in (None, ""):

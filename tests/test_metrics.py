@@ -1,7 +1,9 @@
 """metrics.py against scikit-learn on fixed arrays, including degenerate classes."""
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score, average_precision_score, f1_score, precision_score, recall_score, roc_auc_score,
+)
 
 import metrics
 from data.labels import CLASSES
@@ -78,3 +80,36 @@ def test_summary_keys_and_tuning_helps(arrays):
     assert s["macro_f1"] == pytest.approx(f1_score(y, p >= 0.5, average="macro", zero_division=0))
     assert np.isnan(s["ap_powdery_mildew"]) and not np.isnan(s["ap_scab"])
     assert {f"auc_{c}" for c in CLASSES} <= s.keys()
+
+
+def test_every_averaged_cell_equals_sklearn(arrays):
+    """Each summary row, column by column; AP/AUC averages over the classes (samples) where defined."""
+    y, p = arrays
+    thr = np.array([0.3, 0.4, 0.5, 0.6, 0.45, 0.55])
+    table = metrics.multilabel_metrics(y, p, thr)
+    pred = (p >= thr).astype(int)
+    classes, samples = y.min(0) != y.max(0), y.min(1) != y.max(1)
+    defined = {"macro": (y[:, classes], p[:, classes]), "micro": (y, p), "samples": (y[samples], p[samples])}
+    for average, (y_def, p_def) in defined.items():
+        row = table.loc[average]
+        assert np.isnan(row.threshold) and row.support == y.sum()
+        assert row.precision == pytest.approx(precision_score(y, pred, average=average, zero_division=0))
+        assert row.recall == pytest.approx(recall_score(y, pred, average=average, zero_division=0))
+        assert row.f1 == pytest.approx(f1_score(y, pred, average=average, zero_division=0))
+        assert row.ap == pytest.approx(average_precision_score(y_def, p_def, average=average))
+        assert row.auc == pytest.approx(roc_auc_score(y_def, p_def, average=average))
+    assert table.loc["macro"].accuracy == pytest.approx((pred == y).mean())
+    assert np.isnan(table.loc["micro"].accuracy) and np.isnan(table.loc["samples"].accuracy)
+    exact = table.loc["exact_match"]
+    assert exact.accuracy == pytest.approx(accuracy_score(y, pred)) and exact.support == len(y)
+    assert exact[["threshold", "precision", "recall", "f1", "ap", "auc"]].isna().all()
+
+
+def test_tuned_thresholds_match_a_brute_force_search_with_middle_ties(arrays):
+    y, p = arrays
+    grid = np.round(np.linspace(0.05, 0.95, 19), 2)
+    thr = metrics.tune_thresholds(y, p, grid)
+    for c in np.flatnonzero(y.any(0)):
+        scores = np.array([f1_score(y[:, c], p[:, c] >= t, zero_division=0) for t in grid])
+        best = np.flatnonzero(np.isclose(scores, scores.max()))
+        assert thr[c] == grid[best[len(best) // 2]]

@@ -1,0 +1,120 @@
+"""test.py's batched prediction against a one-image-at-a-time loop, measured side by side.
+
+Both predict the same photos with the same checkpoint and the same preprocessing
+(test.load_image, then the validation transform of the checkpoint's config). The batched side is
+test.py's own unlabelled mode (``predict_files``: DataLoader workers, batches, CSVs written); the
+loop decodes, transforms and runs one image after another, as the reference scripts did. Repeats
+are interleaved so that machine load hits both alike; the best repeat of each is reported.
+
+    python bench/infer_speed.py [--cfg configs/demo_cpu.yaml | --checkpoint FILE] [--num-images 128]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from config import get_config  # noqa: E402
+from data.labels import CLASSES  # noqa: E402
+from data.transforms import build_transform  # noqa: E402
+from models import build_model  # noqa: E402
+from process.synthesize import parse_size, synthesize  # noqa: E402
+from test import Job, Loaded, decode_size, load_image, load_model, predict_files, sigmoid  # noqa: E402
+from utils import select_device  # noqa: E402
+
+ACCEPTANCE = 3.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cfg", default="configs/demo_cpu.yaml", help="config of the (untrained) model measured")
+    parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE overrides of --cfg")
+    parser.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead")
+    parser.add_argument("--num-images", type=int, default=128, help="synthetic photos to predict")
+    parser.add_argument("--size", default="600x400", help="photo size WIDTHxHEIGHT")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each side")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    return parser.parse_args(argv)
+
+
+def make_checkpoint(cfg: str, opts: list[str] | None, folder: Path) -> Path:
+    """A checkpoint of the config's model (seeded random weights) in the format main.py writes."""
+    config = get_config(argparse.Namespace(cfg=cfg, opts=opts))
+    torch.manual_seed(0)
+    path = folder / "ckpt_best.pth"
+    torch.save({"model": build_model(config).state_dict(), "ema": None, "thresholds": [0.5] * len(CLASSES),
+                "classes": list(CLASSES), "config": config.dump()}, path)
+    return path
+
+
+@torch.inference_mode()
+def one_at_a_time(loaded: Loaded, paths: list[Path], device: torch.device) -> np.ndarray:
+    """Decode, transform and predict each photo on its own: the naive loop."""
+    transform = build_transform(False, loaded.config)
+    probs = []
+    for path in paths:
+        image = transform(load_image(path, decode_size(loaded.config)))[None].to(device)
+        probs.append(sigmoid(loaded.model(image).float().cpu().numpy().astype(np.float64)))
+    return np.concatenate(probs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="infer_speed_") as work:
+        measure(args, Path(work))
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Photos and checkpoint in ``work``, then both sides timed and the ratio printed."""
+    device = select_device(args.device)
+    loaded = load_model(args.checkpoint or make_checkpoint(args.cfg, args.opts, work), device)
+    synthesize(work / "raw", args.num_images, seed=0, size=parse_size(args.size))
+    paths = sorted((work / "raw" / "train_images").glob("*.jpg"))
+    logger = logging.getLogger("infer_speed")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    job = Job(loaded, device, args.batch_size, args.num_workers, tta=False, logger=logger)
+    thresholds = np.full(len(CLASSES), 0.5)
+
+    def batched() -> np.ndarray:
+        return predict_files(job, [str(p) for p in paths], thresholds, work / "out")[list(CLASSES)].to_numpy()
+
+    def looped() -> np.ndarray:
+        return one_at_a_time(loaded, paths, device)
+
+    sides = {"test.py (batched)": batched, "one at a time": looped}
+    for run in sides.values():  # warm-up: first-call allocations, oneDNN kernel choice
+        run()
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, run in sides.items():
+            start = time.perf_counter()
+            outputs[name] = run()
+            rates[name].append(len(paths) / (time.perf_counter() - start))
+    np.testing.assert_allclose(*outputs.values(), atol=1e-4, err_msg="the two sides disagree")
+    best = {name: max(values) for name, values in rates.items()}
+    ratio = best["test.py (batched)"] / best["one at a time"]
+    config = loaded.config
+    print(f"{config.MODEL.NAME} ({config.MODEL.TYPE}, {config.DATA.IMG_SIZE}px) on {device}, "
+          f"{len(paths)} photos of {args.size}, batch {args.batch_size}, {args.num_workers} workers, "
+          f"{torch.get_num_threads()} torch threads")
+    for name, rate in best.items():
+        print(f"  {name:18s} {rate:8.1f} img/s   (repeats: {', '.join(f'{r:.1f}' for r in rates[name])})")
+    verdict = "ok" if ratio >= ACCEPTANCE else f"BELOW {ACCEPTANCE}"
+    print(f"  ratio {ratio:.2f} ({verdict}; same predictions on both sides)")
+
+
+if __name__ == "__main__":
+    main()

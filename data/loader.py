@@ -1,0 +1,225 @@
+"""Datasets, samplers and loaders for training and validation.
+
+Training order and augmentation are functions of (SEED, epoch, position in the epoch): the
+sampler draws each epoch's permutation and one seed per sample from a generator seeded with
+(SEED, epoch), and every image is transformed under its own seed. A run stopped mid-epoch and
+resumed therefore sees exactly the images and crops it would have seen, whatever the number of
+workers. ``DATA.OVERSAMPLE`` only ever touches the training split.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from timm.data import Mixup
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data.dataset import MultiLabelImageFolder
+from data.labels import CLASSES
+from data.transforms import build_transform
+from utils import get_rank, get_world_size
+
+# ---------------------------------------------------------------------------------------------
+# Oversampling (training split only)
+# ---------------------------------------------------------------------------------------------
+
+
+def oversample_indices(targets: np.ndarray, factors: Mapping[str, int]) -> list[int]:
+    """Each image index repeated as often as the largest factor among its labels."""
+    weights = np.array([int(factors.get(name, 1)) for name in CLASSES])
+    repeats = np.where(targets > 0, weights, 1).max(axis=1)
+    return np.repeat(np.arange(len(targets)), repeats).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers
+# ---------------------------------------------------------------------------------------------
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator that depends on (seed, epoch) only."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+class EpochSampler(Sampler):
+    """Shuffled training sampler that yields ``(dataset index, sample seed)`` pairs.
+
+    The epoch's order and seeds come from (seed, epoch); with several ranks the order is padded
+    to a multiple of the world size and each rank takes every ``world``-th entry (as
+    DistributedSampler does). ``set_epoch(epoch, skip)`` drops the first ``skip`` samples of
+    this rank, to resume mid-epoch.
+    """
+
+    def __init__(self, indices: list[int], seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(indices)
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skip = 0
+        self.samples_per_rank = -(-len(self.indices) // world_size)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch = epoch
+        self.skip = skip
+
+    def epoch_order(self) -> list[tuple[int, int]]:
+        """This rank's full ``(index, seed)`` list for the current epoch (before ``skip``)."""
+        generator = _epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(len(self.indices), generator=generator).tolist()
+        seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=generator).tolist()
+        pairs = [(self.indices[i], s) for i, s in zip(order, seeds)]
+        total = self.samples_per_rank * self.world_size
+        pairs += pairs[: total - len(pairs)]
+        return pairs[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.epoch_order()[self.skip :])
+
+    def __len__(self) -> int:
+        return max(self.samples_per_rank - self.skip, 0)
+
+
+class ShardSampler(Sampler):
+    """Validation sampler: rank r gets indices ``r, r + world, ...`` in order, no padding duplicates."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(length))[rank::world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int) -> Iterator[None]:
+    """Run the block under ``seed`` (Python, NumPy, torch CPU) and restore the previous states after."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+class SeededSamples(Dataset):
+    """``dataset[(index, seed)]``: the sample transformed under its own seed (see EpochSampler)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with _seeded_rng(seed):
+            return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixup / CutMix on multi-hot targets
+# ---------------------------------------------------------------------------------------------
+
+
+class MultiHotMixup(Mixup):
+    """timm Mixup/CutMix whose targets are already multi-hot floats: ``lam*t + (1-lam)*t.flip(0)``.
+
+    timm's ``mixup_target`` one-hot encodes integer labels, which would destroy multi-label targets.
+    """
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(x) % 2:
+            raise ValueError(f"mixup/cutmix needs an even batch size, got {len(x)}")
+        mix = {"elem": self._mix_elem, "pair": self._mix_pair}.get(self.mode, self._mix_batch)
+        lam = mix(x)
+        if isinstance(lam, torch.Tensor):
+            lam = lam.to(target.dtype).view(-1, 1)
+        return x, lam * target + (1.0 - lam) * target.flip(0)
+
+
+def build_mixup(config: Any) -> MultiHotMixup | None:
+    """The mixup/cutmix function of ``AUG.*``, or None when both are off."""
+    aug = config.AUG
+    if not (aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None):
+        return None
+    return MultiHotMixup(
+        mixup_alpha=aug.MIXUP,
+        cutmix_alpha=aug.CUTMIX,
+        cutmix_minmax=aug.CUTMIX_MINMAX,
+        prob=aug.MIXUP_PROB,
+        switch_prob=aug.MIXUP_SWITCH_PROB,
+        mode=aug.MIXUP_MODE,
+        label_smoothing=0.0,
+        num_classes=len(CLASSES),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def _split(config: Any, name: str, is_train: bool) -> MultiLabelImageFolder:
+    root = Path(config.DATA.DATA_PATH) / name
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: no '{name}' split (DATA.DATA_PATH / --data-path must be a tree made by process/prepare.py)"
+        )
+    return MultiLabelImageFolder(root, transform=build_transform(is_train, config))
+
+
+def _loader_args(config: Any) -> dict:
+    workers = config.DATA.NUM_WORKERS
+    return dict(
+        batch_size=config.DATA.BATCH_SIZE,
+        num_workers=workers,
+        pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
+
+
+def build_val_loader(config: Any, split: str = "val") -> tuple[Dataset, DataLoader]:
+    """``(dataset, loader)`` of an evaluation split: each image once across all ranks, in order."""
+    dataset = _split(config, split, is_train=False)
+    sampler = ShardSampler(len(dataset), get_rank(), get_world_size())
+    return dataset, DataLoader(dataset, sampler=sampler, drop_last=False, **_loader_args(config))
+
+
+def build_loader(config: Any) -> tuple[Dataset, Dataset, DataLoader, DataLoader, MultiHotMixup | None]:
+    """``(dataset_train, dataset_val, loader_train, loader_val, mixup_fn)`` for DATA_PATH/{train,val}.
+
+    The training loader yields ``(images, targets)`` of full batches over the oversampled index list;
+    its sampler is an :class:`EpochSampler` (call ``loader_train.sampler.set_epoch``). The
+    validation loader visits each image once across all ranks (:class:`ShardSampler`).
+    """
+    rank, world_size = get_rank(), get_world_size()
+    dataset_train = _split(config, "train", is_train=True)
+    indices = oversample_indices(dataset_train.targets, dict(config.DATA.OVERSAMPLE))
+    batch_size = config.DATA.BATCH_SIZE
+    if -(-len(indices) // world_size) < batch_size:
+        raise ValueError(
+            f"{config.DATA.DATA_PATH}/train: {len(indices)} training samples over {world_size} process(es) "
+            f"do not fill one batch of {batch_size} (lower --batch-size)"
+        )
+    loader_train = DataLoader(
+        SeededSamples(dataset_train),
+        sampler=EpochSampler(indices, config.SEED, rank, world_size),
+        drop_last=True,
+        # Only seeds the worker processes; without it the loader would draw from the global RNG.
+        generator=torch.Generator().manual_seed(config.SEED),
+        **_loader_args(config),
+    )
+    dataset_val, loader_val = build_val_loader(config)
+    return dataset_train, dataset_val, loader_train, loader_val, build_mixup(config)

@@ -1,0 +1,48 @@
+"""The one image transform factory (timm's), for training, validation and inference."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+# Crops keep at least half the leaf: a lesion cut out of the crop would make its label wrong.
+TRAIN_CROP_SCALE = (0.5, 1.0)
+# TEST.CROP: resize the shorter side to IMG_SIZE / 0.875, then centre-crop (upstream Swin).
+TEST_CROP_PCT = 0.875
+
+
+def build_transform(is_train: bool, config: Any) -> Callable:
+    """PIL image -> normalised tensor of ``DATA.IMG_SIZE`` pixels.
+
+    Training: random resized crop, horizontal and vertical flips (``AUG.VFLIP``), RandAugment
+    (``AUG.AUTO_AUGMENT``), colour jitter and random erasing from ``AUG.*``. Evaluation: resize
+    to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``), ImageNet normalisation.
+    """
+    size = config.DATA.IMG_SIZE
+    common = dict(
+        interpolation=config.DATA.INTERPOLATION, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
+    )
+    if not is_train:
+        crop = config.TEST.CROP
+        return create_transform(
+            size,
+            is_training=False,
+            crop_pct=TEST_CROP_PCT if crop else 1.0,
+            crop_mode="center" if crop else "squash",
+            **common,
+        )
+    aug = config.AUG
+    auto_augment = aug.AUTO_AUGMENT if aug.AUTO_AUGMENT and aug.AUTO_AUGMENT.lower() != "none" else None
+    return create_transform(
+        size,
+        is_training=True,
+        scale=TRAIN_CROP_SCALE,
+        hflip=0.5,
+        vflip=aug.VFLIP,
+        color_jitter=aug.COLOR_JITTER if aug.COLOR_JITTER > 0 else None,
+        auto_augment=auto_augment,
+        re_prob=aug.REPROB,
+        re_mode=aug.REMODE,
+        re_count=aug.RECOUNT,
+        **common,
+    )

@@ -1,0 +1,301 @@
+"""Training and evaluation loops: one epoch of training, one pass of validation, throughput."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from utils import all_gather_objects, get_rank, get_world_size, is_distributed
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; nothing computed after it may be saved."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(
+            f"non-finite training loss ({value}) at epoch {epoch} step {step}: stopping "
+            "(lower TRAIN.BASE_LR, keep TRAIN.CLIP_GRAD on, or check the data)"
+        )
+
+
+@dataclass
+class Trainer:
+    """Everything one optimisation step needs; ``num_updates`` counts optimizer steps since the start."""
+
+    model: nn.Module  # possibly DistributedDataParallel
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any  # timm scheduler, stepped per update
+    device: torch.device
+    autocast: Callable[[], ContextManager]
+    scaler: torch.amp.GradScaler | None = None
+    ema: Any = None  # timm ModelEmaV3
+    mixup_fn: Callable | None = None
+    accumulation_steps: int = 1
+    clip_grad: float = 0.0
+    print_freq: int = 10
+    num_updates: int = 0
+
+    @property
+    def module(self) -> nn.Module:
+        """The model without its DDP wrapper."""
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+
+@dataclass
+class EpochResult:
+    loss: float  # mean training loss of the steps run in this call
+    steps_done: int  # batches of the epoch done so far (including those before a resume)
+    interrupted: bool  # stopped early on request; the epoch is not finished
+
+
+def no_weight_decay_patterns(model: nn.Module) -> list[str]:
+    """fnmatch patterns of parameters kept out of weight decay (position tables, ...).
+
+    The names a model reports may or may not carry the wrapper's ``backbone.`` prefix, so both
+    spellings are matched; keywords match anywhere in the name. Norms and biases (1-d) are
+    excluded by timm already.
+    """
+    names = set(getattr(model, "no_weight_decay", set)())
+    keywords = set(getattr(model, "no_weight_decay_keywords", set)())
+    return sorted(names | {f"*.{n}" for n in names} | {f"*{k}*" for k in keywords})
+
+
+def build_optimizer(config: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """timm optimizer ``TRAIN.OPTIMIZER.NAME`` at ``TRAIN.BASE_LR`` (used as given, no batch-size scaling)."""
+    train = config.TRAIN
+    groups = param_groups_weight_decay(
+        model, train.WEIGHT_DECAY, no_weight_decay_list=no_weight_decay_patterns(model)
+    )
+    name = train.OPTIMIZER.NAME.lower()
+    extra = {} if name in ("sgd", "momentum") else dict(eps=train.OPTIMIZER.EPS, betas=tuple(train.OPTIMIZER.BETAS))
+    return create_optimizer_v2(
+        groups, opt=name, lr=train.BASE_LR, weight_decay=train.WEIGHT_DECAY,
+        momentum=train.OPTIMIZER.MOMENTUM, **extra,
+    )
+
+
+def build_scheduler(config: Any, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> Any:
+    """timm schedule stepped per optimizer update: warmup for WARMUP_EPOCHS, then decay, EPOCHS in all."""
+    train = config.TRAIN
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=train.LR_SCHEDULER.NAME,
+        num_epochs=max(train.EPOCHS - train.WARMUP_EPOCHS, 1),
+        decay_epochs=train.LR_SCHEDULER.DECAY_EPOCHS,
+        decay_rate=train.LR_SCHEDULER.DECAY_RATE,
+        min_lr=train.MIN_LR,
+        warmup_lr=train.WARMUP_LR,
+        warmup_epochs=train.WARMUP_EPOCHS,
+        warmup_prefix=True,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    if scheduler is None:
+        raise ValueError(
+            f"TRAIN.LR_SCHEDULER.NAME {train.LR_SCHEDULER.NAME!r} is not a timm schedule "
+            "(cosine, step, multistep, tanh, poly, constant, ...)"
+        )
+    return scheduler
+
+
+def autocast_factory(device: torch.device, enabled: bool, dtype: torch.dtype) -> Callable[[], ContextManager]:
+    """``torch.autocast`` on CUDA when AMP is on, a no-op context otherwise (CPU runs in fp32)."""
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or this process's resident memory on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: peak resident memory instead
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def _all_ranks_stop(local: bool, device: torch.device) -> bool:
+    """True when any rank asked to stop, so that all ranks stop after the same step."""
+    if not is_distributed():
+        return local
+    flag = torch.tensor([float(local)], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _optimizer_step(trainer: Trainer, log_grad_norm: bool) -> float:
+    """Unscale, clip, step, zero the gradients and advance the schedule/EMA; returns the grad norm (or nan)."""
+    model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = float("nan")
+    if trainer.clip_grad > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.clip_grad).item()
+    elif log_grad_norm:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    trainer.num_updates += 1
+    trainer.lr_scheduler.step_update(num_updates=trainer.num_updates)
+    if trainer.ema is not None:
+        trainer.ema.update(trainer.module, step=trainer.num_updates)
+    return grad_norm
+
+
+def train_one_epoch(
+    trainer: Trainer,
+    loader: Iterable,
+    epoch: int,
+    num_epochs: int,
+    logger: Any,
+    start_step: int = 0,
+    should_stop: Callable[[int], bool] = lambda num_updates: False,
+) -> EpochResult:
+    """Train over ``loader`` (the batches of ``epoch`` from ``start_step`` on).
+
+    ``should_stop(num_updates)`` is asked after every optimizer step; when it (on any rank) says
+    yes, the epoch ends there with ``interrupted=True``. Raises :class:`NonFiniteLossError`
+    before a NaN/inf loss is back-propagated.
+    """
+    model, accum = trainer.model, trainer.accumulation_steps
+    model.train()
+    total_steps = start_step + len(loader)
+    batch_size = getattr(loader, "batch_size", None) or 1
+    world = get_world_size()
+    bar = tqdm(
+        total=total_steps, initial=start_step, desc=f"epoch {epoch}/{num_epochs - 1}", leave=False,
+        disable=get_rank() != 0, dynamic_ncols=True, mininterval=1.0, unit="step",
+    )
+    loss_sum, loss_count, grad_norm = 0.0, 0, float("nan")
+    start = time.perf_counter()
+    with bar:
+        for step, (images, targets) in enumerate(loader, start=start_step):
+            images = images.to(trainer.device, non_blocking=True)
+            targets = targets.to(trainer.device, non_blocking=True)
+            if trainer.mixup_fn is not None:
+                images, targets = trainer.mixup_fn(images, targets)
+            update = (step + 1) % accum == 0 or step + 1 == total_steps
+            # Only the last micro-batch of an accumulation group all-reduces gradients.
+            no_sync = isinstance(model, DistributedDataParallel) and not update
+            with model.no_sync() if no_sync else contextlib.nullcontext():
+                with trainer.autocast():
+                    # Targets reach the model in training only: the ArcFace head puts its margin at positives.
+                    loss = trainer.criterion(model(images, targets), targets)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(epoch, step, loss_value)
+                loss = loss / accum
+                (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
+            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            log_now = (step + 1) % trainer.print_freq == 0 or step + 1 == total_steps
+            if update:
+                grad_norm = _optimizer_step(trainer, log_grad_norm=log_now)
+            elapsed = time.perf_counter() - start
+            images_per_s = loss_count * batch_size * world / max(elapsed, 1e-9)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.1f}", refresh=False)
+            if log_now:
+                eta = datetime.timedelta(seconds=int(elapsed / loss_count * (total_steps - step - 1)))
+                logger.info(
+                    f"train [{epoch}/{num_epochs - 1}][{step + 1}/{total_steps}] eta {eta} lr {lr:.3e} "
+                    f"loss {loss_value:.4f} ({loss_sum / loss_count:.4f}) grad_norm {grad_norm:.3f} "
+                    f"mem {memory_mb(trainer.device):.0f}MB {images_per_s:.1f} img/s"
+                )
+            if update and _all_ranks_stop(should_stop(trainer.num_updates), trainer.device):
+                return EpochResult(loss_sum / max(loss_count, 1), step + 1, interrupted=True)
+    return EpochResult(loss_sum / max(loss_count, 1), total_steps, interrupted=False)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    targets: np.ndarray  # (N, 6) multi-hot, in dataset order
+    probs: np.ndarray  # (N, 6) sigmoid probabilities, in dataset order
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    criterion: nn.Module,
+    device: torch.device,
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+    desc: str = "val",
+) -> Evaluation:
+    """Validation loss and probabilities of every image exactly once, gathered from all ranks.
+
+    ``model`` must be the unwrapped module (or the EMA copy): ranks hold different numbers of
+    batches, so no collective may run per batch. It is called without labels, in eval mode.
+    """
+    model.eval()
+    logits, targets = [], []
+    for images, batch_targets in tqdm(loader, desc=desc, leave=False, disable=get_rank() != 0, dynamic_ncols=True):
+        with autocast():
+            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
+        targets.append(batch_targets.float())
+    indices = list(loader.sampler)
+    local = (indices, torch.cat(logits) if logits else torch.empty(0, 0), torch.cat(targets) if targets else torch.empty(0, 0))
+    parts = [part for part in all_gather_objects(local) if len(part[0])]
+    order = np.argsort(np.concatenate([part[0] for part in parts]), kind="stable")
+    all_logits = torch.cat([part[1] for part in parts])[order]
+    all_targets = torch.cat([part[2] for part in parts])[order]
+    loss = criterion(all_logits, all_targets).item()
+    return Evaluation(loss, all_targets.numpy(), torch.sigmoid(all_logits).numpy())
+
+
+@torch.inference_mode()
+def throughput(model: nn.Module, images: torch.Tensor, autocast: Callable[[], ContextManager],
+               warmup: int = 5, iterations: int = 20) -> float:
+    """Model-only inference images/s on a fixed batch (no data loading)."""
+    model.eval()
+    for _ in range(warmup):
+        with autocast():
+            model(images)
+    _synchronize(images.device)
+    start = time.perf_counter()
+    for _ in range(iterations):
+        with autocast():
+            model(images)
+    _synchronize(images.device)
+    return iterations * len(images) / (time.perf_counter() - start)
+
+
+def loader_throughput(loader: Iterable, max_batches: int = 50) -> float:
+    """Loader-only images/s (decode + augmentation), timed from the second batch on (after worker start-up)."""
+    counts, times = [], [time.perf_counter()]
+    for images, _ in loader:
+        counts.append(len(images))
+        times.append(time.perf_counter())
+        if len(counts) >= max_batches:
+            break
+    if len(counts) > 1:
+        return sum(counts[1:]) / max(times[-1] - times[1], 1e-9)
+    return sum(counts) / max(times[-1] - times[0], 1e-9)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

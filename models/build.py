@@ -1,0 +1,145 @@
+"""Builds the multi-label network from the config: timm backbone -> neck -> 6-way head."""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from data.labels import NUM_CLASSES
+from models.arcface import ArcFaceHead
+from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
+from models.psa import PSANeck
+
+# timm modules whose models take the MODEL.SWIN.* overrides and img_size
+_SWIN_MODULES = ("timm.models.swin_transformer", "timm.models.swin_transformer_v2")
+# upstream Swin yaml files say `TYPE: swin` and describe the architecture in MODEL.SWIN.*;
+# that base model plus the overrides builds exactly what they describe
+_UPSTREAM_SWIN = {"swin": "swin_tiny_patch4_window7_224"}
+# (MODEL.SWIN key, timm keyword) pairs; a value of 0 or [] keeps timm's
+_SWIN_OVERRIDES = (
+    ("PATCH_SIZE", "patch_size"),
+    ("EMBED_DIM", "embed_dim"),
+    ("DEPTHS", "depths"),
+    ("NUM_HEADS", "num_heads"),
+    ("WINDOW_SIZE", "window_size"),
+    ("MLP_RATIO", "mlp_ratio"),
+)
+
+
+class MultiLabelNet(nn.Module):
+    """Backbone -> neck -> dropout -> head, giving one logit per label.
+
+    Without a neck (``nn.Identity``) the backbone pools its own features, as timm models do
+    with ``num_classes=0``; with the PSA neck the neck takes the backbone's last feature map.
+
+    Args:
+        backbone: A timm model created with ``num_classes=0``.
+        neck: ``PSANeck`` or ``nn.Identity()``.
+        head: ``nn.Linear`` or ``ArcFaceHead``.
+        drop_rate: Dropout on the features given to the head.
+    """
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, drop_rate: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding the head classifies, shape (B, D)."""
+        x = self.backbone.forward_features(x)
+        if isinstance(self.neck, nn.Identity):
+            return self.backbone.forward_head(x, pre_logits=True)
+        return self.neck(x)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, 6). ``targets`` only reach an ArcFace head, which uses them in training only."""
+        x = self.head_drop(self.features(x))
+        if isinstance(self.head, ArcFaceHead):
+            return self.head(x, targets)
+        return self.head(x)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Backbone's no-decay parameters, plus the ArcFace centres (only their direction is used)."""
+        names = {f"backbone.{n}" for n in getattr(self.backbone, "no_weight_decay", set)()}
+        if isinstance(self.head, ArcFaceHead):
+            names.add("head.centers")
+        return names
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        return set(getattr(self.backbone, "no_weight_decay_keywords", set)())
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+
+def is_swin(model_type: str) -> bool:
+    """True when the timm model named ``model_type`` takes the MODEL.SWIN.* overrides."""
+    name = _UPSTREAM_SWIN.get(model_type, model_type)
+    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__ in _SWIN_MODULES
+
+
+def backbone_kwargs(config: CfgNode) -> dict[str, Any]:
+    """Keyword arguments for ``timm.create_model``: only those the model type accepts."""
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    swin = {kw: config.MODEL.SWIN[key] for key, kw in _SWIN_OVERRIDES if config.MODEL.SWIN[key]}
+    if is_swin(config.MODEL.TYPE):
+        # Swin's own default drop_path_rate is 0.1: pass ours even when it is 0
+        kwargs.update(drop_path_rate=config.MODEL.DROP_PATH_RATE, img_size=config.DATA.IMG_SIZE)
+        kwargs.update({kw: tuple(v) if isinstance(v, list) else v for kw, v in swin.items()})
+        return kwargs
+    if swin:
+        raise ValueError(f"MODEL.SWIN.* overrides {sorted(swin)} only apply to Swin models, "
+                         f"not MODEL.TYPE {config.MODEL.TYPE!r}")
+    if config.MODEL.DROP_PATH_RATE > 0:
+        kwargs["drop_path_rate"] = config.MODEL.DROP_PATH_RATE
+    return kwargs
+
+
+def build_backbone(config: CfgNode) -> nn.Module:
+    """The timm model named by MODEL.TYPE, headless, without downloaded weights."""
+    name = _UPSTREAM_SWIN.get(config.MODEL.TYPE, config.MODEL.TYPE)
+    if not timm.is_model(name):
+        raise ValueError(f"MODEL.TYPE {config.MODEL.TYPE!r} is not a timm model name "
+                         "(see timm.list_models())")
+    backbone = timm.create_model(name, **backbone_kwargs(config))
+    if config.TRAIN.USE_CHECKPOINT:
+        backbone.set_grad_checkpointing(True)
+    return backbone
+
+
+def build_model(config: CfgNode) -> MultiLabelNet:
+    """Backbone, then the PSA neck when MODEL.PSA.ENABLE, then a linear or ArcFace head."""
+    if config.MODEL.NUM_CLASSES != NUM_CLASSES:
+        raise ValueError(f"MODEL.NUM_CLASSES must be {NUM_CLASSES}, got {config.MODEL.NUM_CLASSES}")
+    backbone = build_backbone(config)
+    width = backbone.num_features
+    neck: nn.Module = nn.Identity()
+    if config.MODEL.PSA.ENABLE:
+        width = config.MODEL.ARCFACE.FEATURE_DIM
+        neck = PSANeck(backbone.num_features, width, getattr(backbone, "output_fmt", "NCHW"))
+    if config.MODEL.HEAD == "arcface":
+        arc = config.MODEL.ARCFACE
+        head: nn.Module = ArcFaceHead(width, NUM_CLASSES, arc.SCALE, arc.MARGIN, arc.EASY_MARGIN)
+    elif config.MODEL.HEAD == "linear":
+        head = nn.Linear(width, NUM_CLASSES)
+    else:
+        raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
+    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE)
+
+
+def build_loss(config: CfgNode) -> nn.Module:
+    """The training loss on logits and multi-hot targets (LOSS.NAME)."""
+    smoothing = config.MODEL.LABEL_SMOOTHING
+    if config.LOSS.NAME == "bce":
+        return MultiLabelBCELoss(smoothing)
+    if config.LOSS.NAME == "focal":
+        return MultiLabelFocalLoss(config.LOSS.FOCAL_ALPHA, config.LOSS.FOCAL_GAMMA, smoothing)
+    raise ValueError(f"LOSS.NAME must be 'bce' or 'focal', got {config.LOSS.NAME!r}")

@@ -1,0 +1,117 @@
+"""Pretrained backbone weights: official Microsoft Swin ``.pth`` or timm state dicts -> our model.
+
+Pure functions on already-loaded objects (reading files is ``utils.load_pretrained``'s job).
+The conversion itself is timm's: each timm model module may define ``checkpoint_filter_fn``,
+which for Swin maps Microsoft's layout to timm's (``layers.N.downsample`` moves to stage N+1,
+``head`` to ``head.fc``), resizes ``relative_position_bias_table`` to the model's window and
+the patch embedding to its patch size, and drops ``relative_position_index`` / ``attn_mask``.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+# where checkpoints nest their weights, most specific first
+_WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "ema")
+# buffers some files carry that are rebuilt from the config, never loaded
+_IGNORED = ("relative_position_index", "relative_coords_table", "attn_mask")
+_PREFIX = "backbone."
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded file, out of ``{'model'|'state_dict'|...: sd}`` and DDP's ``module.``."""
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
+    if not tensors:
+        raise ValueError(f"not a state dict: found no tensors in a {type(obj).__name__}")
+    return {k.removeprefix("module."): v for k, v in tensors.items()}
+
+
+def _architecture(backbone: nn.Module) -> str:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(backbone).__name__
+
+
+def _head_prefixes(backbone: nn.Module) -> tuple[str, ...]:
+    """Classifier module names of the timm model, e.g. ('head.fc', 'head') for Swin."""
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ()
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return names + ("head",)
+
+
+def _check_attention_blocks(state_dict: Mapping[str, torch.Tensor], backbone: nn.Module) -> None:
+    """Bias tables of blocks the model lacks mean a deeper network (e.g. Swin-S into Swin-T)."""
+    own = {name for name, _ in backbone.named_modules()}
+    extra = [k for k in state_dict if k.endswith(".relative_position_bias_table") and k.rsplit(".", 1)[0] not in own]
+    if extra:
+        raise ValueError(f"the pretrained weights are not a {_architecture(backbone)} checkpoint of this "
+                         f"configuration: {len(extra)} attention blocks are not in the model, e.g. {extra[0]}")
+
+
+def _timm_filter(state_dict: dict[str, torch.Tensor], backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Apply the backbone's own timm ``checkpoint_filter_fn`` (identity when its module has none)."""
+    filter_fn = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state_dict
+    try:
+        return filter_fn(state_dict, backbone)
+    except (AttributeError, KeyError, IndexError, RuntimeError, AssertionError, ValueError) as e:
+        raise ValueError(f"the pretrained weights are not a {_architecture(backbone)} checkpoint "
+                         f"(converting them failed: {type(e).__name__}: {e})") from e
+
+
+def convert_pretrained_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a Microsoft or timm backbone state dict onto ``model`` (keys prefixed ``backbone.``).
+
+    Classifier keys (the 1000-class ``head``) and rebuilt buffers are dropped, so the neck and
+    head stay freshly initialised. A state dict of our own ``MultiLabelNet`` contributes its
+    backbone only.
+    """
+    backbone = model.backbone
+    if any(k.startswith(_PREFIX) for k in state_dict):
+        state_dict = {k[len(_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
+    state_dict = {k: v for k, v in state_dict.items() if not any(n in k for n in _IGNORED)}
+    _check_attention_blocks(state_dict, backbone)
+    state_dict = _timm_filter(dict(state_dict), backbone)
+    own = backbone.state_dict()
+    heads = _head_prefixes(backbone)
+    return {
+        _PREFIX + k: v for k, v in state_dict.items()
+        if k in own or not any(k == h or k.startswith(h + ".") for h in heads)
+    }
+
+
+def check_compatible(converted: Mapping[str, torch.Tensor], model: nn.Module) -> tuple[list[str], list[str]]:
+    """Refuse weights of another architecture; return (missing, unexpected) key lists.
+
+    ``missing`` lists backbone tensors the file lacks (the fresh neck and head are not listed);
+    ``unexpected`` lists keys of the file the model has no place for.
+
+    Raises:
+        ValueError: when a tensor's shape differs from the model's, or when fewer than half of
+            the backbone's tensors are found: loading that would be a silent partial load.
+    """
+    expected = model.state_dict()
+    arch = _architecture(model.backbone)
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+                  for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
+    if mismatched:
+        raise ValueError(f"the pretrained weights are not a {arch} checkpoint of this configuration: "
+                         f"{len(mismatched)} tensors differ in shape (file vs model), e.g. {mismatched[0]}")
+    backbone_keys = [k for k in expected if k.startswith(_PREFIX)]
+    missing = [k for k in backbone_keys if k not in converted]
+    found = len(backbone_keys) - len(missing)
+    if found < len(backbone_keys) / 2:
+        raise ValueError(f"the pretrained weights are not a {arch} checkpoint: only {found} of "
+                         f"{len(backbone_keys)} backbone tensors found")
+    unexpected = [k for k in converted if k not in expected]
+    return missing, unexpected
+

@@ -1,0 +1,116 @@
+"""Config merging: defaults <- yaml (with BASE includes) <- --opts <- flags; strict keys; 6 classes."""
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from config import config_from_string, get_config, get_default_config
+from data.labels import CLASSES
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def child_yaml(tmp_path: Path) -> Path:
+    """child.yaml includes sub/base.yaml (a relative path), then overrides part of it."""
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "base.yaml",
+          "MODEL:\n  NAME: base\n  HEAD: arcface\n  DROP_RATE: 0.3\nDATA:\n  IMG_SIZE: 96\n")
+    return write(tmp_path / "child.yaml",
+                 "BASE: ['sub/base.yaml']\nMODEL:\n  NAME: child\nDATA:\n  IMG_SIZE: 128\n")
+
+
+def test_yaml_with_base_then_opts_then_flags(child_yaml: Path):
+    args = Namespace(cfg=str(child_yaml), opts=["DATA.IMG_SIZE", "160", "LOSS.NAME", "focal"],
+                     batch_size=7, tag="t1")
+    config = get_config(args)
+    assert config.MODEL.HEAD == "arcface" and config.MODEL.DROP_RATE == 0.3  # from base
+    assert config.MODEL.NAME == "child"  # child over base
+    assert config.DATA.IMG_SIZE == 160 and config.LOSS.NAME == "focal"  # opts over yaml
+    assert config.DATA.BATCH_SIZE == 7 and config.TAG == "t1"  # flags
+    assert config.TRAIN.EPOCHS == get_default_config().TRAIN.EPOCHS  # untouched default
+    assert config.is_frozen()
+
+
+def test_amp_opt_level_o0_disables_amp():
+    assert get_config(Namespace(amp_opt_level="O0")).AMP_ENABLE is False
+
+
+@pytest.mark.parametrize("text", ["MODEL:\n  NOT_A_KEY: 1\n", "NOT_A_SECTION:\n  X: 1\n"])
+def test_unknown_yaml_key_is_an_error(tmp_path: Path, text: str):
+    with pytest.raises(KeyError, match="NOT_A"):
+        get_config(Namespace(cfg=str(write(tmp_path / "bad.yaml", text))))
+
+
+def test_unknown_opts_key_is_an_error():
+    with pytest.raises(KeyError, match="MODEL.NOT_A_KEY"):
+        get_config(Namespace(opts=["MODEL.NOT_A_KEY", "1"]))
+
+
+def test_num_classes_cannot_become_1000(tmp_path: Path):
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        get_config(Namespace(opts=["MODEL.NUM_CLASSES", "1000"]))
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        get_config(Namespace(cfg=str(write(tmp_path / "in1k.yaml", "MODEL:\n  NUM_CLASSES: 1000\n"))))
+
+
+@pytest.mark.parametrize("opts, key", [(["MODEL.HEAD", "softmax"], "MODEL.HEAD"),
+                                       (["LOSS.NAME", "ce"], "LOSS.NAME"),
+                                       (["DATA.OVERSAMPLE.complex", "0"], "OVERSAMPLE")])
+def test_bad_values_are_errors(opts: list, key: str):
+    with pytest.raises(ValueError, match=key):
+        get_config(Namespace(opts=opts))
+
+
+def test_oversample_from_yaml(tmp_path: Path):
+    config = get_config(Namespace(cfg=str(write(tmp_path / "o.yaml", "DATA:\n  OVERSAMPLE: {complex: 5}\n"))))
+    assert config.DATA.OVERSAMPLE.complex == 5 and config.DATA.OVERSAMPLE.scab == 1
+
+
+def test_upstream_swin_yaml_loads(tmp_path: Path):
+    """The shape of Microsoft's configs/swin/swin_tiny_patch4_window7_224.yaml."""
+    text = ("MODEL:\n  TYPE: swin\n  NAME: swin_tiny_patch4_window7_224\n  DROP_PATH_RATE: 0.2\n"
+            "  SWIN:\n    EMBED_DIM: 96\n    DEPTHS: [ 2, 2, 6, 2 ]\n    NUM_HEADS: [ 3, 6, 12, 24 ]\n"
+            "    WINDOW_SIZE: 7\n")
+    config = get_config(Namespace(cfg=str(write(tmp_path / "upstream.yaml", text))))
+    assert config.MODEL.TYPE == "swin" and list(config.MODEL.SWIN.DEPTHS) == [2, 2, 6, 2]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path: Path):
+    config = get_config(Namespace(cfg=str(path)))
+    assert config.MODEL.NUM_CLASSES == len(CLASSES) and list(config.CLASSES) == list(CLASSES)
+    assert config.MODEL.NAME
+
+
+def test_shipped_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"swin_tiny_patch4_window7_224.yaml", "swin_tiny_focal.yaml", "arcpsa_swin.yaml",
+            "arcpsa_swin_base_384.yaml", "demo_cpu.yaml"} <= names
+
+
+def test_headline_configs():
+    arc = get_config(Namespace(cfg=str(CONFIGS[0].parent / "arcpsa_swin.yaml")))
+    assert (arc.MODEL.NAME, arc.MODEL.HEAD, arc.MODEL.PSA.ENABLE) == ("arcpsa_swin_tiny", "arcface", True)
+    base = get_config(Namespace(cfg=str(CONFIGS[0].parent / "arcpsa_swin_base_384.yaml")))
+    assert (base.MODEL.TYPE, base.MODEL.SWIN.WINDOW_SIZE, base.DATA.IMG_SIZE) == (
+        "swin_base_patch4_window12_384", 12, 384)
+    assert base.MODEL.HEAD == "arcface" and base.MODEL.PSA.ENABLE
+    focal = get_config(Namespace(cfg=str(CONFIGS[0].parent / "swin_tiny_focal.yaml")))
+    assert focal.LOSS.NAME == "focal" and focal.MODEL.TYPE == "swin_tiny_patch4_window7_224"
+
+
+def test_config_from_string_round_trip(child_yaml: Path):
+    config = get_config(Namespace(cfg=str(child_yaml), opts=["DATA.OVERSAMPLE.complex", "3"]))
+    again = config_from_string(config.dump())
+    assert again == config and again.is_frozen()
+
+
+def test_config_from_string_rejects_unknown_keys():
+    with pytest.raises(KeyError):
+        config_from_string(get_default_config().dump() + "NOT_A_KEY: 1\n")

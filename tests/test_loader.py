@@ -1,0 +1,160 @@
+"""Transforms, samplers, oversampling and mixup on a tiny one-hot tree drawn by the test."""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from config import get_default_config
+from data.labels import CLASSES, labels_to_codes, labels_to_vector
+from data.loader import EpochSampler, MultiHotMixup, SeededSamples, ShardSampler, build_loader, oversample_indices
+from data.transforms import build_transform
+
+# Label strings cycled over the images of a split: singles and the multi-label combinations.
+COMBINATIONS = (
+    "healthy", "scab", "rust", "complex", "frog_eye_leaf_spot", "powdery_mildew",
+    "scab frog_eye_leaf_spot complex", "rust complex",
+)
+CLASS_COLOURS = {
+    "complex": (120, 70, 30), "frog_eye_leaf_spot": (90, 40, 40), "healthy": (40, 160, 40),
+    "powdery_mildew": (230, 230, 230), "rust": (230, 120, 20), "scab": (60, 60, 30),
+}
+
+
+def draw_leaf(labels: str, rng: random.Random, size: tuple[int, int] = (72, 64)) -> Image.Image:
+    """A green ellipse with one coloured spot per label (enough signal for a tiny model)."""
+    image = Image.new("RGB", size, (rng.randint(90, 130), rng.randint(70, 100), rng.randint(40, 70)))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((6, 6, size[0] - 6, size[1] - 6), fill=(50, 140 + rng.randint(-20, 20), 50))
+    for name in labels.split():
+        x, y = rng.randint(12, size[0] - 24), rng.randint(12, size[1] - 24)
+        draw.ellipse((x, y, x + 12, y + 12), fill=CLASS_COLOURS[name])
+    return image
+
+
+def make_tree(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """A prepared tree like process/prepare.py's: root/<split>/<code>/<name>.jpg (+ <split>.csv)."""
+    rng = random.Random(seed)
+    for split, count in counts.items():
+        rows = []
+        for i in range(count):
+            labels = COMBINATIONS[i % len(COMBINATIONS)]
+            name = f"{split}{i:04d}.jpg"
+            codes = labels_to_codes(labels)
+            first = root / split / codes[0] / name
+            first.parent.mkdir(parents=True, exist_ok=True)
+            draw_leaf(labels, rng).save(first, quality=95)
+            for code in codes[1:]:
+                (root / split / code).mkdir(parents=True, exist_ok=True)
+                (root / split / code / name).hardlink_to(first)
+            rows.append({"images": name, **dict(zip(CLASSES, labels_to_vector(labels).astype(int)))})
+        pd.DataFrame(rows).to_csv(root / f"{split}.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("tree"), {"train": 24, "val": 10})
+
+
+def tiny_config(data_path: Path, *opts):
+    config = get_default_config()
+    config.merge_from_list([
+        "DATA.DATA_PATH", str(data_path), "DATA.IMG_SIZE", 64, "DATA.BATCH_SIZE", 4, "DATA.NUM_WORKERS", 0,
+        *opts,
+    ])
+    return config
+
+
+def test_transforms_give_normalised_tensors_of_img_size(tree):
+    config = tiny_config(tree)
+    image = Image.open(next((tree / "train").glob("*/*.jpg"))).convert("RGB")
+    train, evaluation = build_transform(True, config), build_transform(False, config)
+    assert train(image).shape == (3, 64, 64)
+    assert evaluation(image).shape == (3, 64, 64)
+    assert torch.equal(evaluation(image), evaluation(image))
+    config.merge_from_list(["TEST.CROP", True, "AUG.AUTO_AUGMENT", "none", "AUG.COLOR_JITTER", 0.0])
+    assert build_transform(False, config)(image).shape == (3, 64, 64)
+    assert build_transform(True, config)(image).shape == (3, 64, 64)
+
+
+def test_oversample_indices_repeat_by_largest_factor():
+    targets = np.stack([labels_to_vector(s) for s in ("healthy", "complex", "rust complex", "rust")])
+    indices = oversample_indices(targets, {"complex": 3, "rust": 2})
+    assert Counter(indices) == {0: 1, 1: 3, 2: 3, 3: 2}
+
+
+def test_oversampling_touches_training_only(tree):
+    config = tiny_config(tree, "DATA.OVERSAMPLE.complex", 3)
+    dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
+    assert mixup_fn is None
+    complex_train = dataset_train.targets[:, CLASSES.index("complex")] > 0
+    counts = Counter(index for index, _ in loader_train.sampler.epoch_order())
+    assert all(counts[i] == (3 if complex_train[i] else 1) for i in range(len(dataset_train)))
+    assert len(loader_train.sampler.indices) == len(dataset_train) + 2 * complex_train.sum()
+    # Validation: every image exactly once, targets as in the tree.
+    assert len(dataset_val) == 10
+    assert list(loader_val.sampler) == list(range(10))
+    seen = torch.cat([targets for _, targets in loader_val])
+    assert torch.equal(seen, torch.from_numpy(dataset_val.targets))
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    sampler = EpochSampler(list(range(20)), seed=3)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    assert list(EpochSampler(list(range(20)), seed=3).__iter__()) != first  # epoch 0 differs
+    again = EpochSampler(list(range(20)), seed=3)
+    again.set_epoch(1)
+    assert list(again) == first and sorted(i for i, _ in first) == list(range(20))
+    again.set_epoch(1, skip=8)
+    assert list(again) == first[8:] and len(again) == 12
+
+
+def test_distributed_samplers_split_without_losing_images():
+    ranks = [EpochSampler(list(range(11)), seed=0, rank=r, world_size=2) for r in range(2)]
+    orders = [[i for i, _ in s] for s in ranks]
+    assert len(orders[0]) == len(orders[1]) == 6  # padded to equal length, as DistributedSampler
+    assert set(orders[0]) | set(orders[1]) == set(range(11))
+    shards = [list(ShardSampler(11, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(11))  # validation: no duplicates at all
+
+
+def test_seeded_samples_are_reproducible_and_leave_global_rng_alone(tree):
+    config = tiny_config(tree)
+    dataset = SeededSamples(build_loader(config)[0])
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a, b, c = dataset[(5, 123)][0], dataset[(5, 123)][0], dataset[(5, 124)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_training_batches_do_not_depend_on_worker_count(tree):
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = build_loader(tiny_config(tree, "DATA.NUM_WORKERS", workers))[2]
+        loader.sampler.set_epoch(2)
+        return [images for images, _ in loader]
+
+    assert all(torch.equal(x, y) for x, y in zip(batches(0), batches(2), strict=True))
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_mixup_mixes_multi_hot_targets(mode):
+    mixup = MultiHotMixup(mixup_alpha=0.8, cutmix_alpha=0.0, mode=mode, num_classes=len(CLASSES))
+    targets = torch.stack([torch.from_numpy(labels_to_vector(s)) for s in ("scab frog_eye_leaf_spot", "rust")])
+    images = torch.rand(2, 3, 8, 8)
+    mixed_images, mixed = mixup(images.clone(), targets)
+    lam = mixed[0, CLASSES.index("scab")].item()  # scab is only in image 0, rust only in image 1
+    assert 0.0 <= lam <= 1.0
+    assert mixed[0, CLASSES.index("rust")].item() == pytest.approx(1 - lam)
+    assert torch.allclose(mixed[0], lam * targets[0] + (1 - lam) * targets[1])
+    assert mixed[:, CLASSES.index("healthy")].eq(0).all()  # in neither image
+    if mode == "batch":
+        assert torch.allclose(mixed_images, lam * images + (1 - lam) * images.flip(0))

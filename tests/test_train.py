@@ -1,0 +1,240 @@
+"""main.py end to end on a tiny tree and a tiny Swin: checkpoints, resume, early stop, DDP, pretrained."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import main
+from config import config_from_string, get_default_config
+from data.labels import CLASSES
+from models import build_model
+from test_loader import make_tree
+from utils import atomic_save, create_logger, load_checkpoint_file, load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
+    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
+    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1",
+    "PRINT_FREQ", "2", "SEED", "0",
+]
+ARCPSA = ["MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"]
+CONTRACT_KEYS = {
+    "model", "ema", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "best_metric", "best_epoch", "rng",
+    "thresholds", "classes", "config", "metrics",
+}
+VAL_IMAGES = 11  # odd: two ranks get different numbers of images
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("tree"), {"train": 24, "val": VAL_IMAGES})
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("output")
+
+
+def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return ["--data-path", str(tree), "--output", str(output), "--tag", tag, "--batch-size", "4",
+            "--device", "cpu", *extra, "--opts", *TINY, *opts]
+
+
+def run_dir(output: Path, tag: str) -> Path:
+    return output / "swin_tiny_patch4_window7_224" / tag
+
+
+def run_script(args: list[str], env: dict | None = None, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, *module, *([] if module else ["main.py"]), *args]
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def tiny_config(*opts: str):
+    config = get_default_config()
+    config.merge_from_list([*TINY, *opts])
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tree, output) -> Path:
+    """A 2-epoch ArcFace + PSA run with EMA and a checkpoint every epoch."""
+    assert main.main(cli(tree, output, "trained", *ARCPSA, "MODEL.EMA.ENABLE", "True", "SAVE_FREQ", "1")) == 0
+    return run_dir(output, "trained")
+
+
+def test_run_dir_and_checkpoint_contract(trained):
+    for name in ("config.yaml", "log.txt", "history.csv", "curves.png", "ckpt_latest.pth", "ckpt_best.pth",
+                 "thresholds.json", "ckpt_epoch_0.pth", "ckpt_epoch_1.pth"):
+        assert (trained / name).is_file(), name
+    history = pd.read_csv(trained / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    assert {"train_loss", "val_loss", "lr", "macro_f1", "macro_f1_tuned", "mAP"} <= set(history.columns)
+    assert list(json.loads((trained / "thresholds.json").read_text())) == list(CLASSES)
+
+    latest = torch.load(trained / "ckpt_latest.pth", map_location="cpu", weights_only=True)
+    assert set(latest) == CONTRACT_KEYS
+    assert (latest["epoch"], latest["step"], latest["classes"]) == (1, 0, list(CLASSES))
+    assert latest["ema"] is not None and latest["scaler"] is None and len(latest["thresholds"]) == 6
+    assert config_from_string(latest["config"]).MODEL.HEAD == "arcface"
+    best = load_checkpoint_file(trained / "ckpt_best.pth")
+    assert best["thresholds"] == list(json.loads((trained / "thresholds.json").read_text()).values())
+
+    # The ArcFace centres are parameters: saved, and trained (they move between epochs).
+    model = build_model(config_from_string(latest["config"]))
+    head_keys = [f"head.{name}" for name, _ in model.head.named_parameters()]
+    assert head_keys and all(k in latest["model"] for k in head_keys)
+    first = load_checkpoint_file(trained / "ckpt_epoch_0.pth")
+    assert any(not torch.equal(first["model"][k], latest["model"][k]) for k in head_keys)
+    model.load_state_dict(latest["model"])
+
+
+def test_rerun_of_a_finished_run_resumes_and_does_nothing(tree, output, trained):
+    before = load_checkpoint_file(trained / "ckpt_latest.pth")["model"]
+    assert main.main(cli(tree, output, "trained", *ARCPSA, "MODEL.EMA.ENABLE", "True", "SAVE_FREQ", "1")) == 0
+    after = load_checkpoint_file(trained / "ckpt_latest.pth")["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(pd.read_csv(trained / "history.csv")) == 2
+    assert "resumed from" in (trained / "log.txt").read_text()
+
+
+def test_killed_and_resumed_run_equals_uninterrupted_run(tree, output):
+    opts = (*ARCPSA, "MODEL.EMA.ENABLE", "True")
+    assert main.main(cli(tree, output, "whole", *opts)) == 0
+    # A real SIGTERM (sent by the process to itself after update 8 of 12: mid-epoch 1) in a
+    # subprocess; two loader workers there, none above: the order and augmentation must not
+    # depend on that either.
+    killed_args = cli(tree, output, "killed", *opts, "DATA.NUM_WORKERS", "2")
+    killed = run_script(killed_args, env={main.INTERRUPT_ENV: "8"})
+    assert killed.returncode == main.EXIT_INTERRUPTED, killed.stderr[-2000:]
+    assert "SIGTERM: saved" in killed.stdout
+    partial = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
+    assert (partial["epoch"], partial["step"]) == (0, 2)
+    assert main.main(killed_args) == 0  # the same command again
+
+    a = load_checkpoint_file(run_dir(output, "whole") / "ckpt_latest.pth")
+    b = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert pd.read_csv(run_dir(output, "killed") / "history.csv")["epoch"].tolist() == [0, 1]
+
+
+def test_early_stopping_when_the_metric_cannot_improve(tree, output):
+    frozen = ("TRAIN.BASE_LR", "0.0", "TRAIN.WARMUP_LR", "0.0", "TRAIN.MIN_LR", "0.0", "TRAIN.EPOCHS", "5",
+              "TRAIN.PATIENCE", "1")
+    assert main.main(cli(tree, output, "patience", *frozen)) == 0
+    folder = run_dir(output, "patience")
+    assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == [0, 1]
+    assert "early stop" in (folder / "log.txt").read_text()
+    assert load_checkpoint_file(folder / "ckpt_best.pth")["best_epoch"] == 0
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, output):
+    args = cli(tree, output, "nan", "TRAIN.EPOCHS", "1")
+    assert main.main(args) == 0
+    folder = run_dir(output, "nan")
+    good = (folder / "ckpt_latest.pth").read_bytes()
+    # Diverging optimizer state: the first step of epoch 1 makes every weight NaN.
+    ckpt = load_checkpoint_file(folder / "ckpt_latest.pth")
+    for state in ckpt["optimizer"]["state"].values():
+        state["exp_avg_sq"].fill_(-1.0)
+    atomic_save(ckpt, folder.parent / "diverging.pth")
+    code = main.main(cli(tree, output, "nan", "TRAIN.EPOCHS", "2", "TRAIN.AUTO_RESUME", "False",
+                         extra=("--resume", str(folder.parent / "diverging.pth"))))
+    assert code == 1
+    assert re.search(r"non-finite training loss \(nan\) at epoch 1 step 1", (folder / "log.txt").read_text())
+    assert (folder / "ckpt_latest.pth").read_bytes() == good
+    assert len(pd.read_csv(folder / "history.csv")) == 1
+
+
+def test_two_process_gloo_eval_equals_one_process(tree, output, trained):
+    ckpt = str(trained / "ckpt_best.pth")
+    opts = (*ARCPSA, "MODEL.EMA.ENABLE", "True")
+    assert main.main(cli(tree, output, "eval1", *opts, extra=("--eval", "--resume", ckpt))) == 0
+    two = run_script(["--standalone", "--nproc_per_node=2", "main.py",
+                      *cli(tree, output, "eval2", *opts, extra=("--eval", "--resume", ckpt))],
+                     module=("-m", "torch.distributed.run"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = json.loads((run_dir(output, "eval1") / "eval_metrics.json").read_text())
+    both = json.loads((run_dir(output, "eval2") / "eval_metrics.json").read_text())
+    assert one["num_images"] == both["num_images"] == VAL_IMAGES
+    assert one.keys() == both.keys()
+    for key, value in one.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(both[key], abs=1e-6, nan_ok=True), key
+
+
+def official_swin_checkpoint(path: Path) -> dict:
+    """A Microsoft-format file of the tiny Swin: 1000-class ``head``, window 8, end-of-stage downsample."""
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=1000, embed_dim=16, depths=(1, 1),
+                             num_heads=(1, 2), window_size=8, img_size=64)
+    state = {}
+    for key, value in swin.state_dict().items():
+        key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
+        state[key.replace("head.fc.", "head.")] = value
+        if key.endswith("attn.relative_position_bias_table"):
+            state[key.replace("bias_table", "index")] = torch.zeros(64, 64, dtype=torch.long)
+    torch.save({"model": state}, path)
+    return state
+
+
+def test_pretrained_official_checkpoint_loads_through_main(tree, output, tmp_path):
+    official = official_swin_checkpoint(tmp_path / "swin_official.pth")
+    model = build_model(tiny_config())
+    config = tiny_config()
+    config.merge_from_list(["MODEL.PRETRAINED", str(tmp_path / "swin_official.pth")])
+    load_pretrained(config, model, create_logger(tmp_path, name="pretrained_test"))
+    assert torch.equal(model.backbone.patch_embed.proj.weight, official["patch_embed.proj.weight"])
+    assert torch.equal(model.backbone.layers[1].downsample.reduction.weight,
+                       official["layers.0.downsample.reduction.weight"])
+    log = (tmp_path / "log.txt").read_text()
+    assert re.search(r"initialised fresh \(not in the file\): .*head\.", log)  # our 6-way head
+
+    assert main.main(cli(tree, output, "pretrained", "TRAIN.EPOCHS", "1",
+                         extra=("--pretrained", str(tmp_path / "swin_official.pth")))) == 0
+    assert "pretrained:" in (run_dir(output, "pretrained") / "log.txt").read_text()
+
+
+def test_pretrained_timm_safetensors_and_wrong_architecture(tmp_path):
+    config = tiny_config()
+    source = build_model(config)
+    save_file({k: v.contiguous() for k, v in source.backbone.state_dict().items()}, tmp_path / "timm.safetensors")
+    target = build_model(config)
+    config.merge_from_list(["MODEL.PRETRAINED", str(tmp_path / "timm.safetensors")])
+    load_pretrained(config, target, create_logger(tmp_path, name="pretrained_test"))
+    assert all(torch.equal(v, target.backbone.state_dict()[k]) for k, v in source.backbone.state_dict().items())
+
+    torch.save({"model": {"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(1000, 8)}},
+               tmp_path / "resnet.pth")
+    config.merge_from_list(["MODEL.PRETRAINED", str(tmp_path / "resnet.pth")])
+    with pytest.raises(ValueError, match="resnet.pth"):
+        load_pretrained(config, build_model(config), create_logger(tmp_path, name="pretrained_test"))
+
+
+def test_throughput_prints_model_and_loader_figures(tree, output):
+    assert main.main(cli(tree, output, "speed", extra=("--throughput",))) == 0
+    log = (run_dir(output, "speed") / "log.txt").read_text()
+    assert re.search(r"model throughput: [\d.]+ img/s", log)
+    assert re.search(r"loader throughput: [\d.]+ img/s", log)
+
+
+def test_unknown_config_key_is_an_error(tree, output, tmp_path):
+    with pytest.raises(ValueError, match="TRAIN.NO_SUCH_KEY"):
+        main.main(cli(tree, output, "bad", "TRAIN.NO_SUCH_KEY", "1"))
+    (tmp_path / "bad.yaml").write_text("MODEL:\n  NO_SUCH_KEY: 1\n")
+    with pytest.raises(ValueError, match="NO_SUCH_KEY"):
+        main.main(cli(tree, output, "bad", extra=("--cfg", str(tmp_path / "bad.yaml"))))
+    with pytest.raises(ValueError, match="BEST_METRIC"):
+        main.main(cli(tree, output, "bad", "TRAIN.BEST_METRIC", "accuracy"))

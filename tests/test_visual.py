@@ -1,0 +1,162 @@
+"""visual.py: per-class Grad-CAM maps on Swin (linear, ArcFace + PSA) and a CNN, and the files it writes."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import test as evaluation
+import visual
+from data.labels import CLASSES
+from data.transforms import build_transform
+from models import build_model
+from test_eval import save_run, tiny_config, train_a_little
+from test_loader import draw_leaf, make_tree
+
+CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
+       "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
+MODELS = {
+    "swin": ((), 10),  # (opts, training steps)
+    "arcpsa": (("MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"), 10),
+    "cnn": (tuple(CNN), 0),
+}
+IMAGE_SIZE = (90, 70)  # not square and not the model's size: maps must come back at this size
+
+
+@pytest.fixture(scope="session")
+def cam_tree(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("cam_tree"), {"train": 24})
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, cam_tree) -> dict[str, Path]:
+    """One saved run per model kind (seeded; the Swin ones trained a few steps)."""
+    output = tmp_path_factory.mktemp("cam_output")
+    found = {}
+    for name, (opts, steps) in MODELS.items():
+        config = tiny_config(output, name, cam_tree, *opts)
+        torch.manual_seed(0)
+        model = build_model(config)
+        if steps:
+            train_a_little(model, cam_tree / "train", config, steps)
+        found[name] = save_run(config, model.eval(), [0.5] * len(CLASSES))
+    return found
+
+
+@pytest.fixture(scope="session")
+def leaf(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("leaves") / "leaf.jpg"
+    draw_leaf("scab rust", random.Random(3), size=IMAGE_SIZE).save(path, quality=95)
+    return path
+
+
+def load(run: Path) -> evaluation.Loaded:
+    return evaluation.load_model(run / "ckpt_best.pth", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
+    loaded = load(runs[kind])
+    cam = visual.build_cam(loaded.model)
+    image = evaluation.load_image(leaf)
+    maps, probs = visual.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
+    assert maps.shape == (len(CLASSES), IMAGE_SIZE[1], IMAGE_SIZE[0])
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    # A class with no positive evidence anywhere gets Grad-CAM's all-zero map; the others must vary
+    # over the image and tell the classes apart.
+    varying = [m for m in maps if m.std() > 0.01]
+    assert len(varying) >= 2
+    assert all(np.abs(a - b).max() > 0.1 for i, a in enumerate(varying) for b in varying[i + 1:])
+    expected = torch.sigmoid(loaded.model(build_transform(False, loaded.config)(image)[None]))[0]
+    np.testing.assert_allclose(probs, expected.detach().numpy(), atol=1e-5)
+
+
+def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
+    loaded = load(runs["arcpsa"])
+    transform = build_transform(False, loaded.config)
+    images = [evaluation.load_image(leaf), draw_leaf("healthy", random.Random(5))]
+    batch = torch.stack([transform(image) for image in images])
+    wrapped = visual.EvalLogits(loaded.model).eval()(batch)
+    logits, _ = evaluation.predict(loaded.model, DataLoader(list(zip(batch, [0, 0])), batch_size=2),
+                                   torch.device("cpu"))
+    assert torch.allclose(wrapped, torch.from_numpy(logits).float(), atol=1e-5)
+    head = loaded.model.head
+    cosine = head.cosine(loaded.model.features(batch))
+    assert torch.allclose(wrapped, head.scale * cosine, atol=1e-5)  # SCALE * cos(theta): no margin, no label
+    targets = torch.ones_like(wrapped)
+    with torch.no_grad():
+        margin_logits = loaded.model.train()(batch, targets)
+    loaded.model.eval()
+    assert (margin_logits < wrapped - 1e-3).all()  # the margin is a training-only term
+
+
+def test_default_target_layers(runs):
+    swin, cnn = load(runs["swin"]).model, load(runs["cnn"]).model
+    assert visual.find_module(swin, visual.default_target_layer(swin)) is swin.backbone.layers[-1].blocks[-1].norm1
+    assert visual.reshape_for(swin, swin.backbone.layers[-1].blocks[-1].norm1) is visual.nhwc_to_nchw
+    assert visual.default_target_layer(cnn) == "backbone.layer4"
+    assert visual.reshape_for(cnn, cnn.backbone.layer4) is None
+
+
+def test_psa_neck_layer_is_channels_first(runs, leaf):
+    loaded = load(runs["arcpsa"])
+    assert visual.reshape_for(loaded.model, loaded.model.neck.psa) is None
+    cam = visual.build_cam(loaded.model, target_layer="neck.psa")
+    maps, _ = visual.class_maps(cam, evaluation.load_image(leaf), build_transform(False, loaded.config), [0, 5])
+    assert maps.shape == (2, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.std() > 0
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "layercam", "eigencam"])
+def test_other_methods(runs, leaf, method):
+    loaded = load(runs["swin"])
+    cam = visual.build_cam(loaded.model, method)
+    maps, _ = visual.class_maps(cam, evaluation.load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
+    assert maps.shape == (3, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.max() > 0
+
+
+def test_wrong_target_layer_lists_nearby_names(runs):
+    model = load(runs["swin"]).model
+    with pytest.raises(ValueError, match=r"'backbone.layers.1.blocks.0.nrm1'.*backbone\.layers\.1\.blocks\.0\.norm1"):
+        visual.build_cam(model, target_layer="backbone.layers.1.blocks.0.nrm1")
+    with pytest.raises(ValueError, match="nearby names: .*backbone.layers"):
+        visual.build_cam(model, target_layer="backbone.layer[5]")
+
+
+def test_cli_writes_overlays_grid_and_gif(runs, leaf, tmp_path, capsys):
+    run = runs["arcpsa"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert visual.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(leaf), str(broken),
+                        "--classes", "scab", "rust", "--gif", "--device", "cpu"]) == 0
+    out = run / "cam"
+    written = {"leaf_rust.png", "leaf_scab.png", "leaf_grid.png", "leaf.gif"}
+    assert written <= {p.name for p in out.iterdir()}
+    printed = capsys.readouterr().out
+    assert "broken.png: skipped" in printed and all(name in printed for name in written)
+    for name in ("leaf_rust.png", "leaf_scab.png"):
+        assert Image.open(out / name).size == IMAGE_SIZE
+    rust, scab = (np.asarray(Image.open(out / f"leaf_{c}.png"), dtype=int) for c in ("rust", "scab"))
+    assert np.abs(rust - scab).max() > 0
+    with Image.open(out / "leaf.gif") as gif:
+        assert gif.n_frames == 2
+    assert Image.open(out / "leaf_grid.png").size[0] > IMAGE_SIZE[0]
+
+
+def test_cli_rejects_unknown_class(runs, leaf):
+    with pytest.raises(ValueError, match="unknown label 'blight'"):
+        visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(leaf),
+                     "--classes", "blight"])
+
+
+def test_large_photos_are_shrunk_to_max_side(runs, tmp_path):
+    photo = tmp_path / "big.jpg"
+    draw_leaf("rust", random.Random(2), size=(300, 200)).save(photo)
+    out = tmp_path / "cam"
+    assert visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(photo),
+                        "--classes", "rust", "--max-side", "120", "--output", str(out), "--device", "cpu"]) == 0
+    assert Image.open(out / "big_rust.png").size == (120, 80)
