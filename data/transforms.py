@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import auto_augment as timm_auto_augment
 
 # Crops keep at least half the leaf: a lesion cut out of the crop would make its label wrong.
 TRAIN_CROP_SCALE = (0.5, 1.0)
@@ -33,7 +35,7 @@ def build_transform(is_train: bool, config: Any) -> Callable:
         )
     aug = config.AUG
     auto_augment = aug.AUTO_AUGMENT if aug.AUTO_AUGMENT and aug.AUTO_AUGMENT.lower() != "none" else None
-    return create_transform(
+    transform = create_transform(
         size,
         is_training=True,
         scale=TRAIN_CROP_SCALE,
@@ -46,3 +48,20 @@ def build_transform(is_train: bool, config: Any) -> Callable:
         re_count=aug.RECOUNT,
         **common,
     )
+    return _keep_a_posterize_bit(transform)
+
+
+def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize with 0 bits raised to 1: Pillow >= 13 rejects 0, which RandAugment's
+    increasing posterize reaches at magnitude 10 (m9 + mstd0.5), so training would crash at random."""
+    return timm_auto_augment.posterize(img, max(1, bits_to_keep), **kwargs)
+
+
+def _keep_a_posterize_bit(transform: Any) -> Any:
+    """Swap the posterize of this transform's RandAugment/AutoAugment/AugMix ops for the safe one."""
+    for step in getattr(transform, "transforms", ()):
+        ops = list(getattr(step, "ops", ())) + [op for sub in getattr(step, "policy", ()) for op in sub]
+        for op in ops:
+            if getattr(op, "aug_fn", None) is timm_auto_augment.posterize:
+                op.aug_fn = _posterize_at_least_one_bit
+    return transform
