@@ -41,7 +41,7 @@ from metrics import multilabel_metrics, summarize, tune_thresholds
 from models import build_loss, build_model
 from utils import (
     atomic_save, atomic_write_bytes, atomic_write_text, create_logger, get_rng_state, init_distributed,
-    load_checkpoint_file, load_pretrained, run_dir, seed_everything, select_device, set_rng_state,
+    inference_weights, load_checkpoint_file, load_pretrained, run_dir, seed_everything, select_device, set_rng_state,
 )
 
 EXIT_INTERRUPTED = 130
@@ -156,11 +156,6 @@ def load_training_checkpoint(path: Path) -> dict:
     if missing:
         raise ValueError(f"{path}: not a training checkpoint of main.py (no {', '.join(sorted(missing))})")
     return ckpt
-
-
-def inference_weights(ckpt: dict, config: Any) -> dict:
-    """EMA weights when the checkpoint has them and MODEL.EMA.EVAL is on, else the raw ones."""
-    return ckpt["ema"] if ckpt.get("ema") is not None and config.MODEL.EMA.EVAL else ckpt["model"]
 
 
 def read_history(path: Path, last_epoch: int) -> list[dict]:

@@ -31,7 +31,7 @@ from typing import Any, Callable, ContextManager, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from termcolor import colored
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -39,14 +39,13 @@ from tqdm import tqdm
 
 from config import config_from_string, get_config
 from data.dataset import MultiLabelImageFolder
+from data.images import load_image
 from data.labels import CLASS_INDEX, CLASSES, vector_to_labels
 from data.transforms import TEST_CROP_PCT, build_transform
 from engine import autocast_factory
-from main import inference_weights
 from metrics import multilabel_metrics, tune_thresholds
 from models import build_model
-from process.prepare import to_rgb
-from utils import atomic_write_bytes, atomic_write_text, create_logger, load_checkpoint_file, run_dir, select_device
+from utils import atomic_write_bytes, atomic_write_text, create_logger, inference_weights, load_checkpoint_file, run_dir, select_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HEALTHY = CLASS_INDEX["healthy"]
@@ -180,18 +179,6 @@ def collect_images(patterns: Iterable[str], logger: Any) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no image found in {' '.join(patterns)}")
     return list(found)
-
-
-def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
-    """Upright (EXIF orientation applied) RGB image; transparency is composited on white.
-
-    ``min_size`` lets the JPEG decoder downscale by a power of two while decoding, never below
-    ``min_size`` on either side: a large photo then costs a fraction of a full decode.
-    """
-    with Image.open(path) as image:
-        if min_size:
-            image.draft("RGB", (min_size, min_size))
-        return to_rgb(ImageOps.exif_transpose(image))
 
 
 def decode_size(config: Any) -> int:

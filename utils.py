@@ -130,6 +130,11 @@ def load_checkpoint_file(path: str | Path) -> dict:
     return obj
 
 
+def inference_weights(ckpt: dict, config: Any) -> dict:
+    """EMA weights when the checkpoint has them and MODEL.EMA.EVAL is on, else the raw ones."""
+    return ckpt["ema"] if ckpt.get("ema") is not None and config.MODEL.EMA.EVAL else ckpt["model"]
+
+
 def _read_weights_file(path: Path) -> dict:
     """Raw object of a pretrained file: ``.safetensors`` or a torch ``.pth``/``.bin``."""
     if path.suffix == ".safetensors":

@@ -32,10 +32,11 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from data.images import load_image
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
 from data.transforms import build_transform
 from test import (
-    collect_images, find_checkpoint, load_image, load_model, read_failure, resolve_thresholds,
+    collect_images, find_checkpoint, load_model, read_failure, resolve_thresholds,
 )
 from utils import atomic_write_bytes, create_logger, select_device
 

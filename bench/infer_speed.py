@@ -29,11 +29,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from config import get_config  # noqa: E402
+from data.images import load_image  # noqa: E402
 from data.labels import CLASSES  # noqa: E402
 from data.transforms import build_transform  # noqa: E402
 from models import build_model  # noqa: E402
 from process.synthesize import parse_size, synthesize  # noqa: E402
-from test import Job, Loaded, decode_size, load_image, load_model, predict_files, sigmoid  # noqa: E402
+from test import Job, Loaded, decode_size, load_model, predict_files, sigmoid  # noqa: E402
 from utils import select_device  # noqa: E402
 
 ACCEPTANCE = 3.0

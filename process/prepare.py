@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.images import to_rgb  # noqa: E402
 from data.labels import CLASS_INDEX, CLASSES, labels_to_codes, labels_to_string  # noqa: E402
 from utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -218,16 +219,6 @@ def target_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
         return size
     scale = shorter / min(width, height)
     return max(shorter, round(width * scale)), max(shorter, round(height * scale))
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparent pixels (RGBA, LA, P with transparency) composited on white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def load_resized(path: str | Path, shorter: int) -> Image.Image:

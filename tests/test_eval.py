@@ -18,11 +18,12 @@ from torch.utils.data import DataLoader
 import test as evaluation
 from config import get_default_config
 from data.dataset import MultiLabelImageFolder
+from data.images import load_image
 from data.labels import CLASSES, labels_to_vector
 from data.transforms import build_transform
 from metrics import multilabel_metrics, tune_thresholds
 from models import build_model
-from test_loader import draw_leaf, make_tree
+from helpers import draw_leaf, make_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -243,19 +244,19 @@ def test_images_accepts_files_and_globs_and_equals_one_image_at_a_time(run, phot
     predictions = pd.read_csv(out / "predictions.csv")
     assert predictions["image"].tolist() == ["plain.png", "cmyk.jpg", "rotated.jpg"]
     loaded = evaluation.load_model(run / "ckpt_best.pth", torch.device("cpu"))
-    images = [evaluation.load_image(p) for p in predictions["path"]]
+    images = [load_image(p) for p in predictions["path"]]
     expected = torch.sigmoid(eval_logits(loaded.model, images, loaded.config)).numpy()
     np.testing.assert_allclose(predictions[list(CLASSES)].to_numpy(), expected, atol=1e-5)
 
 
 def test_load_image_makes_any_photo_upright_rgb(photos):
-    rotated = evaluation.load_image(photos / "rotated.jpg")
+    rotated = load_image(photos / "rotated.jpg")
     assert rotated.mode == "RGB" and rotated.size == (96, 64)  # stored as 64 x 96, EXIF orientation 6
     for name in ("rgba.png", "cmyk.jpg", "sub/gray.jpg"):
-        assert evaluation.load_image(photos / name).mode == "RGB"
+        assert load_image(photos / name).mode == "RGB"
     large = Image.new("RGB", (1200, 800), (30, 120, 30))
     large.save(photos / "large.jpg")
-    assert min(evaluation.load_image(photos / "large.jpg", min_size=64).size) >= 64
+    assert min(load_image(photos / "large.jpg", min_size=64).size) >= 64
 
 
 def test_tta_averages_logits_over_the_image_and_its_flips(run, photos, tmp_path):
@@ -264,7 +265,7 @@ def test_tta_averages_logits_over_the_image_and_its_flips(run, photos, tmp_path)
             str(photos / "rgba.png"), "--output", str(out), "--device", "cpu", "--tta"]
     assert evaluation.main(args) == 0
     loaded = evaluation.load_model(run / "ckpt_best.pth", torch.device("cpu"))
-    images = [evaluation.load_image(photos / name) for name in ("plain.png", "rgba.png")]
+    images = [load_image(photos / name) for name in ("plain.png", "rgba.png")]
     flips = [images, [i.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for i in images],
              [i.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for i in images]]
     expected = torch.sigmoid(torch.stack([eval_logits(loaded.model, x, loaded.config) for x in flips]).mean(0))

@@ -18,7 +18,7 @@ import main
 from config import config_from_string, get_default_config
 from data.labels import CLASSES
 from models import build_model
-from test_loader import make_tree
+from helpers import make_tree
 from utils import atomic_save, create_logger, load_checkpoint_file, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]

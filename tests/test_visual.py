@@ -12,11 +12,12 @@ from torch.utils.data import DataLoader
 
 import test as evaluation
 import visual
+from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
 from models import build_model
 from test_eval import save_run, tiny_config, train_a_little
-from test_loader import draw_leaf, make_tree
+from helpers import draw_leaf, make_tree
 
 CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
        "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
@@ -63,7 +64,7 @@ def load(run: Path) -> evaluation.Loaded:
 def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
     loaded = load(runs[kind])
     cam = visual.build_cam(loaded.model)
-    image = evaluation.load_image(leaf)
+    image = load_image(leaf)
     maps, probs = visual.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
     assert maps.shape == (len(CLASSES), IMAGE_SIZE[1], IMAGE_SIZE[0])
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
@@ -79,7 +80,7 @@ def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
 def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
     loaded = load(runs["arcpsa"])
     transform = build_transform(False, loaded.config)
-    images = [evaluation.load_image(leaf), draw_leaf("healthy", random.Random(5))]
+    images = [load_image(leaf), draw_leaf("healthy", random.Random(5))]
     batch = torch.stack([transform(image) for image in images])
     wrapped = visual.EvalLogits(loaded.model).eval()(batch)
     logits, _ = evaluation.predict(loaded.model, DataLoader(list(zip(batch, [0, 0])), batch_size=2),
@@ -107,7 +108,7 @@ def test_psa_neck_layer_is_channels_first(runs, leaf):
     loaded = load(runs["arcpsa"])
     assert visual.reshape_for(loaded.model, loaded.model.neck.psa) is None
     cam = visual.build_cam(loaded.model, target_layer="neck.psa")
-    maps, _ = visual.class_maps(cam, evaluation.load_image(leaf), build_transform(False, loaded.config), [0, 5])
+    maps, _ = visual.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 5])
     assert maps.shape == (2, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.std() > 0
 
 
@@ -115,7 +116,7 @@ def test_psa_neck_layer_is_channels_first(runs, leaf):
 def test_other_methods(runs, leaf, method):
     loaded = load(runs["swin"])
     cam = visual.build_cam(loaded.model, method)
-    maps, _ = visual.class_maps(cam, evaluation.load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
+    maps, _ = visual.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
     assert maps.shape == (3, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.max() > 0
 
 

@@ -1,0 +1,28 @@
+"""Decoding photos as the model expects them: upright, RGB, transparency on white."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparent pixels (RGBA, LA, P with transparency) composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
+    """Upright (EXIF orientation applied) RGB image; transparency is composited on white.
+
+    ``min_size`` lets the JPEG decoder downscale by a power of two while decoding, never below
+    ``min_size`` on either side: a large photo then costs a fraction of a full decode.
+    """
+    with Image.open(path) as image:
+        if min_size:
+            image.draft("RGB", (min_size, min_size))
+        return to_rgb(ImageOps.exif_transpose(image))
