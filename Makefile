@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 DEMO_DIR ?= demo
 DEMO_CFG ?= configs/demo_cpu.yaml
-DEMO_NUM ?= 1000
+DEMO_NUM ?= 1500
 
 .PHONY: install test demo clean-demo
 
