@@ -9,7 +9,7 @@ and predict one photo after another with the same checkpoint and validation tran
 Photos default to Kaggle's 4000x2672, what users predict on. Repeats are interleaved so that
 machine load hits every side alike; the best repeat of each is reported.
 
-    python bench/infer_speed.py [--cfg configs/demo_cpu.yaml | --checkpoint FILE] [--num-images 24]
+    python bench/infer_speed.py [--cfg configs/demo_cpu.yaml | --checkpoint FILE] [--num-images 64]
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cfg", default="configs/demo_cpu.yaml", help="config of the (untrained) model measured")
     parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE overrides of --cfg")
     parser.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead")
-    parser.add_argument("--num-images", type=int, default=24, help="synthetic photos to predict")
+    parser.add_argument("--num-images", type=int, default=64, help="synthetic photos to predict")
     parser.add_argument("--size", default="4000x2672", help="photo size WIDTHxHEIGHT (Kaggle's by default)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=min(2, os.cpu_count() or 1))
