@@ -163,8 +163,12 @@ def resolve_thresholds(file: Path | None, run: Path, loaded: Loaded, logger: Any
 
 
 def collect_images(patterns: Iterable[str], logger: Any) -> list[Path]:
-    """Files as given, image files of folders (recursively) and glob matches, sorted, without duplicates."""
-    found: dict[Path, None] = {}
+    """Files as given, image files of folders (recursively) and glob matches, sorted, each file once.
+
+    "Once" is by file identity, so a prepared tree's multi-label image, hard-linked into several
+    class folders, is predicted (and submitted) once.
+    """
+    found: dict[tuple[int, int], Path] = {}
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
@@ -175,10 +179,12 @@ def collect_images(patterns: Iterable[str], logger: Any) -> list[Path]:
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
         if not matches:
             logger.warning(f"{pattern}: no such file, or no image in it")
-        found.update(dict.fromkeys(matches))
+        for match in matches:
+            stat = match.stat()
+            found.setdefault((stat.st_dev, stat.st_ino), match)
     if not found:
         raise FileNotFoundError(f"no image found in {' '.join(patterns)}")
-    return list(found)
+    return list(found.values())
 
 
 def decode_size(config: Any) -> int:

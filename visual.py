@@ -241,6 +241,15 @@ def explain_image(cam: BaseCAM, image: Image.Image, stem: str, transform: Callab
     return written
 
 
+def unique_stem(path: Path, taken: set[str]) -> str:
+    """The file's stem, prefixed by its folders when another image already wrote under that stem."""
+    stem, parent = path.stem, path.resolve().parent
+    while stem in taken and parent != parent.parent:
+        stem, parent = f"{parent.name}_{stem}", parent.parent
+    taken.add(stem)
+    return stem
+
+
 def class_indices(names: Sequence[str]) -> list[int]:
     """``['all']`` -> every class; otherwise the named ones (unknown names are a ValueError)."""
     if list(names) == ["all"]:
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = resolve_thresholds(args.thresholds, run, loaded, logger)
     cam = build_cam(loaded.model, args.method, args.target_layer)
     transform = build_transform(False, loaded.config)
-    written = []
+    written, stems = [], set()
     for path in collect_images(args.images, logger):
         try:
             image = load_image(path, args.max_side or None)
@@ -268,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.max_side:
             image.thumbnail((args.max_side, args.max_side))
-        files = explain_image(cam, image, path.stem, transform, classes, thresholds, out, args.gif)
+        files = explain_image(cam, image, unique_stem(path, stems), transform, classes, thresholds, out, args.gif)
         written.extend(files)
         logger.info(f"{path}: " + " ".join(f.name for f in files))
     logger.info(f"{args.method} at {args.target_layer or default_target_layer(loaded.model)}: "

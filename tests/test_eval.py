@@ -249,6 +249,17 @@ def test_images_accepts_files_and_globs_and_equals_one_image_at_a_time(run, phot
     np.testing.assert_allclose(predictions[list(CLASSES)].to_numpy(), expected, atol=1e-5)
 
 
+
+def test_images_of_a_prepared_tree_are_predicted_once_each(run, tree, tmp_path):
+    """A multi-label image hard-linked into several class folders gets one prediction row."""
+    out = tmp_path / "pred"
+    assert evaluation.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(tree / "test"),
+                            "--output", str(out), "--device", "cpu"]) == 0
+    expected = pd.read_csv(tree / "test.csv")["images"]
+    assert sum(1 for _ in (tree / "test").glob("*/*.jpg")) > len(expected)  # the tree has links
+    submission = pd.read_csv(out / "submission.csv")
+    assert sorted(submission["image"]) == sorted(expected)
+
 def test_load_image_makes_any_photo_upright_rgb(photos):
     rotated = load_image(photos / "rotated.jpg")
     assert rotated.mode == "RGB" and rotated.size == (96, 64)  # stored as 64 x 96, EXIF orientation 6

@@ -148,6 +148,16 @@ def test_cli_writes_overlays_grid_and_gif(runs, leaf, tmp_path, capsys):
     assert Image.open(out / "leaf_grid.png").size[0] > IMAGE_SIZE[0]
 
 
+
+def test_cli_keeps_images_of_the_same_name_apart(runs, tmp_path):
+    for folder, labels in (("a", "rust"), ("b", "scab")):
+        (tmp_path / folder).mkdir()
+        draw_leaf(labels, random.Random(3)).save(tmp_path / folder / "leaf.jpg")
+    out = tmp_path / "cam"
+    assert visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(tmp_path / "a"),
+                        str(tmp_path / "b"), "--classes", "rust", "--output", str(out), "--device", "cpu"]) == 0
+    assert {p.name for p in out.glob("*_rust.png")} == {"leaf_rust.png", "b_leaf_rust.png"}
+
 def test_cli_rejects_unknown_class(runs, leaf):
     with pytest.raises(ValueError, match="unknown label 'blight'"):
         visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(leaf),
