@@ -37,7 +37,7 @@ from engine import (
     Evaluation, NonFiniteLossError, Trainer, autocast_factory, build_optimizer, build_scheduler, evaluate,
     loader_throughput, throughput, train_one_epoch,
 )
-from metrics import multilabel_metrics, summarize, tune_thresholds
+from metrics import multilabel_metrics, summarize, table_text, tune_thresholds
 from models import build_loss, build_model
 from utils import (
     atomic_save, atomic_write_bytes, atomic_write_text, create_logger, get_rng_state, init_distributed,
@@ -196,7 +196,7 @@ def plot_curves(rows: list[dict], path: Path, best_metric: str) -> None:
 
 def format_table(evaluation: Evaluation, thresholds: list[float]) -> str:
     table = multilabel_metrics(evaluation.targets, evaluation.probs, thresholds)
-    return table.to_string(float_format=lambda v: f"{v:.4f}")
+    return table_text(table)
 
 
 # ---------------------------------------------------------------------------------------------

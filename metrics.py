@@ -131,3 +131,8 @@ def summarize(
         out[f"ap_{name}"] = _safe_score(average_precision_score, y_true[:, c], probs[:, c])
         out[f"auc_{name}"] = _safe_score(roc_auc_score, y_true[:, c], probs[:, c])
     return out
+
+
+def table_text(table: pd.DataFrame) -> str:
+    """A metrics table as aligned text, 4 decimals, '-' where a metric does not apply."""
+    return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")

@@ -43,7 +43,7 @@ from data.images import load_image
 from data.labels import CLASS_INDEX, CLASSES, vector_to_labels
 from data.transforms import TEST_CROP_PCT, build_transform
 from engine import autocast_factory
-from metrics import multilabel_metrics, tune_thresholds
+from metrics import multilabel_metrics, table_text, tune_thresholds
 from models import build_model
 from utils import atomic_write_bytes, atomic_write_text, create_logger, inference_weights, load_checkpoint_file, run_dir, select_device
 
@@ -316,7 +316,7 @@ def submission_frame(names: Sequence[str], probs: np.ndarray, thresholds: np.nda
 
 def format_table(table: pd.DataFrame) -> str:
     """The metrics table as text: bold header, summary rows in cyan."""
-    header, *lines = table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-").splitlines()
+    header, *lines = table_text(table).splitlines()
     rows = [line if name in CLASSES else colored(line, "cyan") for name, line in zip(table.index, lines)]
     return "\n".join([colored(header, attrs=["bold"]), *rows])
 
