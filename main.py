@@ -17,7 +17,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,8 @@ from metrics import multilabel_metrics, summarize, table_text, tune_thresholds
 from models import build_loss, build_model
 from utils import (
     atomic_save, atomic_write_bytes, atomic_write_text, create_logger, get_rng_state, init_distributed,
-    inference_weights, load_checkpoint_file, load_pretrained, run_dir, seed_everything, select_device, set_rng_state,
+    inference_weights, load_checkpoint_file, load_pretrained, run_cli, run_dir, seed_everything, select_device,
+    set_rng_state,
 )
 
 EXIT_INTERRUPTED = 130
@@ -493,7 +493,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
-        sys.exit(f"error: {error}")
+    run_cli(main)

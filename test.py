@@ -22,7 +22,6 @@ import glob
 import io
 import json
 import os
-import sys
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,19 +44,27 @@ from data.transforms import TEST_CROP_PCT, build_transform
 from engine import autocast_factory
 from metrics import multilabel_metrics, table_text, tune_thresholds
 from models import build_model
-from utils import atomic_write_bytes, atomic_write_text, create_logger, inference_weights, load_checkpoint_file, run_dir, select_device
+from utils import (
+    atomic_write_bytes, atomic_write_text, create_logger, inference_weights, load_checkpoint_file, run_cli, run_dir,
+    select_device,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 HEALTHY = CLASS_INDEX["healthy"]
 DEFAULT_THRESHOLD = 0.5
 
 
-def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that find a trained run and its checkpoint (shared with visual.py)."""
     parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
     parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
     parser.add_argument("--tag", help="run tag (default: the config's TAG)")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's ckpt_best.pth)")
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser)
     parser.add_argument("--data-path", type=Path, help="prepared tree (default: the checkpoint's DATA.DATA_PATH)")
     parser.add_argument("--split", default="test", help="split folder of the tree to evaluate (default: test)")
     parser.add_argument("--images", nargs="+", metavar="PATH", help="image files, folders or globs: predict only")
@@ -510,7 +517,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
-        sys.exit(f"error: {error}")
+    run_cli(main)

@@ -115,6 +115,14 @@ def create_logger(output_dir: str | Path, dist_rank: int = 0, name: str = "") ->
 # ---------------------------------------------------------------------------------------------
 
 
+def run_cli(main: Callable[[], int]) -> None:
+    """Exit with ``main()``'s code; bad input (ValueError, FileNotFoundError) is one line, no traceback."""
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+
+
 def load_checkpoint_file(path: str | Path) -> dict:
     """``torch.load(weights_only=True)`` on CPU; a file that is not a checkpoint is a ValueError naming it."""
     path = Path(path)

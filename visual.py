@@ -17,7 +17,6 @@ import argparse
 import difflib
 import io
 import re
-import sys
 from argparse import Namespace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,9 +35,9 @@ from data.images import load_image
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
 from data.transforms import build_transform
 from test import (
-    collect_images, find_checkpoint, load_model, read_failure, resolve_thresholds,
+    add_run_arguments, collect_images, find_checkpoint, load_model, read_failure, resolve_thresholds,
 )
-from utils import atomic_write_bytes, create_logger, select_device
+from utils import atomic_write_bytes, create_logger, run_cli, select_device
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM,
@@ -54,10 +53,7 @@ PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
-    parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
-    parser.add_argument("--tag", help="run tag (default: the config's TAG)")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's ckpt_best.pth)")
+    add_run_arguments(parser)
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files, folders or globs")
     parser.add_argument("--classes", nargs="+", default=["all"], help="'all' (default) or class names")
     parser.add_argument("--method", default="gradcam", choices=sorted(METHODS))
@@ -286,7 +282,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:  # bad input: one line, no traceback
-        sys.exit(f"error: {error}")
+    run_cli(main)
