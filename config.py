@@ -244,6 +244,8 @@ _C.CLASSES = list(CLASSES)
 
 def _update_config_from_file(config: CN, cfg_file: str) -> None:
     """Merge ``cfg_file`` into ``config``, its ``BASE:`` files first."""
+    if not os.path.isfile(cfg_file):
+        raise FileNotFoundError(f"{cfg_file}: no such config file")
     with open(cfg_file, "r") as f:
         yaml_cfg = yaml.safe_load(f) or {}
     for base in yaml_cfg.setdefault("BASE", [""]):
@@ -251,7 +253,10 @@ def _update_config_from_file(config: CN, cfg_file: str) -> None:
             _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
     config.defrost()
     print(f"=> merge config from {cfg_file}")
-    config.merge_from_file(cfg_file)
+    try:
+        config.merge_from_file(cfg_file)
+    except (KeyError, AssertionError) as err:  # yacs: "Non-existent config key: ..."
+        raise ValueError(f"{cfg_file}: {err.args[0] if err.args else err}") from None
     config.freeze()
 
 
@@ -270,14 +275,14 @@ _ARG_KEYS = (
 
 
 def _merge_opts(config: CN, opts: list) -> None:
-    """``--opts KEY VALUE ...``; an unknown key is a KeyError (yacs only asserts, which -O removes)."""
+    """``--opts KEY VALUE ...``; an unknown key is a ValueError (yacs only asserts, which -O removes)."""
     if len(opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {opts}")
     for key in opts[0::2]:
         node = config
         for part in key.split("."):
             if not isinstance(node, CN) or part not in node:
-                raise KeyError(f"--opts: unknown config key {key}")
+                raise ValueError(f"--opts: unknown config key {key}")
             node = node[part]
     config.merge_from_list(opts)
 

@@ -470,10 +470,7 @@ def run_throughput(config: Any, device: torch.device, logger: Any) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = get_config(args)
-    except (KeyError, AssertionError) as err:  # yacs: "Non-existent config key: ..." (file / --opts)
-        raise ValueError(f"config: {err.args[0] if err.args else err}") from None
+    config = get_config(args)
     device = select_device(config.DEVICE, config.LOCAL_RANK)
     rank, world_size = init_distributed(device)
     logger = create_logger(run_dir(config), rank)

@@ -43,12 +43,17 @@ def test_amp_opt_level_o0_disables_amp():
 
 @pytest.mark.parametrize("text", ["MODEL:\n  NOT_A_KEY: 1\n", "NOT_A_SECTION:\n  X: 1\n"])
 def test_unknown_yaml_key_is_an_error(tmp_path: Path, text: str):
-    with pytest.raises(KeyError, match="NOT_A"):
+    with pytest.raises(ValueError, match="bad.yaml: .*NOT_A"):
         get_config(Namespace(cfg=str(write(tmp_path / "bad.yaml", text))))
 
 
+def test_missing_config_file_is_an_error_naming_it(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml: no such config file"):
+        get_config(Namespace(cfg=str(tmp_path / "nope.yaml")))
+
+
 def test_unknown_opts_key_is_an_error():
-    with pytest.raises(KeyError, match="MODEL.NOT_A_KEY"):
+    with pytest.raises(ValueError, match="MODEL.NOT_A_KEY"):
         get_config(Namespace(opts=["MODEL.NOT_A_KEY", "1"]))
 
 
