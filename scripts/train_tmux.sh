@@ -8,7 +8,7 @@ usage() {
 usage: scripts/train_tmux.sh SESSION -- <main.py arguments>
 
   Starts `python main.py <arguments>` in a detached tmux session named SESSION, from the repo
-  root, with .venv/bin/python (python3 if there is no .venv). Output is shown in the session and
+  root, with $PYTHON, else .venv/bin/python, else python3. Output is shown in the session and
   appended to OUTPUT/MODEL.NAME/TAG/tmux.log (the run dir of those arguments).
   Run the same command again after the session ended (crash, reboot, Ctrl-C) to resume.
 
@@ -35,7 +35,7 @@ if tmux has-session -t "=$session" 2>/dev/null; then
 fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-python=.venv/bin/python
+python=${PYTHON:-.venv/bin/python}
 [[ -x $python ]] || python=python3
 
 # The run dir is main.py's own answer for these arguments (also checks them before detaching).
@@ -53,7 +53,9 @@ log="$run_dir/tmux.log"
 
 # tee -i ignores Ctrl-C so that main.py can finish its step, save and say so in the log.
 inner="set -o pipefail; export PYTHONUNBUFFERED=1; $(printf '%q ' "$python" main.py "$@") 2>&1 | tee -a -i $(printf '%q' "$log")"
-inner+="; code=\$?; echo; echo \"main.py exited with code \$code (log: $(printf '%q' "$log"))\""
+# The exit code also goes to the log, so a later look (or a script) can tell how the run ended.
+inner+="; code=\$?; echo \"main.py exited with code \$code\" >> $(printf '%q' "$log")"
+inner+="; echo; echo \"main.py exited with code \$code (log: $(printf '%q' "$log"))\""
 inner+="; read -r -p 'press Enter to close this tmux session ' _"
 tmux new-session -d -s "$session" -c "$PWD" bash -c "$inner"
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -238,3 +240,35 @@ def test_unknown_config_key_is_an_error(tree, output, tmp_path):
         main.main(cli(tree, output, "bad", extra=("--cfg", str(tmp_path / "bad.yaml"))))
     with pytest.raises(ValueError, match="BEST_METRIC"):
         main.main(cli(tree, output, "bad", "TRAIN.BEST_METRIC", "accuracy"))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed: scripts/train_tmux.sh needs it")
+def test_train_tmux_runs_detached_and_starting_it_again_resumes(tree, output):
+    session = f"pp_test_{os.getpid()}"
+    log = run_dir(output, "tmux") / "tmux.log"
+    command = ["scripts/train_tmux.sh", session, "--", *cli(tree, output, "tmux")]
+
+    def start_and_wait_for_exit(runs: int) -> str:
+        started = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHON": sys.executable},
+                                 capture_output=True, text=True)
+        assert started.returncode == 0 and f"started tmux session '{session}'" in started.stdout, started.stderr
+        deadline = time.monotonic() + 300
+        while (log.read_text() if log.exists() else "").count("main.py exited with code") < runs:
+            assert time.monotonic() < deadline, "the tmux run did not finish"
+            time.sleep(0.5)
+        subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+        return log.read_text()
+
+    try:
+        first = start_and_wait_for_exit(1)
+        assert "main.py exited with code 0" in first and "resumed" not in first
+        assert (run_dir(output, "tmux") / "ckpt_best.pth").is_file()
+        second = start_and_wait_for_exit(2)[len(first):]
+        assert "resumed from" in second and "main.py exited with code 0" in second
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", f"={session}"], capture_output=True)
+
+
+def test_train_tmux_usage_error():
+    result = subprocess.run(["scripts/train_tmux.sh", "only-a-name"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "usage: scripts/train_tmux.sh SESSION -- <main.py arguments>" in result.stderr
