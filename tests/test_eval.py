@@ -190,10 +190,9 @@ def test_thresholds_follow_the_runs_thresholds_json(run, tmp_path, capsys):
     (other / "thresholds.json").unlink()  # next: the checkpoint's own (validation) thresholds
     assert evaluation.main([*args, "--output", str(tmp_path / "from_ckpt")]) == 0
     table = pd.read_csv(tmp_path / "from_ckpt" / "metrics.csv", index_col="row")
-    np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], torch.load(
-        other / "ckpt_best.pth", weights_only=True)["thresholds"])
-
     ckpt = torch.load(other / "ckpt_best.pth", weights_only=True)
+    np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], ckpt["thresholds"])
+
     torch.save({**ckpt, "thresholds": None}, other / "ckpt_best.pth")  # last: 0.5, with a warning
     capsys.readouterr()
     assert evaluation.main([*args, "--output", str(tmp_path / "none")]) == 0
