@@ -33,13 +33,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps
+from PIL import Image
 from termcolor import colored
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.images import to_rgb  # noqa: E402
+from data.images import load_image  # noqa: E402
 from data.labels import CLASS_INDEX, CLASSES, labels_to_codes, labels_to_string  # noqa: E402
 from utils import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -224,14 +224,10 @@ def target_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
 def load_resized(path: str | Path, shorter: int) -> Image.Image:
     """Decode once, upright (EXIF orientation) and RGB, with the shorter side at most ``shorter``.
 
-    ``draft`` makes the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding, never below the
+    ``load_image`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding, never below the
     target, which is most of the speed-up on full-size photos; the filter then does the rest.
     """
-    with Image.open(path) as image:
-        wanted = target_size(image.size, shorter)
-        if wanted != image.size:
-            image.draft("RGB", wanted)
-        upright = to_rgb(ImageOps.exif_transpose(image))
+    upright = load_image(path, shorter)
     wanted = target_size(upright.size, shorter)
     return upright if wanted == upright.size else upright.resize(wanted, RESAMPLE)
 
