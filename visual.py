@@ -7,48 +7,24 @@ For every image: one overlay per class (``<stem>_<class>.png``, the image's own 
 ``--max-side`` when larger), a grid (``<stem>_grid.png``: the photo and one panel per class, titled
 with its probability and whether it passes its threshold) and, with ``--gif``, an animation cycling
 the classes (``<stem>.gif``).
-Written to ``<run>/cam/`` by default. Grad-CAM differentiates the model's own evaluation logits
-(for ArcFace: ``SCALE * cos theta`` against the trained centres, no margin, no label), the very
-logits test.py turns into probabilities. EigenCAM ignores the class: its map is the same for all.
+Written to ``<run>/cam/`` by default. The maps are those of ``explain`` (the evaluation logits,
+exactly test.py's).
 """
 from __future__ import annotations
 
 import argparse
-import difflib
-import io
-import re
 from argparse import Namespace
 from pathlib import Path
-from typing import Callable, Sequence
 
-import cv2
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import nn
-
-from data.images import load_image
-from data.labels import CLASS_INDEX, CLASSES, parse_labels
-from data.transforms import build_transform
-from test import (
-    add_run_arguments, collect_images, find_checkpoint, load_model, read_failure, resolve_thresholds,
+from checkpoint import find_checkpoint
+from data.dataset import collect_images
+from data.images import image_failure, load_image
+from explain import (
+    MAX_SIDE, METHODS, SWIN_TARGET_LAYER, build_cam, class_indices, default_target_layer, explain_image, unique_stem,
 )
-from utils import atomic_write_bytes, create_logger, run_cli, select_device
-
-METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM,
-}
-# Swin (timm): the first norm of the last block sees the final token map, before its attention
-SWIN_TARGET_LAYER = "backbone.layers[-1].blocks[-1].norm1"
-GIF_SIDE = 512  # longer side of the GIF frames and the grid panels
-# Pictures have the photo's size up to this longer side: a 4000 x 2672 original would take ~20 MB and
-# seconds per PNG, for a map computed at the model's input size (224 px) anyway.
-MAX_SIDE = 1024
-PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
+from inference import Predictor, resolve_thresholds
+from runtime import select_device
+from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -68,217 +44,32 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     return parser.parse_args(argv)
 
 
-# ---------------------------------------------------------------------------------------------
-# The CAM model and its target layer
-# ---------------------------------------------------------------------------------------------
-
-
-class EvalLogits(nn.Module):
-    """The network reduced to ``images -> evaluation logits``: what Grad-CAM differentiates.
-
-    The forward never passes labels, so an ArcFace head gives ``SCALE * cos theta`` against its
-    trained centres (the margin is a training-only term), exactly test.py's logits.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-
-def default_target_layer(model: nn.Module) -> str:
-    """Swin: the last block's first norm; other timm backbones: their last feature stage."""
-    backbone = model.backbone
-    if getattr(backbone, "output_fmt", "NCHW") == "NHWC" and hasattr(backbone, "layers"):
-        return SWIN_TARGET_LAYER
-    feature_info = getattr(backbone, "feature_info", None)
-    if feature_info:
-        return f"backbone.{feature_info[-1]['module']}"
-    raise ValueError(f"no default Grad-CAM layer for {type(backbone).__name__}: give --target-layer")
-
-
-def find_module(model: nn.Module, path: str) -> nn.Module:
-    """The sub-module at a dotted path (``a.b.0.c``, ``a.b[-1].c``); a wrong path lists nearby names."""
-    parts = re.sub(r"\[(-?\d+)\]", r".\1", path).split(".")
-    module = model
-    for depth, part in enumerate(parts):
-        children = dict(module.named_children())
-        if part in children:
-            module = children[part]
-        elif re.fullmatch(r"-?\d+", part) and isinstance(module, (nn.Sequential, nn.ModuleList)) \
-                and -len(module) <= int(part) < len(module):
-            module = module[int(part)]
-        else:
-            names = [name for name, _ in model.named_modules() if name]
-            nearby = difflib.get_close_matches(".".join(parts), names, n=6, cutoff=0.5) or [
-                ".".join([*parts[:depth], child]) for child in children]
-            raise ValueError(f"--target-layer {path!r}: no module {'.'.join(parts[:depth + 1])!r}; "
-                             f"nearby names: {', '.join(nearby[:8]) or '(none)'}")
-    return module
-
-
-def nhwc_to_nchw(activations: torch.Tensor) -> torch.Tensor:
-    """Swin's (B, H, W, C) token maps as the (B, C, H, W) maps Grad-CAM expects."""
-    return activations.permute(0, 3, 1, 2)
-
-
-def reshape_for(model: nn.Module, layer: nn.Module) -> Callable | None:
-    """Channels-last backbones (Swin) give NHWC maps everywhere but in their convolutions."""
-    channels_last = getattr(model.backbone, "output_fmt", "NCHW") == "NHWC"
-    in_backbone = any(module is layer for module in model.backbone.modules())
-    return nhwc_to_nchw if channels_last and in_backbone and not isinstance(layer, nn.Conv2d) else None
-
-
-def build_cam(model: nn.Module, method: str = "gradcam", target_layer: str | None = None) -> BaseCAM:
-    """A pytorch_grad_cam object on the evaluation logits of ``model`` at ``target_layer``."""
-    layer = find_module(model, target_layer or default_target_layer(model))
-    return METHODS[method](EvalLogits(model).eval(), [layer], reshape_transform=reshape_for(model, layer))
-
-
-# ---------------------------------------------------------------------------------------------
-# Maps and pictures
-# ---------------------------------------------------------------------------------------------
-
-
-def class_maps(cam: BaseCAM, image: Image.Image, transform: Callable, classes: Sequence[int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """CAM maps (K, H, W) in [0, 1] at the image's own size, and the image's six probabilities.
-
-    All requested classes go through one forward/backward: the image is repeated once per class
-    and each copy's target is its class (samples do not interact in eval mode).
-    """
-    device = next(cam.model.parameters()).device
-    batch = transform(image)[None].repeat(len(classes), 1, 1, 1).to(device)
-    maps = cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in classes])
-    probs = torch.sigmoid(cam.outputs[0].detach().float()).cpu().numpy()
-    width, height = image.size
-    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]), probs
-
-
-def overlay(image: Image.Image, cam_map: np.ndarray) -> np.ndarray:
-    """The photo under a JET heatmap of ``cam_map``, uint8 RGB at the image's size."""
-    return show_cam_on_image(np.asarray(image, dtype=np.float32) / 255.0, cam_map, use_rgb=True)
-
-
-def png_bytes(pixels: np.ndarray | Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def thumbnail(pixels: np.ndarray | Image.Image, side: int = GIF_SIDE) -> Image.Image:
-    image = pixels.copy() if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    image.thumbnail((side, side))
-    return image
-
-
-def caption(name: str, prob: float, threshold: float) -> str:
-    return f"{name} {prob:.2f} {PASS if prob >= threshold else FAIL}"
-
-
-def grid_png(image: Image.Image, overlays: Sequence[np.ndarray], names: Sequence[str], probs: Sequence[float],
-             thresholds: Sequence[float]) -> bytes:
-    """The photo, then one overlay per class titled ``name prob ✓/✗`` (green when it passes)."""
-    from matplotlib.figure import Figure
-
-    panels = [thumbnail(image), *(thumbnail(o) for o in overlays)]
-    columns = min(len(panels), 4)
-    rows = -(-len(panels) // columns)
-    fig = Figure(figsize=(4 * columns, 3.4 * rows), tight_layout=True)
-    axes = np.atleast_1d(fig.subplots(rows, columns)).flat
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i == 0:
-            ax.imshow(panels[0])
-            ax.set_title("photo")
-        elif i < len(panels):
-            ax.imshow(panels[i])
-            passed = probs[i - 1] >= thresholds[i - 1]
-            ax.set_title(caption(names[i - 1], probs[i - 1], thresholds[i - 1]), color="green" if passed else "red")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
-def gif_bytes(overlays: Sequence[np.ndarray], captions: Sequence[str], seconds: float = 1.0) -> bytes:
-    """An endless animation of the overlays, each with its caption."""
-    frames = []
-    for pixels, text in zip(overlays, captions):
-        frame = thumbnail(pixels)
-        draw = ImageDraw.Draw(frame)
-        draw.rectangle((0, 0, frame.width, 22), fill=(0, 0, 0))
-        draw.text((6, 4), text.replace(PASS, "(pass)").replace(FAIL, "(below threshold)"), fill=(255, 255, 255))
-        frames.append(frame)
-    buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=int(seconds * 1000),
-                   loop=0)
-    return buffer.getvalue()
-
-
-def explain_image(cam: BaseCAM, image: Image.Image, stem: str, transform: Callable, classes: Sequence[int],
-                  thresholds: np.ndarray, out: Path, gif: bool) -> list[Path]:
-    """All pictures of one image (files named after ``stem``); returns the files written."""
-    maps, probs = class_maps(cam, image, transform, classes)
-    names = [CLASSES[c] for c in classes]
-    overlays = [overlay(image, m) for m in maps]
-    written = []
-    for name, pixels in zip(names, overlays):
-        written.append(out / f"{stem}_{name}.png")
-        atomic_write_bytes(png_bytes(pixels), written[-1])
-    chosen_probs, chosen_thresholds = probs[list(classes)], thresholds[list(classes)]
-    written.append(out / f"{stem}_grid.png")
-    atomic_write_bytes(grid_png(image, overlays, names, chosen_probs, chosen_thresholds), written[-1])
-    if gif:
-        captions = [caption(n, p, t) for n, p, t in zip(names, chosen_probs, chosen_thresholds)]
-        written.append(out / f"{stem}.gif")
-        atomic_write_bytes(gif_bytes(overlays, captions), written[-1])
-    return written
-
-
-def unique_stem(path: Path, taken: set[str]) -> str:
-    """The file's stem, prefixed by its folders when another image already wrote under that stem."""
-    stem, parent = path.stem, path.resolve().parent
-    while stem in taken and parent != parent.parent:
-        stem, parent = f"{parent.name}_{stem}", parent.parent
-    taken.add(stem)
-    return stem
-
-
-def class_indices(names: Sequence[str]) -> list[int]:
-    """``['all']`` -> every class; otherwise the named ones (unknown names are a ValueError)."""
-    if list(names) == ["all"]:
-        return list(range(len(CLASSES)))
-    return [CLASS_INDEX[name] for name in parse_labels(names)]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     classes = class_indices(args.classes)
     device = select_device(args.device)
-    loaded = load_model(find_checkpoint(args), device)
-    run = loaded.path.parent
+    predictor = Predictor.from_checkpoint(find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag), device)
+    run = predictor.path.parent
     out = args.output or run / "cam"
     logger = create_logger(out, name="visual")
-    thresholds = resolve_thresholds(args.thresholds, run, loaded, logger)
-    cam = build_cam(loaded.model, args.method, args.target_layer)
-    transform = build_transform(False, loaded.config)
+    thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
+    cam = build_cam(predictor.model, args.method, args.target_layer)
+    transform = predictor.transform
     written, stems = [], set()
     for path in collect_images(args.images, logger):
         try:
             image = load_image(path, args.max_side or None)
         except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad data; all mean "skip"
-            logger.warning(f"{path}: skipped ({read_failure(error)})")
+            logger.warning(f"{path}: skipped ({image_failure(error)})")
             continue
         if args.max_side:
             image.thumbnail((args.max_side, args.max_side))
         files = explain_image(cam, image, unique_stem(path, stems), transform, classes, thresholds, out, args.gif)
         written.extend(files)
         logger.info(f"{path}: " + " ".join(f.name for f in files))
-    logger.info(f"{args.method} at {args.target_layer or default_target_layer(loaded.model)}: "
+    logger.info(f"{args.method} at {args.target_layer or default_target_layer(predictor.model)}: "
                 f"wrote {len(written)} files to {out}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

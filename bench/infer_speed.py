@@ -16,26 +16,24 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from config import get_config  # noqa: E402
-from data.images import load_image  # noqa: E402
-from data.labels import CLASSES  # noqa: E402
-from data.transforms import build_transform  # noqa: E402
-from models import build_model  # noqa: E402
-from process.synthesize import parse_size, synthesize  # noqa: E402
-from test import Job, Loaded, decode_size, load_model, predict_files, sigmoid  # noqa: E402
-from utils import select_device  # noqa: E402
+from config import get_config
+from data.images import load_image
+from data.labels import CLASSES
+from data.transforms import decode_size
+from models import build_model
+from process.synthesize import parse_size, synthesize
+from inference import Predictor, predict_files, sigmoid
+from runtime import select_device
 
 ACCEPTANCE = 3.0
 
@@ -71,14 +69,14 @@ def reference_decode(path: Path) -> Image.Image:
 
 
 @torch.inference_mode()
-def one_at_a_time(loaded: Loaded, paths: list[Path], device: torch.device,
+def one_at_a_time(predictor: Predictor, paths: list[Path], device: torch.device,
                   decode: Callable[[Path], Image.Image]) -> np.ndarray:
     """Decode, transform and predict each photo on its own: the naive loop."""
-    transform = build_transform(False, loaded.config)
+    transform = predictor.transform
     probs = []
     for path in paths:
         image = transform(decode(path))[None].to(device)
-        probs.append(sigmoid(loaded.model(image).float().cpu().numpy().astype(np.float64)))
+        probs.append(sigmoid(predictor.model(image).float().cpu().numpy().astype(np.float64)))
     return np.concatenate(probs)
 
 
@@ -91,23 +89,23 @@ def main(argv: list[str] | None = None) -> None:
 def measure(args: argparse.Namespace, work: Path) -> None:
     """Photos and checkpoint in ``work``, then both sides timed and the ratio printed."""
     device = select_device(args.device)
-    loaded = load_model(args.checkpoint or make_checkpoint(args.cfg, args.opts, work), device)
+    predictor = Predictor.from_checkpoint(args.checkpoint or make_checkpoint(args.cfg, args.opts, work), device)
     synthesize(work / "raw", args.num_images, seed=0, size=parse_size(args.size))
     paths = sorted((work / "raw" / "train_images").glob("*.jpg"))
     logger = logging.getLogger("infer_speed")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
-    job = Job(loaded, device, args.batch_size, args.num_workers, tta=False, logger=logger)
     thresholds = np.full(len(CLASSES), 0.5)
 
     def batched() -> np.ndarray:
-        return predict_files(job, [str(p) for p in paths], thresholds, work / "out")[list(CLASSES)].to_numpy()
+        frame = predict_files(predictor, [str(p) for p in paths], thresholds, args.batch_size, args.num_workers, logger)
+        return frame[list(CLASSES)].to_numpy()
 
     def reference_loop() -> np.ndarray:
-        return one_at_a_time(loaded, paths, device, reference_decode)
+        return one_at_a_time(predictor, paths, device, reference_decode)
 
     def same_decode_loop() -> np.ndarray:
-        return one_at_a_time(loaded, paths, device, lambda p: load_image(p, decode_size(loaded.config)))
+        return one_at_a_time(predictor, paths, device, lambda p: load_image(p, decode_size(predictor.config)))
 
     sides = {"test.py (batched)": batched, "reference loop": reference_loop, "same-decode loop": same_decode_loop}
     for run in sides.values():  # warm-up: first-call allocations, oneDNN kernel choice
@@ -125,7 +123,7 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     best = {name: max(values) for name, values in rates.items()}
     ratio = best["test.py (batched)"] / best["reference loop"]
     batching_ratio = best["test.py (batched)"] / best["same-decode loop"]
-    config = loaded.config
+    config = predictor.config
     print(f"{config.MODEL.NAME} ({config.MODEL.TYPE}, {config.DATA.IMG_SIZE}px) on {device}, "
           f"{len(paths)} photos of {args.size}, batch {args.batch_size}, {args.num_workers} workers, "
           f"{torch.get_num_threads()} torch threads")

@@ -4,26 +4,25 @@
 
 Both paths run interleaved in this one process on the same files (already in the page cache), one
 image at a time. Plain path: open, full decode, EXIF transpose, RGB, resize the shorter side to
-``--size`` with prepare.py's filter. prepare.py's path is its ``load_resized`` (JPEG draft decode at
-reduced scale, then the same filter). Saving the small JPEG costs the same on both sides and is not
-timed. Acceptance (issue 2): ratio >= 5 and PSNR >= 32 dB; the exit status is 1 otherwise.
+``--size`` with prepare.py's filter. prepare.py's path is ``process.tree.load_resized`` (JPEG draft
+decode at reduced scale, then the same filter). Saving the small JPEG costs the same on both sides
+and is not timed. Acceptance (issue 2): ratio >= 5 and PSNR >= 32 dB; the exit status is 1 otherwise.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
 from termcolor import colored
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from process.prepare import RESAMPLE, load_resized, target_size  # noqa: E402
-from process.synthesize import synthesize  # noqa: E402
+from process.synthesize import synthesize
+from process.tree import RESAMPLE, load_resized, target_size
+from utils import run_cli
 
 FULL_SIZE = (4000, 2672)
 MIN_RATIO, MIN_PSNR = 5.0, 32.0
@@ -43,7 +42,8 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def timed(function, *args) -> tuple[float, Image.Image]:
+def timed(function: Callable[..., Image.Image], *args: object) -> tuple[float, Image.Image]:
+    """Seconds one call takes, and its result."""
     start = time.perf_counter()
     result = function(*args)
     return time.perf_counter() - start, result
@@ -65,6 +65,7 @@ def measure(files: list[Path], shorter: int, repeat: int) -> tuple[list[float], 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Time both paths on fresh full-size photos; exit 1 when the acceptance bar is missed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num", type=int, default=6, help="full-size JPEGs to generate")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the files")
@@ -91,4 +92,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

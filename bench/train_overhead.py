@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from config import get_config  # noqa: E402
-from data.labels import NUM_CLASSES  # noqa: E402
-from engine import build_optimizer, train_one_epoch  # noqa: E402
-from main import build_trainer  # noqa: E402
-from models import build_model  # noqa: E402
-from utils import create_logger, seed_everything, select_device  # noqa: E402
+from config import get_config
+from data.labels import NUM_CLASSES
+from models import build_model
+from runtime import seed_everything, select_device
+from training.engine import build_optimizer, train_one_epoch
+from training.run import build_trainer
+from utils import create_logger
 
 ACCEPTANCE = 0.95
 

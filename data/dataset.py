@@ -1,15 +1,20 @@
-"""One split of the one-hot folder tree (``root/<code>/<image>.jpg``) as a multi-label dataset."""
+"""Datasets: a split of the one-hot folder tree (``root/<code>/<image>.jpg``), or loose photos to predict."""
 from __future__ import annotations
 
+import glob
+import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from data.images import image_failure, load_image
 from data.labels import CLASSES, NUM_CLASSES, code_to_vector, is_code
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def scan_tree(root: Path) -> list[tuple[str, np.ndarray]]:
@@ -56,3 +61,51 @@ class MultiLabelImageFolder(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, torch.tensor(target)
+
+
+def collect_images(patterns: Iterable[str], logger: logging.Logger) -> list[Path]:
+    """Files as given, image files of folders (recursively) and glob matches, sorted, each file once.
+
+    "Once" is by file identity, so a prepared tree's multi-label image, hard-linked into several
+    class folders, is predicted (and submitted) once.
+    """
+    found: dict[tuple[int, int], Path] = {}
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        if not matches:
+            logger.warning(f"{pattern}: no such file, or no image in it")
+        for match in matches:
+            stat = match.stat()
+            found.setdefault((stat.st_dev, stat.st_ino), match)
+    if not found:
+        raise FileNotFoundError(f"no image found in {' '.join(patterns)}")
+    return list(found.values())
+
+
+class ImageFiles(Dataset):
+    """Image files for prediction: (tensor, '') per readable file, (zeros, reason) per unreadable one.
+
+    Failures travel through the loader as data, so one bad file neither stops the workers nor needs
+    a second pass over the images.
+    """
+
+    def __init__(self, paths: Sequence[Path], transform: Callable, size: int, min_size: int | None = None):
+        self.paths = list(paths)
+        self.transform = transform
+        self.size = size
+        self.min_size = min_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return self.transform(load_image(self.paths[index], self.min_size)), ""
+        except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad data; all mean "skip"
+            return torch.zeros(3, self.size, self.size), image_failure(error)

@@ -1,4 +1,4 @@
-"""Decoding photos as the model expects them: upright, RGB, transparency on white."""
+"""Decoding photos as the model expects them (upright, RGB, transparency on white), and why one failed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,3 +26,15 @@ def load_image(path: str | Path, min_size: int | None = None) -> Image.Image:
         if min_size:
             image.draft("RGB", (min_size, min_size))
         return to_rgb(ImageOps.exif_transpose(image))
+
+
+def image_failure(error: Exception) -> str:
+    """Why an image could not be decoded, in a few words: one wording for every script's skip report."""
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"over the pixel limit: {error}"
+    if "truncated" in str(error):
+        return "truncated image"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return "not an image Pillow can read"
+    lines = str(error).strip().splitlines()
+    return f"cannot decode: {type(error).__name__}" + (f": {lines[0]}" if lines else "")

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Sampler
+from yacs.config import CfgNode
 
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
 from data.transforms import build_transform
-from utils import get_rank, get_world_size
+from runtime import get_rank, get_world_size
 
 # ---------------------------------------------------------------------------------------------
 # Oversampling (training split only)
@@ -149,7 +150,7 @@ class MultiHotMixup(Mixup):
         return x, lam * target + (1.0 - lam) * target.flip(0)
 
 
-def build_mixup(config: Any) -> MultiHotMixup | None:
+def build_mixup(config: CfgNode) -> MultiHotMixup | None:
     """The mixup/cutmix function of ``AUG.*``, or None when both are off."""
     aug = config.AUG
     if not (aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None):
@@ -171,7 +172,7 @@ def build_mixup(config: Any) -> MultiHotMixup | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _split(config: Any, name: str, is_train: bool) -> MultiLabelImageFolder:
+def _split(config: CfgNode, name: str, is_train: bool) -> MultiLabelImageFolder:
     root = Path(config.DATA.DATA_PATH) / name
     if not root.is_dir():
         raise FileNotFoundError(
@@ -180,7 +181,7 @@ def _split(config: Any, name: str, is_train: bool) -> MultiLabelImageFolder:
     return MultiLabelImageFolder(root, transform=build_transform(is_train, config))
 
 
-def _loader_args(config: Any) -> dict:
+def _loader_args(config: CfgNode) -> dict:
     workers = config.DATA.NUM_WORKERS
     return dict(
         batch_size=config.DATA.BATCH_SIZE,
@@ -190,14 +191,14 @@ def _loader_args(config: Any) -> dict:
     )
 
 
-def build_val_loader(config: Any, split: str = "val") -> tuple[Dataset, DataLoader]:
+def build_val_loader(config: CfgNode, split: str = "val") -> tuple[Dataset, DataLoader]:
     """``(dataset, loader)`` of an evaluation split: each image once across all ranks, in order."""
     dataset = _split(config, split, is_train=False)
     sampler = ShardSampler(len(dataset), get_rank(), get_world_size())
     return dataset, DataLoader(dataset, sampler=sampler, drop_last=False, **_loader_args(config))
 
 
-def build_loader(config: Any) -> tuple[Dataset, Dataset, DataLoader, DataLoader, MultiHotMixup | None]:
+def build_loader(config: CfgNode) -> tuple[Dataset, Dataset, DataLoader, DataLoader, MultiHotMixup | None]:
     """``(dataset_train, dataset_val, loader_train, loader_val, mixup_fn)`` for DATA_PATH/{train,val}.
 
     The training loader yields ``(images, targets)`` of full batches over the oversampled index list;
@@ -223,3 +224,9 @@ def build_loader(config: Any) -> tuple[Dataset, Dataset, DataLoader, DataLoader,
     )
     dataset_val, loader_val = build_val_loader(config)
     return dataset_train, dataset_val, loader_train, loader_val, build_mixup(config)
+
+
+def build_inference_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    """In-order batches for prediction (one process; no sampler, no shuffling)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)

@@ -1,11 +1,13 @@
 """The one image transform factory (timm's), for training, validation and inference."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data import auto_augment as timm_auto_augment
+from yacs.config import CfgNode
 
 # Crops keep at least half the leaf: a lesion cut out of the crop would make its label wrong.
 TRAIN_CROP_SCALE = (0.5, 1.0)
@@ -13,7 +15,7 @@ TRAIN_CROP_SCALE = (0.5, 1.0)
 TEST_CROP_PCT = 0.875
 
 
-def build_transform(is_train: bool, config: Any) -> Callable:
+def build_transform(is_train: bool, config: CfgNode) -> Callable:
     """PIL image -> normalised tensor of ``DATA.IMG_SIZE`` pixels.
 
     Training: random resized crop, horizontal and vertical flips (``AUG.VFLIP``), RandAugment
@@ -49,6 +51,12 @@ def build_transform(is_train: bool, config: Any) -> Callable:
         **common,
     )
     return _keep_a_posterize_bit(transform)
+
+
+def decode_size(config: CfgNode) -> int:
+    """The smallest side the evaluation transform needs before its own resize (for JPEG draft decoding)."""
+    size = config.DATA.IMG_SIZE
+    return int(math.ceil(size / TEST_CROP_PCT)) if config.TEST.CROP else size
 
 
 def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:

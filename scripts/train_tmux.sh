@@ -39,14 +39,7 @@ python=${PYTHON:-.venv/bin/python}
 [[ -x $python ]] || python=python3
 
 # The run dir is main.py's own answer for these arguments (also checks them before detaching).
-run_dir=$("$python" - "$@" <<'EOF' | tail -n 1
-import sys
-from config import get_config
-from main import parse_args
-from utils import run_dir
-sys.argv[0] = "main.py"
-print(run_dir(get_config(parse_args(sys.argv[1:]))))
-EOF
+run_dir=$("$python" main.py --print-run-dir "$@" | tail -n 1
 ) || { echo "error: main.py does not accept these arguments (see above)" >&2; exit 2; }
 mkdir -p "$run_dir"
 log="$run_dir/tmux.log"

@@ -1,13 +1,8 @@
-"""Shared fixtures: the repo root on sys.path, and the real-data folder when PP_REAL_DATA is set."""
+"""Shared fixtures: the real-data folder when PP_REAL_DATA is set."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 @pytest.fixture
 def real_data() -> Path:

@@ -1,13 +1,17 @@
 """Tiny prepared trees for the tests: coloured leaves whose spots a tiny model can learn in seconds."""
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 from PIL import Image, ImageDraw
 
 from data.labels import CLASSES, labels_to_codes, labels_to_vector
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Label strings cycled over the images of a split: singles and the multi-label combinations.
 COMBINATIONS = (
@@ -49,3 +53,14 @@ def make_tree(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
             rows.append({"images": name, **dict(zip(CLASSES, labels_to_vector(labels).astype(int)))})
         pd.DataFrame(rows).to_csv(root / f"{split}.csv", index=False)
     return root
+
+
+def load_script(name: str) -> ModuleType:
+    """A top-level script (``main.py``, ``test.py``, ...) as a module, to drive it through ``main(argv)``.
+
+    Loaded by path under another name, so ``test.py`` never shadows the standard library's ``test``.
+    """
+    spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", ROOT / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,7 @@ from torchvision.transforms import ToTensor
 
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
-from process.prepare import SPLITS, prepare
+from process.tree import SPLITS, prepare
 from process.synthesize import synthesize
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import test as evaluation
+import inference
 from config import get_default_config
 from data.dataset import MultiLabelImageFolder
 from data.images import load_image
@@ -23,9 +23,10 @@ from data.labels import CLASSES, labels_to_vector
 from data.transforms import build_transform
 from metrics import multilabel_metrics, tune_thresholds
 from models import build_model
-from helpers import draw_leaf, make_tree
+from helpers import ROOT, draw_leaf, load_script, make_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+test_script = load_script("test.py")
+
 TINY = [
     "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
     "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
@@ -79,15 +80,15 @@ def save_run(config, model: torch.nn.Module, thresholds: list[float] | None) -> 
     torch.save(ckpt, run / "ckpt_best.pth")
     (run / "config.yaml").write_text(config.dump())
     if thresholds is not None:
-        evaluation.write_thresholds(thresholds, run / "thresholds.json")
+        inference.write_thresholds(thresholds, run / "thresholds.json")
     return run
 
 
 def val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> list[float]:
     """Per-class F1-optimal thresholds on validation, as main.py keeps them."""
     dataset = MultiLabelImageFolder(val_dir, build_transform(False, config))
-    logits, _ = evaluation.predict(model, DataLoader(dataset, batch_size=8), torch.device("cpu"))
-    return [float(t) for t in tune_thresholds(dataset.targets, evaluation.sigmoid(logits))]
+    logits, _ = inference.predict_logits(model, DataLoader(dataset, batch_size=8), torch.device("cpu"))
+    return [float(t) for t in tune_thresholds(dataset.targets, inference.sigmoid(logits))]
 
 
 def eval_logits(model: torch.nn.Module, images: list[Image.Image], config) -> torch.Tensor:
@@ -118,7 +119,7 @@ def run(tmp_path_factory, tree) -> Path:
 @pytest.fixture(scope="session")
 def evaluated(run) -> Path:
     """The bare command after training: ``python test.py --cfg <run config>``."""
-    assert evaluation.main(["--cfg", str(run / "config.yaml"), "--device", "cpu"]) == 0
+    assert test_script.main(["--cfg", str(run / "config.yaml"), "--device", "cpu"]) == 0
     return run / "test_test"
 
 
@@ -153,7 +154,7 @@ def test_labelled_mode_writes_every_file(evaluated):
 
 def test_metrics_csv_equals_metrics_recomputed_from_predictions_csv(evaluated, run):
     predictions = pd.read_csv(evaluated / "predictions.csv", keep_default_na=False)
-    thresholds = evaluation.read_thresholds(run / "thresholds.json")
+    thresholds = inference.read_thresholds(run / "thresholds.json")
     truth = np.stack([labels_to_vector(labels) for labels in predictions["true"]])
     probs = predictions[list(CLASSES)].to_numpy()
     expected = multilabel_metrics(truth, probs, thresholds)
@@ -181,21 +182,21 @@ def test_thresholds_follow_the_runs_thresholds_json(run, tmp_path, capsys):
     other = tmp_path / "copy"
     shutil.copytree(run, other, ignore=shutil.ignore_patterns("test_*"))
     edited = [0.3, 0.35, 0.4, 0.45, 0.5, 0.55]
-    evaluation.write_thresholds(edited, other / "thresholds.json")
+    inference.write_thresholds(edited, other / "thresholds.json")
     args = ["--checkpoint", str(other / "ckpt_best.pth"), "--device", "cpu", "--split", "val"]
-    assert evaluation.main(args) == 0
+    assert test_script.main(args) == 0
     table = pd.read_csv(other / "test_val" / "metrics.csv", index_col="row")
     np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], edited)
 
     (other / "thresholds.json").unlink()  # next: the checkpoint's own (validation) thresholds
-    assert evaluation.main([*args, "--output", str(tmp_path / "from_ckpt")]) == 0
+    assert test_script.main([*args, "--output", str(tmp_path / "from_ckpt")]) == 0
     table = pd.read_csv(tmp_path / "from_ckpt" / "metrics.csv", index_col="row")
     ckpt = torch.load(other / "ckpt_best.pth", weights_only=True)
     np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], ckpt["thresholds"])
 
     torch.save({**ckpt, "thresholds": None}, other / "ckpt_best.pth")  # last: 0.5, with a warning
     capsys.readouterr()
-    assert evaluation.main([*args, "--output", str(tmp_path / "none")]) == 0
+    assert test_script.main([*args, "--output", str(tmp_path / "none")]) == 0
     assert "using 0.5 for every class" in capsys.readouterr().out
     table = pd.read_csv(tmp_path / "none" / "metrics.csv", index_col="row")
     assert (table.loc[list(CLASSES), "threshold"] == 0.5).all()
@@ -203,13 +204,13 @@ def test_thresholds_follow_the_runs_thresholds_json(run, tmp_path, capsys):
 
 def test_tune_thresholds_writes_f1_optimal_thresholds_of_the_split(run, tmp_path, capsys):
     out = tmp_path / "val"
-    assert evaluation.main(["--checkpoint", str(run / "ckpt_best.pth"), "--split", "val", "--tune-thresholds",
+    assert test_script.main(["--checkpoint", str(run / "ckpt_best.pth"), "--split", "val", "--tune-thresholds",
                             "--output", str(out), "--device", "cpu"]) == 0
     assert str(out / "thresholds_val.json") in capsys.readouterr().out
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     truth = np.stack([labels_to_vector(labels) for labels in predictions["true"]])
     expected = tune_thresholds(truth, predictions[list(CLASSES)].to_numpy())
-    np.testing.assert_allclose(evaluation.read_thresholds(out / "thresholds_val.json"), expected)
+    np.testing.assert_allclose(inference.read_thresholds(out / "thresholds_val.json"), expected)
     assert not (run / "thresholds_val.json").exists()
 
 
@@ -222,7 +223,7 @@ def test_unlabelled_mode_predicts_good_images_and_reports_the_bad_one(run, photo
     out = tmp_path / "pred"
     args = ["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(photos), "--output", str(out),
             "--device", "cpu", "--num-workers", "2", "--batch-size", "2"]
-    assert evaluation.main(args) == 0
+    assert test_script.main(args) == 0
     printed = capsys.readouterr().out
     assert "broken.jpg: skipped (not an image Pillow can read)" in printed
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
@@ -239,10 +240,10 @@ def test_images_accepts_files_and_globs_and_equals_one_image_at_a_time(run, phot
     out = tmp_path / "pred"
     args = ["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(photos / "plain.png"),
             str(photos / "*.jpg"), "--output", str(out), "--device", "cpu"]
-    assert evaluation.main(args) == 0
+    assert test_script.main(args) == 0
     predictions = pd.read_csv(out / "predictions.csv")
     assert predictions["image"].tolist() == ["plain.png", "cmyk.jpg", "rotated.jpg"]
-    loaded = evaluation.load_model(run / "ckpt_best.pth", torch.device("cpu"))
+    loaded = inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
     images = [load_image(p) for p in predictions["path"]]
     expected = torch.sigmoid(eval_logits(loaded.model, images, loaded.config)).numpy()
     np.testing.assert_allclose(predictions[list(CLASSES)].to_numpy(), expected, atol=1e-5)
@@ -252,7 +253,7 @@ def test_images_accepts_files_and_globs_and_equals_one_image_at_a_time(run, phot
 def test_images_of_a_prepared_tree_are_predicted_once_each(run, tree, tmp_path):
     """A multi-label image hard-linked into several class folders gets one prediction row."""
     out = tmp_path / "pred"
-    assert evaluation.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(tree / "test"),
+    assert test_script.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(tree / "test"),
                             "--output", str(out), "--device", "cpu"]) == 0
     expected = pd.read_csv(tree / "test.csv")["images"]
     assert sum(1 for _ in (tree / "test").glob("*/*.jpg")) > len(expected)  # the tree has links
@@ -273,8 +274,8 @@ def test_tta_averages_logits_over_the_image_and_its_flips(run, photos, tmp_path)
     out = tmp_path / "tta"
     args = ["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(photos / "plain.png"),
             str(photos / "rgba.png"), "--output", str(out), "--device", "cpu", "--tta"]
-    assert evaluation.main(args) == 0
-    loaded = evaluation.load_model(run / "ckpt_best.pth", torch.device("cpu"))
+    assert test_script.main(args) == 0
+    loaded = inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
     images = [load_image(photos / name) for name in ("plain.png", "rgba.png")]
     flips = [images, [i.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for i in images],
              [i.transpose(Image.Transpose.FLIP_TOP_BOTTOM) for i in images]]
@@ -296,7 +297,7 @@ def test_submission_rules():
         [0.1, 0.55, 0.95, 0.1, 0.1, 0.1],  # healthy +0.35 > frog_eye +0.05 -> healthy alone
         [0.9, 0.1, 0.1, 0.1, 0.8, 0.41],  # plain multi-label
     ])
-    assert evaluation.submission_labels(probs, thresholds) == [
+    assert inference.submission_labels(probs, thresholds) == [
         "rust", "frog_eye_leaf_spot scab", "healthy", "complex rust scab"]
 
 
@@ -304,7 +305,7 @@ def test_read_thresholds_rejects_incomplete_files(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"scab": 0.3}))
     with pytest.raises(ValueError, match="t.json: thresholds must map exactly"):
-        evaluation.read_thresholds(path)
+        inference.read_thresholds(path)
 
 
 @pytest.fixture
@@ -324,12 +325,12 @@ def bad_checkpoints(run, tmp_path) -> dict[str, Path]:
 ])
 def test_bad_checkpoint_is_a_clear_error_naming_the_file(bad_checkpoints, name, message):
     with pytest.raises(ValueError, match=f"{name}.pth: .*{message}"):
-        evaluation.load_model(bad_checkpoints[name], torch.device("cpu"))
+        inference.Predictor.from_checkpoint(bad_checkpoints[name], torch.device("cpu"))
 
 
 def test_cli_bad_checkpoint_is_one_line(bad_checkpoints):
     result = subprocess.run([sys.executable, "test.py", "--checkpoint", str(bad_checkpoints["classes"])],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ") and "classes.pth" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,5 +1,7 @@
-"""process/prepare.py: the one-hot tree, labels exact for every image, splits, links, idempotence, bad input."""
+"""process/prepare.py and its library (process.sources, process.tree): the one-hot tree, labels exact for every
+image, splits, links, idempotence, bad input."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from data.images import image_failure
 from data.labels import CLASSES, labels_to_codes, labels_to_string, labels_to_vector
-from process.prepare import SPLITS, InputError, NoUsableImages, allocate, assign_splits, prepare
+from process.sources import InputError
 from process.synthesize import synthesize
+from process.tree import SPLITS, NoUsableImages, Task, allocate, assign_splits, prepare, process_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -147,6 +151,21 @@ def test_other_settings_on_a_finished_tree_are_refused_without_force(generated):
     with pytest.raises(InputError, match="--force"):
         prepare(raw, dst, size=48, workers=2)
     assert snapshot(dst) == before
+
+
+def test_without_hard_links_the_other_label_folders_get_whole_copies(tmp_path, monkeypatch):
+    def no_links(*_):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    source = jpeg(tmp_path / "src" / "a.jpg")
+    outputs = [tmp_path / "ds" / code / "a.jpg" for code in ("000001", "100000")]
+    for output in outputs:
+        output.parent.mkdir(parents=True)
+    assert process_image(Task("a.jpg", str(source), tuple(map(str, outputs)), 32)) == ("a.jpg", True, "")
+    first, copy = outputs
+    assert copy.read_bytes() == first.read_bytes() and copy.stat().st_ino != first.stat().st_ino
+    assert sorted(p.name for p in (tmp_path / "ds").rglob("*")) == ["000001", "100000", "a.jpg", "a.jpg"]
 
 
 def test_force_rebuilds_and_a_killed_run_is_redone(tmp_path):
@@ -306,7 +325,7 @@ def test_cli_reports_bad_input_on_one_line_with_exit_2(tmp_path):
     done = run_cli("--src", str(tmp_path / "src"), "--dst", str(tmp_path / "ds"), "--workers", "1")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("prepare: error: ") and "unknown label 'blight'" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'src' / 'train.csv'}: unknown label 'blight'")
     assert list((tmp_path / "ds").iterdir()) == []
 
 
@@ -343,12 +362,17 @@ def test_bad_images_are_skipped_and_reported_and_the_rest_is_done(tmp_path):
     assert sorted(written["images"]) == sorted(GOOD)
 
 
+def test_other_decode_errors_are_named_by_type_and_first_line():
+    assert image_failure(OSError("broken data stream\nmore detail")) == "cannot decode: OSError: broken data stream"
+    assert image_failure(ValueError()) == "cannot decode: ValueError"
+
+
 def test_cli_exits_non_zero_when_no_image_is_usable(tmp_path):
     src = kaggle(tmp_path / "src", {"a.jpg": "scab", "b.jpg": "rust"}, images=False)
     (src / "train_images" / "b.jpg").write_bytes(b"not a jpeg")
     done = run_cli("--src", str(src), "--dst", str(tmp_path / "ds"), "--workers", "1")
     assert done.returncode == 1
-    assert "no usable image" in done.stderr and "missing file" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: no usable image") and "missing file" in done.stdout
     assert not (tmp_path / "ds" / "stats.json").exists()
     with pytest.raises(NoUsableImages):
         prepare(src, tmp_path / "ds", workers=1)

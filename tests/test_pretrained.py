@@ -46,7 +46,7 @@ def to_microsoft_layout(timm_sd: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def load(model, obj) -> tuple[list[str], list[str]]:
-    """What utils.load_pretrained does after reading the file."""
+    """What checkpoint.load_pretrained does after reading the file."""
     converted = convert_pretrained_state_dict(unwrap_state_dict(obj), model)
     missing, unexpected = check_compatible(converted, model)
     model.load_state_dict(converted, strict=False)

@@ -1,10 +1,10 @@
-"""prepare.py on real Plant Pathology 2021 leaves (../shared, via PP_REAL_DATA): every label exact."""
+"""process.tree.prepare on real Plant Pathology 2021 leaves (../shared, via PP_REAL_DATA): every label exact."""
 import numpy as np
 import pandas as pd
 
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES, labels_to_vector
-from process.prepare import SPLITS, prepare
+from process.tree import SPLITS, prepare
 
 
 def assert_tree_matches(dst, expected: dict[str, dict[str, np.ndarray]]) -> None:

@@ -1,4 +1,4 @@
-"""process/synthesize.py: Kaggle layout, real label frequencies, determinism and visible symptoms."""
+"""process/synthesize.py and process/leaves.py: Kaggle layout, real label frequencies, determinism, visible symptoms."""
 import re
 import subprocess
 import sys
@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from data.labels import parse_labels
-from process.synthesize import COMBINATION_COUNTS, allocate_counts, main, render_leaf, synthesize
+from process.leaves import render_leaf
+from process.synthesize import COMBINATION_COUNTS, allocate_counts, main, synthesize
+from utils import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (64, 48)
@@ -160,8 +162,9 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys, args, message):
     base = {"--out": str(tmp_path / "raw"), "--num": "2", "--seed": "0"}
     base.update(zip(args[::2], args[1::2]))
     with pytest.raises(SystemExit) as exit_info:
-        main([x for kv in base.items() for x in kv])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        run_cli(lambda: main([x for kv in base.items() for x in kv]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "raw").exists()
 
 

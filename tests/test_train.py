@@ -16,14 +16,16 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import main
 from config import config_from_string, get_default_config
 from data.labels import CLASSES
 from models import build_model
-from helpers import make_tree
-from utils import atomic_save, create_logger, load_checkpoint_file, load_pretrained
+from checkpoint import load_checkpoint_file, load_pretrained
+from helpers import ROOT, load_script, make_tree
+from training.stop import INTERRUPT_ENV
+from utils import EXIT_INTERRUPTED, atomic_save, create_logger
 
-ROOT = Path(__file__).resolve().parents[1]
+main = load_script("main.py")
+
 TINY = [
     "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
     "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
@@ -118,8 +120,8 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tree, output):
     # subprocess; two loader workers there, none above: the order and augmentation must not
     # depend on that either.
     killed_args = cli(tree, output, "killed", *opts, "DATA.NUM_WORKERS", "2")
-    killed = run_script(killed_args, env={main.INTERRUPT_ENV: "8"})
-    assert killed.returncode == main.EXIT_INTERRUPTED, killed.stderr[-2000:]
+    killed = run_script(killed_args, env={INTERRUPT_ENV: "8"})
+    assert killed.returncode == EXIT_INTERRUPTED, killed.stderr[-2000:]
     assert "SIGTERM: saved" in killed.stdout
     partial = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
     assert (partial["epoch"], partial["step"]) == (0, 2)

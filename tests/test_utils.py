@@ -1,4 +1,4 @@
-"""utils.py: atomic files, checkpoint reading, RNG state as plain data, devices, logging."""
+"""utils.py, runtime.py, checkpoint.py: atomic files, checkpoint reading, RNG state as plain data, devices, logging."""
 from __future__ import annotations
 
 import random
@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from config import get_default_config
-from utils import (
-    atomic_save, atomic_write_text, create_logger, get_rng_state, load_checkpoint_file, run_dir, select_device,
-    set_rng_state,
-)
+from checkpoint import load_checkpoint_file
+from runtime import get_rng_state, select_device, set_rng_state
+from utils import atomic_save, atomic_write_text, create_logger, run_dir
 
 
 def test_atomic_save_replaces_whole_file_or_nothing(tmp_path):

@@ -1,4 +1,4 @@
-"""visual.py: per-class Grad-CAM maps on Swin (linear, ArcFace + PSA) and a CNN, and the files it writes."""
+"""explain.py: per-class Grad-CAM maps on Swin (linear, ArcFace + PSA) and a CNN, and the files it writes."""
 from __future__ import annotations
 
 import random
@@ -10,14 +10,16 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import test as evaluation
-import visual
+import explain
+import inference
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
 from models import build_model
 from test_eval import save_run, tiny_config, train_a_little
-from helpers import draw_leaf, make_tree
+from helpers import draw_leaf, load_script, make_tree
+
+visual_script = load_script("visual.py")
 
 CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
        "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
@@ -56,16 +58,16 @@ def leaf(tmp_path_factory) -> Path:
     return path
 
 
-def load(run: Path) -> evaluation.Loaded:
-    return evaluation.load_model(run / "ckpt_best.pth", torch.device("cpu"))
+def load(run: Path) -> inference.Predictor:
+    return inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
     loaded = load(runs[kind])
-    cam = visual.build_cam(loaded.model)
+    cam = explain.build_cam(loaded.model)
     image = load_image(leaf)
-    maps, probs = visual.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
+    maps, probs = explain.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
     assert maps.shape == (len(CLASSES), IMAGE_SIZE[1], IMAGE_SIZE[0])
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     # A class with no positive evidence anywhere gets Grad-CAM's all-zero map; the others must vary
@@ -82,8 +84,8 @@ def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
     transform = build_transform(False, loaded.config)
     images = [load_image(leaf), draw_leaf("healthy", random.Random(5))]
     batch = torch.stack([transform(image) for image in images])
-    wrapped = visual.EvalLogits(loaded.model).eval()(batch)
-    logits, _ = evaluation.predict(loaded.model, DataLoader(list(zip(batch, [0, 0])), batch_size=2),
+    wrapped = explain.EvalLogits(loaded.model).eval()(batch)
+    logits, _ = inference.predict_logits(loaded.model, DataLoader(list(zip(batch, [0, 0])), batch_size=2),
                                    torch.device("cpu"))
     assert torch.allclose(wrapped, torch.from_numpy(logits).float(), atol=1e-5)
     head = loaded.model.head
@@ -98,41 +100,41 @@ def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
 
 def test_default_target_layers(runs):
     swin, cnn = load(runs["swin"]).model, load(runs["cnn"]).model
-    assert visual.find_module(swin, visual.default_target_layer(swin)) is swin.backbone.layers[-1].blocks[-1].norm1
-    assert visual.reshape_for(swin, swin.backbone.layers[-1].blocks[-1].norm1) is visual.nhwc_to_nchw
-    assert visual.default_target_layer(cnn) == "backbone.layer4"
-    assert visual.reshape_for(cnn, cnn.backbone.layer4) is None
+    assert explain.find_module(swin, explain.default_target_layer(swin)) is swin.backbone.layers[-1].blocks[-1].norm1
+    assert explain.reshape_for(swin, swin.backbone.layers[-1].blocks[-1].norm1) is explain.nhwc_to_nchw
+    assert explain.default_target_layer(cnn) == "backbone.layer4"
+    assert explain.reshape_for(cnn, cnn.backbone.layer4) is None
 
 
 def test_psa_neck_layer_is_channels_first(runs, leaf):
     loaded = load(runs["arcpsa"])
-    assert visual.reshape_for(loaded.model, loaded.model.neck.psa) is None
-    cam = visual.build_cam(loaded.model, target_layer="neck.psa")
-    maps, _ = visual.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 5])
+    assert explain.reshape_for(loaded.model, loaded.model.neck.psa) is None
+    cam = explain.build_cam(loaded.model, target_layer="neck.psa")
+    maps, _ = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 5])
     assert maps.shape == (2, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.std() > 0
 
 
 @pytest.mark.parametrize("method", ["gradcam++", "layercam", "eigencam"])
 def test_other_methods(runs, leaf, method):
     loaded = load(runs["swin"])
-    cam = visual.build_cam(loaded.model, method)
-    maps, _ = visual.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
+    cam = explain.build_cam(loaded.model, method)
+    maps, _ = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
     assert maps.shape == (3, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.max() > 0
 
 
 def test_wrong_target_layer_lists_nearby_names(runs):
     model = load(runs["swin"]).model
     with pytest.raises(ValueError, match=r"'backbone.layers.1.blocks.0.nrm1'.*backbone\.layers\.1\.blocks\.0\.norm1"):
-        visual.build_cam(model, target_layer="backbone.layers.1.blocks.0.nrm1")
+        explain.build_cam(model, target_layer="backbone.layers.1.blocks.0.nrm1")
     with pytest.raises(ValueError, match="nearby names: .*backbone.layers"):
-        visual.build_cam(model, target_layer="backbone.layer[5]")
+        explain.build_cam(model, target_layer="backbone.layer[5]")
 
 
 def test_cli_writes_overlays_grid_and_gif(runs, leaf, tmp_path, capsys):
     run = runs["arcpsa"]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    assert visual.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(leaf), str(broken),
+    assert visual_script.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(leaf), str(broken),
                         "--classes", "scab", "rust", "--gif", "--device", "cpu"]) == 0
     out = run / "cam"
     written = {"leaf_rust.png", "leaf_scab.png", "leaf_grid.png", "leaf.gif"}
@@ -154,13 +156,13 @@ def test_cli_keeps_images_of_the_same_name_apart(runs, tmp_path):
         (tmp_path / folder).mkdir()
         draw_leaf(labels, random.Random(3)).save(tmp_path / folder / "leaf.jpg")
     out = tmp_path / "cam"
-    assert visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(tmp_path / "a"),
+    assert visual_script.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(tmp_path / "a"),
                         str(tmp_path / "b"), "--classes", "rust", "--output", str(out), "--device", "cpu"]) == 0
     assert {p.name for p in out.glob("*_rust.png")} == {"leaf_rust.png", "b_leaf_rust.png"}
 
 def test_cli_rejects_unknown_class(runs, leaf):
     with pytest.raises(ValueError, match="unknown label 'blight'"):
-        visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(leaf),
+        visual_script.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(leaf),
                      "--classes", "blight"])
 
 
@@ -168,6 +170,6 @@ def test_large_photos_are_shrunk_to_max_side(runs, tmp_path):
     photo = tmp_path / "big.jpg"
     draw_leaf("rust", random.Random(2), size=(300, 200)).save(photo)
     out = tmp_path / "cam"
-    assert visual.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(photo),
+    assert visual_script.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(photo),
                         "--classes", "rust", "--max-side", "120", "--output", str(out), "--device", "cpu"]) == 0
     assert Image.open(out / "big_rust.png").size == (120, 80)

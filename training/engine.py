@@ -1,4 +1,4 @@
-"""Training and evaluation loops: one epoch of training, one pass of validation, throughput."""
+"""The loops: one epoch of training, one pass of evaluation, optimizer and schedule, throughput."""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +17,9 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from yacs.config import CfgNode
 
-from utils import all_gather_objects, get_rank, get_world_size, is_distributed
+from runtime import all_gather_objects, get_rank, get_world_size, is_distributed
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,7 +75,7 @@ def no_weight_decay_patterns(model: nn.Module) -> list[str]:
     return sorted(names | {f"*.{n}" for n in names} | {f"*{k}*" for k in keywords})
 
 
-def build_optimizer(config: Any, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     """timm optimizer ``TRAIN.OPTIMIZER.NAME`` at ``TRAIN.BASE_LR`` (used as given, no batch-size scaling)."""
     train = config.TRAIN
     groups = param_groups_weight_decay(
@@ -88,7 +89,7 @@ def build_optimizer(config: Any, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def build_scheduler(config: Any, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> Any:
+def build_scheduler(config: CfgNode, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> Any:
     """timm schedule stepped per optimizer update: warmup for WARMUP_EPOCHS, then decay, EPOCHS in all."""
     train = config.TRAIN
     scheduler, _ = create_scheduler_v2(
@@ -110,13 +111,6 @@ def build_scheduler(config: Any, optimizer: torch.optim.Optimizer, updates_per_e
             "(cosine, step, multistep, tanh, poly, constant, ...)"
         )
     return scheduler
-
-
-def autocast_factory(device: torch.device, enabled: bool, dtype: torch.dtype) -> Callable[[], ContextManager]:
-    """``torch.autocast`` on CUDA when AMP is on, a no-op context otherwise (CPU runs in fp32)."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type="cuda", dtype=dtype)
 
 
 def memory_mb(device: torch.device) -> float:

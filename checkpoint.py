@@ -1,0 +1,177 @@
+"""The checkpoint format, in one place: what a run saves, how it is read back, resumed and used.
+
+A checkpoint is a dict of plain data (tensors, numbers, strings, lists), so that
+``torch.load(weights_only=True)`` reads it:
+
+- ``model``, ``ema`` (or None): state dicts of the network and of its EMA copy;
+- ``optimizer``, ``lr_scheduler``, ``scaler`` (or None): to resume training;
+- ``epoch`` (last completed epoch), ``step`` (batches of the next epoch already done), ``rng``;
+- ``best_metric``, ``best_epoch``, ``thresholds`` (tuned on validation for the best epoch);
+- ``classes`` (CLASSES at save time) and ``config`` (the run's yaml dump): enough to rebuild the
+  model and its preprocessing without the original config file;
+- ``metrics``: the validation summary of ``epoch``.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+from config import get_config
+from data.labels import CLASSES
+from runtime import get_rng_state
+from utils import atomic_save, run_dir, short_list
+
+TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "step")
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` on CPU; a file that is not a checkpoint is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({first_line})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a checkpoint (a {type(obj).__name__}, expected a dict)")
+    return obj
+
+
+def require_keys(ckpt: dict, path: Path, keys: tuple[str, ...]) -> dict:
+    """``ckpt`` when it has every key, else a ValueError naming the file and what it lacks."""
+    missing = set(keys) - set(ckpt)
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of main.py (no {', '.join(sorted(missing))})")
+    return ckpt
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    """A checkpoint with everything a resumed run needs."""
+    return require_keys(load_checkpoint_file(path), path, TRAINING_KEYS)
+
+
+def inference_weights(ckpt: dict, config: CfgNode) -> dict:
+    """EMA weights when the checkpoint has them and MODEL.EMA.EVAL is on, else the raw ones."""
+    return ckpt["ema"] if ckpt.get("ema") is not None and config.MODEL.EMA.EVAL else ckpt["model"]
+
+
+def training_state(config: CfgNode, trainer: Any, epoch: int, step: int, best: Any, metrics: dict) -> dict:
+    """The checkpoint of a run at ``epoch``/``step`` (``trainer``: training.Trainer, ``best``: training.Best)."""
+    return {
+        "model": trainer.module.state_dict(),
+        "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
+        "optimizer": trainer.optimizer.state_dict(),
+        "lr_scheduler": trainer.lr_scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
+        "epoch": epoch,
+        "step": step,
+        "best_metric": float(best.value),
+        "best_epoch": best.epoch,
+        "rng": get_rng_state(),
+        "thresholds": [float(t) for t in best.thresholds],
+        "classes": list(CLASSES),
+        "config": config.dump(),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` atomically: the previous file stays until the new one is complete and synced."""
+    atomic_save(state, path)
+
+
+def restore_training(ckpt: dict, trainer: Any) -> None:
+    """Weights, optimizer, schedule and loss scaler of ``ckpt`` into ``trainer`` (EMA comes later)."""
+    trainer.module.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if trainer.scaler is not None and ckpt.get("scaler"):
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+
+
+def find_checkpoint(checkpoint: Path | None, cfg: str | None, opts: list[str] | None, tag: str | None) -> Path:
+    """``checkpoint``, else the ckpt_best.pth of the run named by ``cfg``/``opts``/``tag``."""
+    if checkpoint:
+        return Path(checkpoint)
+    config = get_config(Namespace(cfg=cfg, opts=opts, tag=tag))
+    path = run_dir(config) / "ckpt_best.pth"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (train with main.py first, or give --checkpoint FILE)")
+    return path
+
+
+def find_resume_file(config: CfgNode, out: Path, logger: logging.Logger) -> Path | None:
+    """ckpt_latest.pth of the run dir (AUTO_RESUME) wins over MODEL.RESUME, as upstream: reruns continue."""
+    latest = out / "ckpt_latest.pth"
+    if config.TRAIN.AUTO_RESUME and latest.is_file():
+        if config.MODEL.RESUME and Path(config.MODEL.RESUME).resolve() != latest.resolve():
+            logger.warning(f"auto-resume: {latest} takes over from MODEL.RESUME {config.MODEL.RESUME}")
+        return latest
+    return Path(config.MODEL.RESUME) if config.MODEL.RESUME else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pretrained backbone files (the conversion itself is models.pretrained's)
+# ---------------------------------------------------------------------------------------------
+
+
+def read_weights_file(path: Path) -> dict:
+    """Raw object of a pretrained file: ``.safetensors`` or a torch ``.pth``/``.bin``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such pretrained file")
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    return load_checkpoint_file(path)
+
+
+def pretrained_path(config: CfgNode) -> Path:
+    """The file ``MODEL.PRETRAINED`` names: a path, or packaged weights such as ``efficientnet_lite0``."""
+    from models.packaged import is_packaged_name, packaged_model_type, packaged_weights_file
+
+    name = config.MODEL.PRETRAINED
+    if not is_packaged_name(name):
+        return Path(name)
+    if packaged_model_type(name) != config.MODEL.TYPE:
+        raise ValueError(f"MODEL.PRETRAINED {name} holds {packaged_model_type(name)} weights, "
+                         f"but MODEL.TYPE is {config.MODEL.TYPE}")
+    return packaged_weights_file(name)
+
+
+def load_pretrained(config: CfgNode, model: nn.Module, logger: logging.Logger) -> None:
+    """Load ``MODEL.PRETRAINED``: official Microsoft ``.pth``, timm ``.pth``/``.bin``/``.safetensors``, or a
+    packaged name (``efficientnet_lite0``: the ImageNet file inside an installed wheel).
+
+    Heads are dropped and Swin tables resized by ``models.pretrained``; a file of another
+    architecture raises ValueError there. Missing/unexpected keys are logged, not hidden.
+    """
+    from models.pretrained import check_compatible, convert_pretrained_state_dict, unwrap_state_dict
+
+    path = pretrained_path(config)
+    logger.info(f"loading pretrained weights from {path}")
+    try:
+        converted = convert_pretrained_state_dict(unwrap_state_dict(read_weights_file(path)), model)
+        missing_backbone, unexpected = check_compatible(converted, model)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    result = model.load_state_dict({k: v for k, v in converted.items() if k not in unexpected}, strict=False)
+    fresh = [k for k in result.missing_keys if k not in missing_backbone]
+    logger.info(f"pretrained: loaded {len(converted) - len(unexpected)} tensors from {path.name}; "
+                f"initialised fresh (not in the file): {short_list(fresh)}")
+    if missing_backbone:
+        logger.warning(f"pretrained: {len(missing_backbone)} missing backbone keys: {short_list(missing_backbone)}")
+    if unexpected:
+        logger.warning(f"pretrained: {len(unexpected)} unexpected keys (ignored): {short_list(unexpected)}")

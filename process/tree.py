@@ -1,0 +1,340 @@
+"""Writing the one-hot ImageNet-style tree of a dataset, decoding every photo once.
+
+DST gets ``{train,val,test}/<code>/<image>.jpg`` (a multi-label image hard-linked into the folder of
+each of its labels), ``{train,val,test}.csv`` (``images`` + six 0/1 columns in CLASSES order),
+``stats.json`` and ``label_distribution.png``.
+
+Why it is built this way: training reads small JPEGs instead of 4000x2672 photos, and the tree alone
+carries the multi-label truth. An unreadable image is skipped and reported. ``stats.json`` is written
+last and records a fingerprint of the inputs and settings: a finished DST with the same fingerprint is
+left untouched, and a killed run is redone. Every file appears whole under its final name or not at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from PIL import Image
+from termcolor import colored
+from tqdm import tqdm
+
+from data.images import image_failure, load_image
+from data.labels import CLASSES, labels_to_codes
+from process.sources import KAGGLE, SPLITS, InputError, read_source
+from utils import atomic_write, atomic_write_bytes, atomic_write_text, png_bytes
+
+MAX_PIXELS = 100_000_000  # a 4000x2672 photo has 10.7 MP; far beyond this is a decompression bomb
+JPEG_QUALITY = 95
+RESAMPLE = Image.Resampling.LANCZOS
+FORMAT_VERSION = 1  # part of the fingerprint: bump when the output of the same inputs changes
+IN_PROGRESS = ".prepare-in-progress"  # holds the fingerprint of a run that has not finished
+
+
+class NoUsableImages(RuntimeError):
+    """Every image was skipped: there is nothing to train on."""
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def allocate(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Split ``n`` items by ``fractions`` (summing to 1) with the largest-remainder method."""
+    exact = np.asarray(fractions) * n
+    counts = np.floor(exact).astype(int)
+    by_remainder = np.argsort(-(exact - counts), kind="stable")
+    counts[by_remainder[: n - counts.sum()]] += 1
+    return counts.tolist()
+
+
+def assign_splits(rows: pd.DataFrame, val: float, test: float, seed: int) -> pd.Series:
+    """Split each label combination by itself, so rare combinations reach val and test too.
+
+    Deterministic in ``seed`` and independent of the CSV's row order.
+    """
+    rng = np.random.default_rng(seed)
+    split = pd.Series("", index=rows.index)
+    for _, group in rows.sort_values("output").groupby("labels", sort=True):
+        shuffled = group.index[rng.permutation(len(group))]
+        counts = allocate(len(group), (1 - val - test, val, test))
+        for name, start, count in zip(SPLITS, np.cumsum([0] + counts[:-1]), counts):
+            split.loc[shuffled[start:start + count]] = name
+    return split
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+def target_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """The size whose shorter side is ``shorter``, same aspect; the size itself if already that small."""
+    width, height = size
+    if min(width, height) <= shorter:
+        return size
+    scale = shorter / min(width, height)
+    return max(shorter, round(width * scale)), max(shorter, round(height * scale))
+
+
+def load_resized(path: str | Path, shorter: int) -> Image.Image:
+    """Decode once, upright (EXIF orientation) and RGB, with the shorter side at most ``shorter``.
+
+    ``load_image`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding, never below the
+    target, which is most of the speed-up on full-size photos; the filter then does the rest.
+    """
+    upright = load_image(path, shorter)
+    wanted = target_size(upright.size, shorter)
+    return upright if wanted == upright.size else upright.resize(wanted, RESAMPLE)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image to convert: its source and every output path (one per label)."""
+
+    image: str
+    source: str
+    outputs: tuple[str, ...]
+    size: int
+
+
+def _link_or_copy(first: Path, other: Path) -> None:
+    """Hard link (no extra space), or a copy where the file system cannot link; atomic either way.
+
+    The link is made under a temp name of the same folder and renamed, like every other output.
+    """
+    temp = other.with_name(f".{other.name}.tmp")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(first, temp)
+    except OSError:
+        atomic_write(other, lambda f: f.write(first.read_bytes()))
+        return
+    os.replace(temp, other)
+
+
+def process_image(task: Task) -> tuple[str, bool, str]:
+    """Convert one image into all its outputs; returns (image, ok, reason it was skipped)."""
+    source = Path(task.source)
+    if not source.is_file():
+        return task.image, False, "missing file"
+    if source.stat().st_size == 0:
+        return task.image, False, "empty file (0 bytes)"
+    try:
+        image = load_resized(source, task.size)
+    except Exception as error:  # Pillow raises many types on corrupt data; any of them means skip
+        return task.image, False, image_failure(error)
+    first, *others = map(Path, task.outputs)
+    atomic_write(first, lambda f: image.save(f, format="JPEG", quality=JPEG_QUALITY))
+    for other in others:
+        _link_or_copy(first, other)
+    return task.image, True, ""
+
+
+def _init_worker(max_pixels: int) -> None:
+    """Make an image over the pixel limit an error in this worker (Pillow only warns below 2x)."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def run_tasks(tasks: list[Task], workers: int, max_pixels: int) -> list[tuple[str, bool, str]]:
+    """All tasks on ``workers`` processes, in order, with a progress bar."""
+    workers = max(1, min(workers, len(tasks)))
+    chunk = max(1, min(32, len(tasks) // (workers * 4)))
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(max_pixels,)) as pool:
+        results = pool.map(process_image, tasks, chunksize=chunk)
+        return list(tqdm(results, total=len(tasks), desc="prepare", unit="img"))
+
+
+# ----------------------------------------------------------------------------- the output tree
+
+
+def _file_size(path: str) -> int | None:
+    """Size of a source file: a cheap stand-in for its content in the fingerprint.
+
+    Not the mtime: regenerating identical files (synthesize.py with the same seed) must not make a
+    finished tree look stale, and re-encoding an image practically always changes its size.
+    """
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def fingerprint(rows: pd.DataFrame, settings: dict, src: Path) -> str:
+    """Hash of the settings and of every row with its source file's size."""
+    digest = hashlib.sha256(json.dumps([FORMAT_VERSION, settings], sort_keys=True).encode())
+    for row in rows.sort_values("output").itertuples():
+        state = [row.split, row.output, row.labels, os.path.relpath(row.source, src), _file_size(row.source)]
+        digest.update(json.dumps(state).encode())
+    return digest.hexdigest()
+
+
+def read_stats(dst: Path) -> dict | None:
+    """The stats of a finished DST, or None."""
+    try:
+        return json.loads((dst / "stats.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_outputs(dst: Path) -> None:
+    """Remove what an earlier run wrote, stats.json first so a half-cleared DST never looks finished."""
+    (dst / "stats.json").unlink(missing_ok=True)
+    for split in SPLITS:
+        shutil.rmtree(dst / split, ignore_errors=True)
+        (dst / f"{split}.csv").unlink(missing_ok=True)
+    (dst / "label_distribution.png").unlink(missing_ok=True)
+
+
+def claim(dst: Path, key: str, force: bool) -> None:
+    """Make DST ours for a run with fingerprint ``key``, refusing to mix with other content.
+
+    An unfinished run (its marker is there) is redone without --force: it holds nothing of value.
+    """
+    unfinished = (dst / IN_PROGRESS).is_file()
+    if dst.is_dir() and any(dst.iterdir()) and not (force or unfinished):
+        what = "a dataset prepared from other inputs or settings" if (dst / "stats.json").exists() else "other files"
+        raise InputError(f"{dst}: already holds {what}; use --force to rebuild it")
+    dst.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(key, dst / IN_PROGRESS)
+    clear_outputs(dst)
+
+
+def make_tasks(rows: pd.DataFrame, dst: Path, size: int) -> list[Task]:
+    """One task per row; creates the code folders first so workers never race on mkdir."""
+    tasks = []
+    for row in rows.itertuples():
+        outputs = tuple(dst / row.split / code / row.output for code in labels_to_codes(row.labels))
+        for output in outputs:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        tasks.append(Task(row.image, row.source, tuple(map(str, outputs)), size))
+    return tasks
+
+
+def convert(rows: pd.DataFrame, dst: Path, size: int, workers: int, max_pixels: int
+            ) -> tuple[pd.DataFrame, list[dict]]:
+    """Write every row's image into the tree; returns the rows kept and the skipped ones (reported)."""
+    results = run_tasks(make_tasks(rows, dst, size), workers, max_pixels)
+    ok = np.array([good for _, good, _ in results])
+    skipped = [{"image": r.image, "split": r.split, "source": r.source, "reason": reason}
+               for r, (_, good, reason) in zip(rows.itertuples(), results) if not good]
+    report_skipped(skipped)
+    return rows[ok], skipped
+
+
+def one_hot(rows: pd.DataFrame) -> pd.DataFrame:
+    """``images`` + six 0/1 columns in CLASSES order, sorted by image name."""
+    table = pd.DataFrame({"images": rows["output"].to_numpy()})
+    for name in CLASSES:
+        table[name] = rows["labels"].str.split().map(lambda labels: int(name in labels)).to_numpy()
+    return table.sort_values("images", ignore_index=True)
+
+
+def split_stats(rows: pd.DataFrame) -> dict:
+    """Images, per-label and per-combination counts of the rows of one split."""
+    table = one_hot(rows)
+    return {"images": len(rows),
+            "labels": {name: int(table[name].sum()) for name in CLASSES},
+            "combinations": {k: int(v) for k, v in rows["labels"].value_counts().sort_index().items()}}
+
+
+def plot_distribution(stats: dict) -> bytes:
+    """PNG of per-split label counts as grouped bars."""
+    figure = Figure(figsize=(10, 5), layout="constrained")
+    axes = figure.add_subplot()
+    width = 0.8 / len(SPLITS)
+    x = np.arange(len(CLASSES))
+    for i, split in enumerate(SPLITS):
+        counts = [stats["splits"][split]["labels"][name] for name in CLASSES]
+        bars = axes.bar(x + (i - 1) * width, counts, width, label=f"{split} ({stats['splits'][split]['images']})")
+        axes.bar_label(bars, fontsize=7)
+    axes.set_xticks(x, CLASSES, rotation=15)
+    axes.set_ylabel("images")
+    axes.set_title("Label counts per split (a multi-label image counts once per label)")
+    axes.legend(title="split (images)")
+    return png_bytes(figure, dpi=120)
+
+
+def summary_table(stats: dict) -> str:
+    """Aligned per-split table (images, per-label counts, skipped files) with a coloured header."""
+    skipped = pd.Series([item["split"] for item in stats["skipped"]], dtype=str).value_counts()
+    table = pd.DataFrame({split: {"images": s["images"], **s["labels"], "skipped": skipped.get(split, 0)}
+                          for split, s in stats["splits"].items()}).T
+    table.loc["total"] = table.sum()
+    header, *body = table.to_string().splitlines()
+    return "\n".join([colored(header, "cyan", attrs=["bold"]), *body])
+
+
+def report_skipped(skipped: list[dict], limit: int = 10) -> None:
+    """Print the skipped files with their reasons (the first ``limit``)."""
+    if not skipped:
+        return
+    print(colored(f"skipped {len(skipped)} image(s):", "yellow"))
+    for item in skipped[:limit]:
+        print(f"  {item['source']}: {item['reason']}")
+    if len(skipped) > limit:
+        print(f"  ... and {len(skipped) - limit} more (see stats.json)")
+
+
+def write_outputs(dst: Path, rows: pd.DataFrame, stats: dict) -> None:
+    """CSVs and the chart, then stats.json: its presence means the tree is complete."""
+    for split in SPLITS:
+        atomic_write_text(one_hot(rows[rows["split"] == split]).to_csv(index=False), dst / f"{split}.csv")
+    atomic_write_bytes(plot_distribution(stats), dst / "label_distribution.png")
+    atomic_write_text(json.dumps(stats, indent=2), dst / "stats.json")
+    (dst / IN_PROGRESS).unlink()
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def check_settings(size: int, val: float, test: float, workers: int | None, max_pixels: int) -> None:
+    """InputError on settings that cannot work."""
+    if size < 1:
+        raise InputError(f"--size must be positive, got {size}")
+    if val < 0 or test < 0 or val + test >= 1:
+        raise InputError(f"--val and --test must be >= 0 and leave images for training, got {val} and {test}")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be positive, got {workers}")
+    if max_pixels < 1:
+        raise InputError(f"--max-pixels must be positive, got {max_pixels}")
+
+
+def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15, test: float = 0.15,
+            seed: int = 0, workers: int | None = None, force: bool = False,
+            max_pixels: int = MAX_PIXELS) -> dict:
+    """Build the one-hot tree of SRC in DST and return its stats (see the module docstring).
+
+    Raises InputError before writing anything on bad input, NoUsableImages when every image fails.
+    """
+    src, dst = Path(src), Path(dst)
+    check_settings(size, val, test, workers, max_pixels)
+    rows, layout = read_source(src)
+    split_here = layout == KAGGLE
+    if split_here:
+        rows["split"] = assign_splits(rows, val, test, seed)
+    settings = {"layout": layout, "size": size, "quality": JPEG_QUALITY, "max_pixels": max_pixels,
+                "val": val if split_here else None, "test": test if split_here else None,
+                "seed": seed if split_here else None}
+    key = fingerprint(rows, settings, src)
+    finished = read_stats(dst)
+    if not force and finished and finished.get("fingerprint") == key and not (dst / IN_PROGRESS).exists():
+        print(colored(f"{dst}: already prepared from these inputs and settings; nothing to do", "green"))
+        return finished
+    claim(dst, key, force)
+    kept, skipped = convert(rows, dst, size, workers or os.cpu_count() or 1, max_pixels)
+    if kept.empty:
+        raise NoUsableImages(f"no usable image: all {len(rows)} images of {src} were skipped")
+    stats = {"fingerprint": key, "settings": {"src": str(src.resolve()), **settings},
+             "splits": {split: split_stats(kept[kept["split"] == split]) for split in SPLITS},
+             "total": split_stats(kept), "skipped": skipped}
+    write_outputs(dst, kept, stats)
+    print(summary_table(stats))
+    print(colored(f"wrote {len(kept)} images to {dst} ({len(skipped)} skipped)", "green"))
+    return stats

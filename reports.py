@@ -1,0 +1,130 @@
+"""Reports people look at: metric tables, training curves, per-class heatmaps, PR/ROC curves, confusion matrices.
+
+Figures are drawn on matplotlib ``Figure`` objects (no pyplot state, safe in worker threads) and
+returned as PNG bytes, so every caller writes them atomically.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from termcolor import colored
+
+from data.labels import CLASSES
+from metrics import table_text
+from utils import atomic_write_bytes, atomic_write_text, png_bytes
+
+
+def training_curves_png(rows: list[dict], best_metric: str) -> bytes:
+    """curves.png: train/val loss, validation F1s and the learning rate per epoch."""
+    from matplotlib.figure import Figure
+
+    frame = pd.DataFrame(rows)
+    fig = Figure(figsize=(15, 4), tight_layout=True)
+    ax_loss, ax_f1, ax_lr = fig.subplots(1, 3)
+    for column in ("train_loss", "val_loss"):
+        ax_loss.plot(frame["epoch"], frame[column], marker=".", label=column)
+    for column in dict.fromkeys(("macro_f1", "macro_f1_tuned", "micro_f1", "mAP", best_metric)):
+        if column in frame:
+            ax_f1.plot(frame["epoch"], frame[column], marker=".", label=column)
+    ax_lr.plot(frame["epoch"], frame["lr"], marker=".")
+    for ax, title in ((ax_loss, "loss"), (ax_f1, "validation"), (ax_lr, "learning rate (end of epoch)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    ax_loss.legend()
+    ax_f1.legend()
+    return png_bytes(fig)
+
+
+def coloured_table(table: pd.DataFrame) -> str:
+    """The metrics table for the console: bold header, summary rows in cyan."""
+    header, *lines = table_text(table).splitlines()
+    rows = [line if name in CLASSES else colored(line, "cyan") for name, line in zip(table.index, lines)]
+    return "\n".join([colored(header, attrs=["bold"]), *rows])
+
+
+def metrics_json(table: pd.DataFrame, **meta: Any) -> str:
+    """The table as {row: {column: value}} (nan -> null), after the run's facts in ``meta``."""
+    return json.dumps({**meta, "metrics": json.loads(table.to_json(orient="index"))}, indent=2) + "\n"
+
+
+def heatmap_png(table: pd.DataFrame) -> bytes:
+    """Per-class precision, recall, F1, AP, AUC and accuracy as an annotated heatmap."""
+    from matplotlib.figure import Figure
+
+    columns = ["precision", "recall", "f1", "ap", "auc", "accuracy"]
+    values = table.loc[list(CLASSES) + ["macro"], columns].to_numpy(dtype=float)
+    fig = Figure(figsize=(8, 5), tight_layout=True)
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(values)), list(CLASSES) + ["macro"])
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                color="black" if v > 0.6 else "white")
+    fig.colorbar(image, ax=ax)
+    ax.set_title("per-class metrics at the decision thresholds")
+    return png_bytes(fig)
+
+
+def class_curves_png(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, kind: str) -> bytes:
+    """One PR (``kind='pr'``) or ROC (``kind='roc'``) curve per class, the decision threshold marked."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    fig = Figure(figsize=(13, 8), tight_layout=True)
+    for ax, c, name in zip(fig.subplots(2, 3).flat, range(len(CLASSES)), CLASSES):
+        y, p = targets[:, c], probs[:, c]
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if y.min() == y.max():
+            ax.text(0.5, 0.5, "undefined: one kind of truth only", ha="center", transform=ax.transAxes)
+            continue
+        pred = p >= thresholds[c]
+        if kind == "pr":
+            precision, recall, _ = precision_recall_curve(y, p)
+            ax.plot(recall, precision, label=f"AP {average_precision_score(y, p):.3f}")
+            point = (pred[y > 0].mean(), y[pred].mean() if pred.any() else 1.0)
+            ax.set(xlabel="recall", ylabel="precision")
+        else:
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+            point = (pred[y == 0].mean(), pred[y > 0].mean())
+            ax.set(xlabel="false positive rate", ylabel="true positive rate")
+        ax.plot(*point, "o", color="red", label=f"threshold {thresholds[c]:.2f}")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        ax.legend(loc="lower left" if kind == "pr" else "lower right")
+    return png_bytes(fig)
+
+
+def confusion_png(targets: np.ndarray, predicted: np.ndarray) -> bytes:
+    """Per-class 2x2 confusion matrices (rows: truth, columns: prediction)."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    matrices = multilabel_confusion_matrix(targets, predicted, labels=list(range(len(CLASSES))))
+    fig = Figure(figsize=(12, 7), tight_layout=True)
+    for ax, matrix, name in zip(fig.subplots(2, 3).flat, matrices, CLASSES):
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
+        ax.set_xticks([0, 1], ["no", "yes"])
+        ax.set_yticks([0, 1], ["no", "yes"])
+        ax.set(title=name, xlabel="predicted", ylabel="true")
+    return png_bytes(fig)
+
+
+def write_report(out: Path, table: pd.DataFrame, targets: np.ndarray, probs: np.ndarray,
+                 thresholds: np.ndarray, meta: dict) -> None:
+    """metrics.csv/.json and the four figures of a labelled evaluation."""
+    atomic_write_text(table.to_csv(index_label="row"), out / "metrics.csv")
+    atomic_write_text(metrics_json(table, **meta), out / "metrics.json")
+    atomic_write_bytes(heatmap_png(table), out / "metrics_heatmap.png")
+    atomic_write_bytes(class_curves_png(targets, probs, thresholds, "pr"), out / "pr_curves.png")
+    atomic_write_bytes(class_curves_png(targets, probs, thresholds, "roc"), out / "roc_curves.png")
+    atomic_write_bytes(confusion_png(targets, (probs >= thresholds).astype(int)), out / "confusion_matrices.png")

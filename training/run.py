@@ -1,0 +1,264 @@
+"""One training run: build it from the config, resume it, run its epochs, save and report.
+
+Everything goes to ``run_dir(config)`` = OUTPUT/MODEL.NAME/TAG: ``config.yaml``, ``log.txt``,
+``history.csv``, ``curves.png``, ``ckpt_latest.pth`` (every epoch, and mid-epoch on a stop),
+``ckpt_best.pth`` + ``thresholds.json`` (best TRAIN.BEST_METRIC on validation) and
+``ckpt_epoch_N.pth`` every SAVE_FREQ epochs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from yacs.config import CfgNode
+
+from checkpoint import (
+    find_resume_file, load_pretrained, load_training_checkpoint, restore_training, save_checkpoint, training_state,
+)
+from data.labels import CLASSES
+from data.loader import build_loader
+from inference import evaluate_checkpoint, write_thresholds
+from metrics import summarize, tune_thresholds
+from models import build_loss, build_model
+from reports import coloured_table, training_curves_png
+from runtime import amp_dtype, autocast_factory, seed_everything, set_rng_state
+from training.engine import (
+    Trainer, build_optimizer, build_scheduler, evaluate, loader_throughput, throughput, train_one_epoch,
+)
+from training.history import read_history, write_history
+from training.stop import GracefulStop
+from utils import EXIT_INTERRUPTED, EXIT_OK, atomic_write_bytes, atomic_write_text, run_dir
+
+
+@dataclass
+class Best:
+    """The best validation epoch so far (by TRAIN.BEST_METRIC, higher is better)."""
+
+    value: float = -math.inf
+    epoch: int = -1
+    thresholds: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
+
+    def improves(self, value: float) -> bool:
+        return not math.isnan(value) and value > self.value
+
+
+def build_trainer(config: CfgNode, model: torch.nn.Module, device: torch.device, updates_per_epoch: int,
+                  mixup_fn: Any, logger: logging.Logger) -> Trainer:
+    """Loss, optimizer, per-update schedule, autocast and (CUDA fp16 only) a GradScaler around ``model``."""
+    dtype = amp_dtype(config, device, logger)
+    optimizer = build_optimizer(config, model)
+    return Trainer(
+        model=model,
+        criterion=build_loss(config).to(device),
+        optimizer=optimizer,
+        lr_scheduler=build_scheduler(config, optimizer, updates_per_epoch),
+        device=device,
+        autocast=autocast_factory(device, dtype),
+        scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+        mixup_fn=mixup_fn,
+        accumulation_steps=config.TRAIN.ACCUMULATION_STEPS,
+        clip_grad=config.TRAIN.CLIP_GRAD,
+        print_freq=config.PRINT_FREQ,
+    )
+
+
+def check_best_metric(config: CfgNode) -> None:
+    """Fail before training when TRAIN.BEST_METRIC is not a key of the per-epoch summary."""
+    targets = np.eye(len(CLASSES), dtype=np.float32)
+    keys = summarize(targets, np.full_like(targets, 0.5)).keys()
+    if config.TRAIN.BEST_METRIC not in keys:
+        raise ValueError(f"TRAIN.BEST_METRIC {config.TRAIN.BEST_METRIC!r} is not one of: {', '.join(keys)}")
+
+
+@dataclass
+class Run:
+    """One training run: what the epoch loop reads and updates."""
+
+    config: CfgNode
+    trainer: Trainer
+    loader_train: Any
+    loader_val: Any
+    rank: int
+    logger: logging.Logger
+    best: Best = field(default_factory=Best)
+    history: list[dict] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)  # validation summary of the last completed epoch
+
+    @property
+    def out(self) -> Path:
+        return run_dir(self.config)
+
+    def eval_model(self) -> torch.nn.Module:
+        """EMA weights when MODEL.EMA.EVAL, else the raw module: the weights that are selected and saved as best."""
+        use_ema = self.trainer.ema is not None and self.config.MODEL.EMA.EVAL
+        return self.trainer.ema.module if use_ema else self.trainer.module
+
+
+def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logger) -> int:
+    """Build everything, resume if there is a checkpoint, run the epochs; returns the exit code."""
+    check_best_metric(config)
+    seed_everything(config.SEED + rank)
+    dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
+    logger.info(
+        f"data: {len(dataset_train)} train images ({len(loader_train.sampler.indices)} samples with "
+        f"DATA.OVERSAMPLE), {len(dataset_val)} val images, {len(loader_train)} steps/epoch"
+    )
+    model = build_model(config).to(device)
+    logger.info(f"model: {config.MODEL.TYPE} head={config.MODEL.HEAD} psa={config.MODEL.PSA.ENABLE} "
+                f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    updates_per_epoch = math.ceil(len(loader_train) / config.TRAIN.ACCUMULATION_STEPS)
+    trainer = build_trainer(config, model, device, updates_per_epoch, mixup_fn, logger)
+    run = Run(config, trainer, loader_train, loader_val, rank, logger)
+
+    resume_file = find_resume_file(config, run.out, logger)
+    ckpt = load_training_checkpoint(resume_file) if resume_file else None
+    if ckpt is not None:
+        restore_training(ckpt, trainer)
+    elif config.MODEL.PRETRAINED:
+        load_pretrained(config, model, logger)
+    if dist.is_initialized():
+        trainer.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.MODEL.EMA.ENABLE:
+        # After loading and the DDP broadcast, so every rank averages the same starting weights.
+        trainer.ema = ModelEmaV3(model, decay=config.MODEL.EMA.DECAY)
+        if ckpt is not None and ckpt.get("ema") is not None:
+            trainer.ema.module.load_state_dict(ckpt["ema"])
+
+    start_epoch, start_step = 0, 0
+    if ckpt is not None:
+        start_epoch, start_step = ckpt["epoch"] + 1, ckpt["step"]
+        resume_from(run, ckpt, updates_per_epoch)
+        logger.info(f"resumed from {resume_file}: epoch {start_epoch} step {start_step} "
+                    f"(best {config.TRAIN.BEST_METRIC} {run.best.value:.4f} at epoch {run.best.epoch})")
+    if rank == 0:
+        atomic_write_text(config.dump(), run.out / "config.yaml")
+
+    with GracefulStop() as stop:
+        code = train_epochs(run, start_epoch, start_step, stop)
+    if code == EXIT_OK and rank == 0:
+        report_best(run)
+    return code
+
+
+def resume_from(run: Run, ckpt: dict, updates_per_epoch: int) -> None:
+    """Best-so-far, history, update count and RNG of the checkpoint (weights are loaded by the caller)."""
+    config, trainer = run.config, run.trainer
+    run.best = Best(ckpt["best_metric"], ckpt["best_epoch"], list(ckpt["thresholds"]))
+    run.metrics = dict(ckpt.get("metrics") or {})
+    run.history = read_history(run.out / "history.csv", ckpt["epoch"])
+    trainer.num_updates = ((ckpt["epoch"] + 1) * updates_per_epoch
+                           + math.ceil(ckpt["step"] / config.TRAIN.ACCUMULATION_STEPS))
+    if dist.is_initialized():  # exact replay is a single-process promise; keep the ranks decorrelated
+        seed_everything(config.SEED + run.rank + trainer.num_updates)
+    else:
+        set_rng_state(ckpt["rng"])
+
+
+def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop) -> int:
+    """Epochs from ``start_epoch`` (its first ``start_step`` batches already done); 0 done, 130 interrupted."""
+    config, logger, best, loader = run.config, run.logger, run.best, run.loader_train
+    patience = config.TRAIN.PATIENCE
+    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
+        if patience and epoch - 1 - best.epoch >= patience:
+            logger.info(f"early stop: no better {config.TRAIN.BEST_METRIC} for {patience} epochs "
+                        f"(best {best.value:.4f} at epoch {best.epoch})")
+            break
+        step = start_step if epoch == start_epoch else 0
+        loader.sampler.set_epoch(epoch, skip=step * loader.batch_size)
+        started = time.time()
+        result = train_one_epoch(run.trainer, loader, epoch, config.TRAIN.EPOCHS, logger, step, should_stop=stop)
+        if result.interrupted:
+            return save_interrupted(run, epoch, result.steps_done, stop)
+        metrics, thresholds = validate_epoch(run)
+        improved = best.improves(metrics[config.TRAIN.BEST_METRIC])
+        if improved:
+            best.value, best.epoch, best.thresholds = metrics[config.TRAIN.BEST_METRIC], epoch, thresholds
+        run.metrics = metrics
+        run.history.append({"epoch": epoch, "train_loss": result.loss,
+                            "lr": run.trainer.optimizer.param_groups[0]["lr"],
+                            "time_s": round(time.time() - started, 1), **metrics})
+        log_epoch(run, epoch, result.loss, improved)
+        if run.rank == 0:
+            save_epoch(run, epoch, improved)
+        if stop.requested:
+            logger.warning(f"{stop.requested}: stopped after epoch {epoch}; run the same command to resume")
+            return EXIT_INTERRUPTED
+    if best.epoch >= 0:
+        logger.info(f"done: best {config.TRAIN.BEST_METRIC} {best.value:.4f} at epoch {best.epoch} "
+                    f"({run.out / 'ckpt_best.pth'})")
+    return EXIT_OK
+
+
+def validate_epoch(run: Run) -> tuple[dict, list[float]]:
+    """(summary with val_loss, thresholds tuned on val) of the selection weights."""
+    trainer = run.trainer
+    evaluation = evaluate(run.eval_model(), run.loader_val, trainer.criterion, trainer.device, trainer.autocast)
+    thresholds = [float(t) for t in tune_thresholds(evaluation.targets, evaluation.probs)]
+    summary = summarize(evaluation.targets, evaluation.probs, thresholds)
+    return {"val_loss": evaluation.loss, **summary}, thresholds
+
+
+def log_epoch(run: Run, epoch: int, train_loss: float, improved: bool) -> None:
+    keys = ("val_loss", "macro_f1", "macro_f1_tuned", "micro_f1", "samples_f1", "mAP", run.config.TRAIN.BEST_METRIC)
+    shown = " ".join(f"{k} {run.metrics[k]:.4f}" for k in dict.fromkeys(keys) if k in run.metrics)
+    mark = " *best*" if improved else f" (best {run.best.value:.4f} at epoch {run.best.epoch})"
+    run.logger.info(f"epoch {epoch}: train_loss {train_loss:.4f} {shown}{mark}")
+
+
+def save_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """History, curves, then checkpoints: a crash in between only makes the resumed run redo this epoch."""
+    out, config = run.out, run.config
+    write_history(run.history, out / "history.csv")
+    atomic_write_bytes(training_curves_png(run.history, config.TRAIN.BEST_METRIC), out / "curves.png")
+    state = training_state(config, run.trainer, epoch, 0, run.best, run.metrics)
+    if improved:
+        save_checkpoint(state, out / "ckpt_best.pth")
+        write_thresholds(run.best.thresholds, out / "thresholds.json")
+    if config.SAVE_FREQ and (epoch + 1) % config.SAVE_FREQ == 0:
+        save_checkpoint(state, out / f"ckpt_epoch_{epoch}.pth")
+    save_checkpoint(state, out / "ckpt_latest.pth")
+
+
+def save_interrupted(run: Run, epoch: int, steps_done: int, stop: GracefulStop) -> int:
+    """Mid-epoch ckpt_latest.pth: the last completed epoch plus the steps done in this one."""
+    latest = run.out / "ckpt_latest.pth"
+    if run.rank == 0:
+        save_checkpoint(training_state(run.config, run.trainer, epoch - 1, steps_done, run.best, run.metrics), latest)
+    run.logger.warning(f"{stop.requested}: saved {latest} at epoch {epoch} step {steps_done}; "
+                       "run the same command to resume")
+    return EXIT_INTERRUPTED
+
+
+def report_best(run: Run) -> None:
+    """Score ckpt_best.pth on validation again, from the file, and log its per-class table."""
+    best_file = run.out / "ckpt_best.pth"
+    if not best_file.is_file():
+        return
+    config = run.config
+    split_dir = Path(config.DATA.DATA_PATH) / "val"
+    result, _, _ = evaluate_checkpoint(best_file, split_dir, run.trainer.device, config.DATA.BATCH_SIZE,
+                                       config.DATA.NUM_WORKERS)
+    run.logger.info(f"validation of the best epoch ({run.best.epoch}, thresholds tuned on val):\n"
+                    + coloured_table(result.table))
+
+
+def measure_throughput(config: CfgNode, device: torch.device, logger: logging.Logger) -> None:
+    """Model-only img/s on a synthetic batch, then loader-only img/s, reported separately."""
+    model = build_model(config).to(device)
+    images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE, device=device)
+    model_rate = throughput(model, images, autocast_factory(device, amp_dtype(config, device, logger)))
+    logger.info(f"model throughput: {model_rate:.1f} img/s (batch {len(images)}, {config.DATA.IMG_SIZE}px, "
+                f"{device}, inference)")
+    _, _, loader_train, _, _ = build_loader(config)
+    loader_rate = loader_throughput(loader_train)
+    logger.info(f"loader throughput: {loader_rate:.1f} img/s ({config.DATA.NUM_WORKERS} workers, "
+                "training transforms)")
