@@ -171,3 +171,19 @@ def test_checkpoint_config_from_before_the_normalisation_keys_keeps_imagenet():
     restored = config_from_string(old)
     assert [*restored.DATA.MEAN, *restored.DATA.STD] == pytest.approx([*IMAGENET[0], *IMAGENET[1]])
     assert config_from_string(config.dump()).DATA.MEAN == pytest.approx(HALF[0])
+
+
+def test_effnet_recipes():
+    """The CPU recipes: packaged Lite0 weights, its normalisation, a frozen first epoch; four heads, four run dirs."""
+    recipes = {name: get_config(Namespace(cfg=str(CONFIGS[0].parent / f"{name}.yaml"))) for name in (
+        "effnet_lite0_cpu", "focal_effnet_lite0_cpu", "arcface_effnet_lite0_cpu", "arcpsa_effnet_lite0_cpu")}
+    heads = {name: (c.MODEL.HEAD, c.MODEL.PSA.ENABLE, c.LOSS.NAME) for name, c in recipes.items()}
+    assert heads == {"effnet_lite0_cpu": ("linear", False, "bce"), "focal_effnet_lite0_cpu": ("linear", False, "focal"),
+                     "arcface_effnet_lite0_cpu": ("arcface", False, "bce"),
+                     "arcpsa_effnet_lite0_cpu": ("arcface", True, "bce")}
+    assert len({c.MODEL.NAME for c in recipes.values()}) == 4
+    for config in recipes.values():
+        assert (config.MODEL.TYPE, config.MODEL.PRETRAINED) == ("tf_efficientnet_lite0", "efficientnet_lite0")
+        assert config.DATA.MEAN == config.DATA.STD == [0.5] * 3 and config.TRAIN.FREEZE_BACKBONE_EPOCHS == 1
+    gpu = get_config(Namespace(cfg=str(CONFIGS[0].parent / "effnet_lite2_gpu.yaml")))
+    assert (gpu.MODEL.TYPE, gpu.MODEL.PRETRAINED, gpu.DATA.IMG_SIZE) == ("tf_efficientnet_lite2", "efficientnet_lite2", 260)
