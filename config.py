@@ -9,9 +9,12 @@ import os
 from typing import Any
 
 import yaml
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.transforms import str_to_pil_interp
 from yacs.config import CfgNode as CN
 
 from data.labels import CLASSES, NUM_CLASSES
+from data.transforms import normalization
 
 _C = CN()
 
@@ -30,8 +33,14 @@ _C.DATA.DATA_PATH = "dataset"
 _C.DATA.DATASET = "plant_pathology_2021"
 # Input image size (square)
 _C.DATA.IMG_SIZE = 224
-# Interpolation used to resize images (bicubic, bilinear, nearest)
-_C.DATA.INTERPOLATION = "bicubic"
+# Interpolation used to resize images (bicubic, bilinear, nearest, ...); '' = the backbone's (timm
+# pretrained_cfg). Resolved when the config is made, so config.yaml and checkpoints hold the value used.
+_C.DATA.INTERPOLATION = ""
+# Ours: per-channel normalisation mean (RGB, 0-1 scale); [] = the backbone's (timm pretrained_cfg:
+# ImageNet's for Swin, 0.5 for tf_efficientnet_lite*), resolved like INTERPOLATION
+_C.DATA.MEAN = []
+# Ours: per-channel normalisation std; [] = the backbone's, resolved like INTERPOLATION
+_C.DATA.STD = []
 # Pin CPU memory in the DataLoader for faster transfer to the GPU
 _C.DATA.PIN_MEMORY = True
 # Number of data loading processes per training process
@@ -50,7 +59,8 @@ _C.MODEL = CN()
 _C.MODEL.TYPE = "swin_tiny_patch4_window7_224"
 # Run name: the run directory is OUTPUT/MODEL.NAME/TAG
 _C.MODEL.NAME = "swin_tiny_patch4_window7_224"
-# Pretrained weights file (official Microsoft .pth or timm .pth/.bin/.safetensors); '' = none
+# Pretrained weights: a file (official Microsoft .pth, timm .pth/.bin/.safetensors) or packaged weights by
+# name (efficientnet_lite0/1/2: the ImageNet file inside an installed pip package); '' = none
 _C.MODEL.PRETRAINED = ""
 # Checkpoint to resume from; '' = OUTPUT/NAME/TAG/ckpt_latest.pth when it exists
 _C.MODEL.RESUME = ""
@@ -64,6 +74,10 @@ _C.MODEL.DROP_PATH_RATE = 0.1
 _C.MODEL.LABEL_SMOOTHING = 0.0
 # Ours: classification head: 'linear' (6 sigmoid logits) or 'arcface' (multi-label ArcFace)
 _C.MODEL.HEAD = "linear"
+# Ours: keep the backbone's BatchNorm layers in eval mode while training: their running statistics
+# stay those of the pretrained weights (small CPU batches give noisy ones); their scale and shift
+# still learn. No effect on backbones without BatchNorm (Swin).
+_C.MODEL.FREEZE_BN = False
 
 # Swin backbone overrides (Swin models only); 0 or [] keeps the value of the timm model named by
 # MODEL.TYPE. Swin models also get img_size = DATA.IMG_SIZE.
@@ -148,6 +162,15 @@ _C.TRAIN.USE_CHECKPOINT = False
 _C.TRAIN.PATIENCE = 0
 # Ours: validation metric that selects ckpt_best.pth (a key of the metrics summary)
 _C.TRAIN.BEST_METRIC = "macro_f1"
+# Ours: learning rate of the backbone relative to the new neck and head (e.g. 0.1 for a pretrained
+# backbone); the schedule scales every parameter group alike, so the ratio holds throughout
+_C.TRAIN.BACKBONE_LR_SCALE = 1.0
+# Layer-wise learning rate decay of the backbone (upstream Swin's fine-tuning key; 1.0 disables): its
+# last layer keeps the full rate, each earlier one is LAYER_DECAY times the next (timm's groups)
+_C.TRAIN.LAYER_DECAY = 1.0
+# Ours: staged unfreezing: the backbone is frozen (no gradients, BatchNorm statistics fixed) for the
+# first N epochs, while the new neck and head learn; 0 trains everything from the start
+_C.TRAIN.FREEZE_BACKBONE_EPOCHS = 0
 
 # LR scheduler (timm)
 _C.TRAIN.LR_SCHEDULER = CN()
@@ -311,7 +334,15 @@ def update_config(config: CN, args: Any) -> None:
         config.AMP_ENABLE = False
     config.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", 0) or 0))
     _check_config(config)
+    _resolve_normalization(config)
     config.freeze()
+
+
+def _resolve_normalization(config: CN) -> None:
+    """Write the transform's mean, std and interpolation into the config (empty keys: the backbone's)."""
+    mean, std, interpolation = normalization(config)
+    config.DATA.MEAN, config.DATA.STD = [float(v) for v in mean], [float(v) for v in std]
+    config.DATA.INTERPOLATION = interpolation
 
 
 def _check_config(config: CN) -> None:
@@ -328,6 +359,28 @@ def _check_config(config: CN) -> None:
     low = [k for k, v in config.DATA.OVERSAMPLE.items() if v < 1]
     if low:
         raise ValueError(f"DATA.OVERSAMPLE.{low[0]} must be an integer >= 1")
+    _check_normalization(config.DATA)
+    train = config.TRAIN
+    if train.BACKBONE_LR_SCALE < 0 or not 0 < train.LAYER_DECAY <= 1 or train.FREEZE_BACKBONE_EPOCHS < 0:
+        raise ValueError("TRAIN.BACKBONE_LR_SCALE must be >= 0, TRAIN.LAYER_DECAY in (0, 1] and "
+                         f"TRAIN.FREEZE_BACKBONE_EPOCHS >= 0; got {train.BACKBONE_LR_SCALE}, "
+                         f"{train.LAYER_DECAY}, {train.FREEZE_BACKBONE_EPOCHS}")
+
+
+def _check_normalization(data: CN) -> None:
+    """DATA.MEAN / DATA.STD: empty or three numbers (std > 0); DATA.INTERPOLATION: empty or a PIL filter."""
+    for key in ("MEAN", "STD"):
+        values = list(data[key])
+        if values and (len(values) != 3 or not all(isinstance(v, (int, float)) for v in values)):
+            raise ValueError(f"DATA.{key} must be [] or three numbers (R, G, B), got {values}")
+    if any(v <= 0 for v in data.STD):
+        raise ValueError(f"DATA.STD must be positive, got {list(data.STD)}")
+    if data.INTERPOLATION:
+        try:
+            str_to_pil_interp(data.INTERPOLATION)
+        except KeyError:
+            raise ValueError(f"DATA.INTERPOLATION {data.INTERPOLATION!r} is not one of bicubic, bilinear, "
+                             "nearest, lanczos, box, hamming") from None
 
 
 def get_default_config() -> CN:
@@ -345,7 +398,13 @@ def get_config(args: Any) -> CN:
 def config_from_string(text: str) -> CN:
     """Rebuild a frozen config from the yaml dump stored in a checkpoint (unknown keys are errors)."""
     config = _C.clone()
-    config.merge_from_other_cfg(CN.load_cfg(text))
+    saved = CN.load_cfg(text)
+    for key, imagenet in (("MEAN", IMAGENET_DEFAULT_MEAN), ("STD", IMAGENET_DEFAULT_STD)):
+        if key not in saved.get("DATA", {}):
+            # saved before DATA.MEAN/STD existed, when every run was normalised with ImageNet's statistics
+            config.DATA[key] = list(imagenet)
+    config.merge_from_other_cfg(saved)
     _check_config(config)
+    _resolve_normalization(config)
     config.freeze()
     return config

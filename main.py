@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding the config")
     parser.add_argument("--batch-size", type=int, help="batch size per process")
     parser.add_argument("--data-path", help="prepared tree with train/ and val/ (process/prepare.py)")
-    parser.add_argument("--pretrained", help="official Microsoft .pth or timm .pth/.bin/.safetensors")
+    parser.add_argument("--pretrained", help="official Microsoft .pth, timm .pth/.bin/.safetensors, or packaged "
+                                             "weights by name: efficientnet_lite0 (1, 2)")
     parser.add_argument("--resume", help="checkpoint to resume from (ckpt_latest.pth of the run dir wins)")
     parser.add_argument("--accumulation-steps", type=int, help="gradient accumulation steps")
     parser.add_argument("--use-checkpoint", action="store_true", help="gradient checkpointing")

@@ -133,6 +133,24 @@ def summarize(
     return out
 
 
+def mean_confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t confidence interval of the mean of ``values``.
+
+    What several seeds of one setting allow: ``mean +- half-width`` covers the true mean score of
+    the setting with probability ``confidence`` (for roughly normal scores). One value has no
+    spread to measure: its half-width is nan.
+    """
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        raise ValueError("no values to average")
+    if len(values) == 1:
+        return float(values[0]), float("nan")
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * sem)
+
+
 def table_text(table: pd.DataFrame) -> str:
     """A metrics table as aligned text, 4 decimals, '-' where a metric does not apply."""
     return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")

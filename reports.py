@@ -14,7 +14,7 @@ import pandas as pd
 from termcolor import colored
 
 from data.labels import CLASSES
-from metrics import table_text
+from metrics import mean_confidence_interval, table_text
 from utils import atomic_write_bytes, atomic_write_text, png_bytes
 
 
@@ -128,3 +128,63 @@ def write_report(out: Path, table: pd.DataFrame, targets: np.ndarray, probs: np.
     atomic_write_bytes(class_curves_png(targets, probs, thresholds, "pr"), out / "pr_curves.png")
     atomic_write_bytes(class_curves_png(targets, probs, thresholds, "roc"), out / "roc_curves.png")
     atomic_write_bytes(confusion_png(targets, (probs >= thresholds).astype(int)), out / "confusion_matrices.png")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several seeds per setting (scripts/experiments.py)
+# ---------------------------------------------------------------------------------------------
+
+# (column of a run's scores, how tables and figures name it)
+SEED_METRICS = (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"), ("mAP", "mAP"))
+
+
+def seeds_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``config`` of ``runs`` (first-seen order): its number of runs, then the mean and the
+    95% Student-t half-width of each of SEED_METRICS (``<metric>`` and ``<metric>_ci95``)."""
+    rows = []
+    for config, group in runs.groupby("config", sort=False):
+        row = {"config": config, "runs": len(group)}
+        for column, _ in SEED_METRICS:
+            row[column], row[f"{column}_ci95"] = mean_confidence_interval(group[column])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_pm(mean: float, half: float) -> str:
+    return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a markdown table (floats with 4 decimals)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seeds_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a markdown table: ``mean ± half-width`` of the 95% confidence interval."""
+    cells = {name: [_mean_pm(m, h) for m, h in zip(summary[column], summary[f"{column}_ci95"])]
+             for column, name in SEED_METRICS}
+    return markdown_table(pd.DataFrame({"config": [f"`{c}`" for c in summary["config"]],
+                                        "runs": summary["runs"], **cells}))
+
+
+def seeds_png(runs: pd.DataFrame, summary: pd.DataFrame) -> bytes:
+    """One panel per metric: each run as a dot, each config's mean with its 95% confidence interval as a bar."""
+    from matplotlib.figure import Figure
+
+    configs = list(summary["config"])
+    fig = Figure(figsize=(4.5 * len(SEED_METRICS), 1.5 + 0.6 * len(configs)), tight_layout=True)
+    for ax, (column, name) in zip(fig.subplots(1, len(SEED_METRICS), sharey=True), SEED_METRICS):
+        for y, config in enumerate(configs):
+            scores = runs.loc[runs["config"] == config, column]
+            ax.plot(scores, np.full(len(scores), y + 0.15), "o", color="grey", alpha=0.7, markersize=4)
+            row = summary.iloc[y]
+            half = 0.0 if np.isnan(row[f"{column}_ci95"]) else row[f"{column}_ci95"]
+            ax.errorbar(row[column], y, xerr=half, fmt="s", color="C0", capsize=4)
+        ax.set_title(f"test {name}: runs (dots), mean ± 95% CI")
+        ax.set_yticks(range(len(configs)), configs)
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+    return png_bytes(fig)

@@ -1,11 +1,19 @@
-"""The one image transform factory (timm's), for training, validation and inference."""
+"""The one image transform factory (timm's), for training, validation and inference.
+
+Normalisation belongs to the backbone's weights, not to the code: timm's ``tf_efficientnet_lite*``
+were trained on inputs scaled to [-1, 1] (mean = std = 0.5), Swin on ImageNet's statistics.
+:func:`normalization` resolves them once from the timm model's ``pretrained_cfg`` (``DATA.MEAN``,
+``DATA.STD`` and ``DATA.INTERPOLATION`` override it); ``config.get_config`` writes the result into
+the run's config, so ``config.yaml`` and every checkpoint carry the values the model was trained with.
+"""
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
+import timm
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
 from timm.data import auto_augment as timm_auto_augment
 from yacs.config import CfgNode
 
@@ -13,6 +21,25 @@ from yacs.config import CfgNode
 TRAIN_CROP_SCALE = (0.5, 1.0)
 # TEST.CROP: resize the shorter side to IMG_SIZE / 0.875, then centre-crop (upstream Swin).
 TEST_CROP_PCT = 0.875
+# What a model type without a timm pretrained config gets (upstream's 'swin' alias is Swin-T: ImageNet's)
+FALLBACK_INTERPOLATION = "bicubic"
+
+
+def backbone_normalization(model_type: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, interpolation) the timm model ``model_type`` was pretrained with, from its ``pretrained_cfg``."""
+    pretrained_cfg = timm.models.get_pretrained_cfg(model_type) if timm.is_model(model_type) else None
+    if pretrained_cfg is None:
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, FALLBACK_INTERPOLATION
+    data = resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict())
+    return tuple(data["mean"]), tuple(data["std"]), data["interpolation"]
+
+
+def normalization(config: CfgNode) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, interpolation) of every transform: DATA.MEAN/STD/INTERPOLATION, each empty one from the backbone."""
+    mean, std, interpolation = backbone_normalization(config.MODEL.TYPE)
+    data = config.DATA
+    return (tuple(data.MEAN) if data.MEAN else mean, tuple(data.STD) if data.STD else std,
+            data.INTERPOLATION or interpolation)
 
 
 def build_transform(is_train: bool, config: CfgNode) -> Callable:
@@ -20,12 +47,12 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
 
     Training: random resized crop, horizontal and vertical flips (``AUG.VFLIP``), RandAugment
     (``AUG.AUTO_AUGMENT``), colour jitter and random erasing from ``AUG.*``. Evaluation: resize
-    to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``), ImageNet normalisation.
+    to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``). Both normalise with
+    :func:`normalization`.
     """
     size = config.DATA.IMG_SIZE
-    common = dict(
-        interpolation=config.DATA.INTERPOLATION, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD
-    )
+    mean, std, interpolation = normalization(config)
+    common = dict(interpolation=interpolation, mean=mean, std=std)
     if not is_train:
         crop = config.TEST.CROP
         return create_transform(

@@ -40,14 +40,38 @@ class MultiLabelNet(nn.Module):
         neck: ``PSANeck`` or ``nn.Identity()``.
         head: ``nn.Linear`` or ``ArcFaceHead``.
         drop_rate: Dropout on the features given to the head.
+        freeze_bn: Keep the backbone's BatchNorm layers in eval mode when training (fixed statistics).
     """
 
-    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, drop_rate: float = 0.0):
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, drop_rate: float = 0.0,
+                 freeze_bn: bool = False):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.head_drop = nn.Dropout(drop_rate)
         self.head = head
+        self.freeze_bn = freeze_bn
+        self.backbone_frozen = False
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Fix the backbone (no gradients, eval mode: BatchNorm statistics and dropouts off) or release it.
+
+        Frozen parameters get no gradient, so the optimizer skips them (weight decay included).
+        """
+        self.backbone_frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MultiLabelNet":
+        """``nn.Module.train``, except that a frozen backbone (or, with ``freeze_bn``, its BatchNorms) stays in eval."""
+        super().train(mode)
+        if mode and self.backbone_frozen:
+            self.backbone.eval()
+        elif mode and self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding the head classifies, shape (B, D)."""
@@ -132,7 +156,7 @@ def build_model(config: CfgNode) -> MultiLabelNet:
         head = nn.Linear(width, NUM_CLASSES)
     else:
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
-    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE)
+    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE, config.MODEL.FREEZE_BN)
 
 
 def build_loss(config: CfgNode) -> nn.Module:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -64,3 +67,10 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(args: list[str], env: dict | None = None, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``python main.py ARGS`` (or ``python -m MODULE ARGS``) in a subprocess at the repo root, output captured."""
+    command = [sys.executable, *module, *([] if module else ["main.py"]), *args]
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=300)

@@ -66,7 +66,12 @@ def test_num_classes_cannot_become_1000(tmp_path: Path):
 
 @pytest.mark.parametrize("opts, key", [(["MODEL.HEAD", "softmax"], "MODEL.HEAD"),
                                        (["LOSS.NAME", "ce"], "LOSS.NAME"),
-                                       (["DATA.OVERSAMPLE.complex", "0"], "OVERSAMPLE")])
+                                       (["DATA.OVERSAMPLE.complex", "0"], "OVERSAMPLE"),
+                                       (["DATA.MEAN", "[0.5, 0.5]"], "DATA.MEAN"),
+                                       (["DATA.STD", "[0.5, 0.0, 0.5]"], "DATA.STD must be positive"),
+                                       (["DATA.INTERPOLATION", "cubic"], "DATA.INTERPOLATION 'cubic'"),
+                                       (["TRAIN.LAYER_DECAY", "1.5"], "TRAIN.LAYER_DECAY"),
+                                       (["TRAIN.FREEZE_BACKBONE_EPOCHS", "-1"], "FREEZE_BACKBONE_EPOCHS")])
 def test_bad_values_are_errors(opts: list, key: str):
     with pytest.raises(ValueError, match=key):
         get_config(Namespace(opts=opts))
@@ -96,7 +101,8 @@ def test_every_shipped_config_loads(path: Path):
 def test_shipped_configs_exist():
     names = {p.name for p in CONFIGS}
     assert {"swin_tiny_patch4_window7_224.yaml", "swin_tiny_focal.yaml", "arcpsa_swin.yaml",
-            "arcpsa_swin_base_384.yaml", "demo_cpu.yaml"} <= names
+            "arcpsa_swin_base_384.yaml", "demo_cpu.yaml", "effnet_lite0_cpu.yaml", "arcpsa_effnet_lite0_cpu.yaml",
+            "effnet_lite2_gpu.yaml"} <= names
 
 
 def test_headline_configs():
@@ -119,3 +125,65 @@ def test_config_from_string_round_trip(child_yaml: Path):
 def test_config_from_string_rejects_unknown_keys():
     with pytest.raises(KeyError):
         config_from_string(get_default_config().dump() + "NOT_A_KEY: 1\n")
+
+
+# The normalisation each backbone's ImageNet weights were trained with (timm pretrained_cfg).
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+HALF = ([0.5] * 3, [0.5] * 3)
+
+
+@pytest.mark.parametrize("model_type, expected", [("tf_efficientnet_lite0", HALF), ("tf_efficientnet_lite2", HALF),
+                                                  ("swin_tiny_patch4_window7_224", IMAGENET), ("swin", IMAGENET),
+                                                  ("efficientnet_lite0", IMAGENET)])
+def test_normalisation_is_resolved_from_the_backbone_into_the_config(model_type, expected):
+    config = get_config(Namespace(opts=["MODEL.TYPE", model_type]))
+    assert [*config.DATA.MEAN, *config.DATA.STD] == pytest.approx([*expected[0], *expected[1]])
+    assert config.DATA.INTERPOLATION == "bicubic"
+    assert config_from_string(config.dump()) == config  # the resolved values travel in the dump
+
+
+def test_normalisation_keys_override_the_backbone_one_by_one():
+    config = get_config(Namespace(opts=["MODEL.TYPE", "tf_efficientnet_lite0", "DATA.MEAN", "[0.4, 0.45, 0.5]",
+                                        "DATA.INTERPOLATION", "bilinear"]))
+    assert config.DATA.MEAN == pytest.approx([0.4, 0.45, 0.5])
+    assert config.DATA.STD == pytest.approx(HALF[1])
+    assert config.DATA.INTERPOLATION == "bilinear"
+
+
+def test_transform_normalises_an_unresolved_config_like_a_resolved_one():
+    """Code that builds a config by hand (get_default_config) gets the backbone's values too."""
+    from data.transforms import normalization
+
+    raw = get_default_config()
+    raw.merge_from_list(["MODEL.TYPE", "tf_efficientnet_lite0"])
+    assert raw.DATA.MEAN == [] and normalization(raw) == ((0.5,) * 3, (0.5,) * 3, "bicubic")
+
+
+def test_checkpoint_config_from_before_the_normalisation_keys_keeps_imagenet():
+    """Runs saved before DATA.MEAN existed were all normalised with ImageNet's statistics."""
+    config = get_config(Namespace(opts=["MODEL.TYPE", "tf_efficientnet_lite0"]))
+    lines = config.dump().splitlines()
+    for key in ("  MEAN:", "  STD:"):  # drop the key and its three items
+        start = lines.index(key)
+        lines = lines[:start] + lines[start + 4:]
+    old = "\n".join(lines)
+    assert "MEAN" not in old and "STD" not in old
+    restored = config_from_string(old)
+    assert [*restored.DATA.MEAN, *restored.DATA.STD] == pytest.approx([*IMAGENET[0], *IMAGENET[1]])
+    assert config_from_string(config.dump()).DATA.MEAN == pytest.approx(HALF[0])
+
+
+def test_effnet_recipes():
+    """The CPU recipes: packaged Lite0 weights, its normalisation, a frozen first epoch; four heads, four run dirs."""
+    recipes = {name: get_config(Namespace(cfg=str(CONFIGS[0].parent / f"{name}.yaml"))) for name in (
+        "effnet_lite0_cpu", "focal_effnet_lite0_cpu", "arcface_effnet_lite0_cpu", "arcpsa_effnet_lite0_cpu")}
+    heads = {name: (c.MODEL.HEAD, c.MODEL.PSA.ENABLE, c.LOSS.NAME) for name, c in recipes.items()}
+    assert heads == {"effnet_lite0_cpu": ("linear", False, "bce"), "focal_effnet_lite0_cpu": ("linear", False, "focal"),
+                     "arcface_effnet_lite0_cpu": ("arcface", False, "bce"),
+                     "arcpsa_effnet_lite0_cpu": ("arcface", True, "bce")}
+    assert len({c.MODEL.NAME for c in recipes.values()}) == 4
+    for config in recipes.values():
+        assert (config.MODEL.TYPE, config.MODEL.PRETRAINED) == ("tf_efficientnet_lite0", "efficientnet_lite0")
+        assert config.DATA.MEAN == config.DATA.STD == [0.5] * 3 and config.TRAIN.FREEZE_BACKBONE_EPOCHS == 1
+    gpu = get_config(Namespace(cfg=str(CONFIGS[0].parent / "effnet_lite2_gpu.yaml")))
+    assert (gpu.MODEL.TYPE, gpu.MODEL.PRETRAINED, gpu.DATA.IMG_SIZE) == ("tf_efficientnet_lite2", "efficientnet_lite2", 260)

@@ -12,13 +12,15 @@ from torchvision.ops import sigmoid_focal_loss
 from config import get_config
 from data.labels import NUM_CLASSES
 from models import ArcFaceHead, MultiLabelNet, PolarizedSelfAttention, PSANeck, build_loss, build_model
+from models.build import is_swin
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# small inputs and embeddings for every model
+SMALL = ["DATA.IMG_SIZE", 64, "MODEL.ARCFACE.FEATURE_DIM", 32]
 # the tiny Swin of the design (each config keeps its own MODEL.TYPE)
 TINY = ["MODEL.SWIN.EMBED_DIM", 16, "MODEL.SWIN.DEPTHS", [1, 1], "MODEL.SWIN.NUM_HEADS", [1, 2],
-        "MODEL.SWIN.WINDOW_SIZE", 4, "MODEL.SWIN.PATCH_SIZE", 4, "DATA.IMG_SIZE", 64,
-        "MODEL.ARCFACE.FEATURE_DIM", 32]
+        "MODEL.SWIN.WINDOW_SIZE", 4, "MODEL.SWIN.PATCH_SIZE", 4, *SMALL]
 SWIN_T = ["MODEL.TYPE", "swin_tiny_patch4_window7_224"]
 ARCPSA = ["MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", True]
 TARGETS = torch.tensor([[1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0]], dtype=torch.float32)
@@ -42,7 +44,11 @@ def train_step(model: nn.Module, config) -> torch.Tensor:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_trains_at_tiny_size(path: Path):
-    config = tiny_config(cfg=path)
+    """Swin configs shrunk to the tiny Swin; the others (EfficientNet-Lite) keep their backbone at 64 px."""
+    if is_swin(get_config(Namespace(cfg=str(path))).MODEL.TYPE):
+        config = tiny_config(cfg=path)
+    else:
+        config = get_config(Namespace(cfg=str(path), opts=SMALL))
     model = build_model(config)
     logits = train_step(model, config)
     assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()

@@ -20,7 +20,7 @@ from config import config_from_string, get_default_config
 from data.labels import CLASSES
 from models import build_model
 from checkpoint import load_checkpoint_file, load_pretrained
-from helpers import ROOT, load_script, make_tree
+from helpers import ROOT, load_script, make_tree, run_script
 from training.stop import INTERRUPT_ENV
 from utils import EXIT_INTERRUPTED, atomic_save, create_logger
 
@@ -57,12 +57,6 @@ def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] =
 
 def run_dir(output: Path, tag: str) -> Path:
     return output / "swin_tiny_patch4_window7_224" / tag
-
-
-def run_script(args: list[str], env: dict | None = None, module: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, *module, *([] if module else ["main.py"]), *args]
-    return subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=300)
 
 
 def tiny_config(*opts: str):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -75,16 +75,37 @@ def no_weight_decay_patterns(model: nn.Module) -> list[str]:
     return sorted(names | {f"*.{n}" for n in names} | {f"*{k}*" for k in keywords})
 
 
-def build_optimizer(config: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-    """timm optimizer ``TRAIN.OPTIMIZER.NAME`` at ``TRAIN.BASE_LR`` (used as given, no batch-size scaling)."""
+def param_groups(config: CfgNode, model: nn.Module) -> list[dict]:
+    """Optimizer groups of ``model`` (a ``MultiLabelNet``): neck and head first, then the backbone.
+
+    Every group carries ``lr_scale``, which timm's schedulers multiply into the group's lr at each
+    step: 1 for the new neck and head (so ``param_groups[0]['lr']`` is the schedule's own lr),
+    ``TRAIN.BACKBONE_LR_SCALE`` for the backbone, times timm's layer-wise decay when
+    ``TRAIN.LAYER_DECAY`` < 1. Call it while every parameter is trainable (timm's helpers skip frozen
+    ones): freezing later only withholds gradients, so the groups never change during a run.
+    """
     train = config.TRAIN
-    groups = param_groups_weight_decay(
-        model, train.WEIGHT_DECAY, no_weight_decay_list=no_weight_decay_patterns(model)
-    )
+    new = nn.ModuleDict({name: child for name, child in model.named_children() if name != "backbone"})
+    groups = param_groups_weight_decay(new, train.WEIGHT_DECAY, no_weight_decay_list=no_weight_decay_patterns(model))
+    backbone_no_decay = no_weight_decay_patterns(model.backbone)
+    if train.LAYER_DECAY < 1:
+        backbone_groups = param_groups_layer_decay(model.backbone, train.WEIGHT_DECAY, backbone_no_decay,
+                                                   layer_decay=train.LAYER_DECAY)
+    else:
+        backbone_groups = param_groups_weight_decay(model.backbone, train.WEIGHT_DECAY,
+                                                    no_weight_decay_list=backbone_no_decay)
+    return ([{**group, "lr_scale": 1.0} for group in groups]
+            + [{**group, "lr_scale": group.get("lr_scale", 1.0) * train.BACKBONE_LR_SCALE} for group in backbone_groups])
+
+
+def build_optimizer(config: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+    """timm optimizer ``TRAIN.OPTIMIZER.NAME`` at ``TRAIN.BASE_LR`` (used as given, no batch-size scaling)
+    over :func:`param_groups`."""
+    train = config.TRAIN
     name = train.OPTIMIZER.NAME.lower()
     extra = {} if name in ("sgd", "momentum") else dict(eps=train.OPTIMIZER.EPS, betas=tuple(train.OPTIMIZER.BETAS))
     return create_optimizer_v2(
-        groups, opt=name, lr=train.BASE_LR, weight_decay=train.WEIGHT_DECAY,
+        param_groups(config, model), opt=name, lr=train.BASE_LR, weight_decay=train.WEIGHT_DECAY,
         momentum=train.OPTIMIZER.MOMENTUM, **extra,
     )
 

@@ -126,7 +126,9 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     elif config.MODEL.PRETRAINED:
         load_pretrained(config, model, logger)
     if dist.is_initialized():
-        trainer.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # a frozen backbone has no gradients to reduce: DDP must be told that some parameters go unused
+        trainer.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                find_unused_parameters=config.TRAIN.FREEZE_BACKBONE_EPOCHS > 0)
     if config.MODEL.EMA.ENABLE:
         # After loading and the DDP broadcast, so every rank averages the same starting weights.
         trainer.ema = ModelEmaV3(model, decay=config.MODEL.EMA.DECAY)
@@ -174,6 +176,7 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
             break
         step = start_step if epoch == start_epoch else 0
         loader.sampler.set_epoch(epoch, skip=step * loader.batch_size)
+        stage_backbone(run, epoch)
         started = time.time()
         result = train_one_epoch(run.trainer, loader, epoch, config.TRAIN.EPOCHS, logger, step, should_stop=stop)
         if result.interrupted:
@@ -196,6 +199,18 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
         logger.info(f"done: best {config.TRAIN.BEST_METRIC} {best.value:.4f} at epoch {best.epoch} "
                     f"({run.out / 'ckpt_best.pth'})")
     return EXIT_OK
+
+
+def stage_backbone(run: Run, epoch: int) -> None:
+    """Staged unfreezing: the backbone is frozen during the first TRAIN.FREEZE_BACKBONE_EPOCHS epochs.
+
+    A function of the epoch alone, so a run resumed in (or after) the frozen epochs is in the right stage.
+    """
+    frozen = epoch < run.config.TRAIN.FREEZE_BACKBONE_EPOCHS
+    model = run.trainer.module
+    if frozen != model.backbone_frozen:
+        model.freeze_backbone(frozen)
+        run.logger.info(f"epoch {epoch}: backbone {'frozen: only the neck and head learn' if frozen else 'unfrozen'}")
 
 
 def validate_epoch(run: Run) -> tuple[dict, list[float]]:

@@ -1,0 +1,122 @@
+"""scripts/experiments.py: seeds x configs through main.py and test.py, confidence intervals, stop and restart."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import ROOT, load_script, make_tree
+from metrics import mean_confidence_interval
+from reports import seeds_markdown, seeds_png, seeds_summary
+from utils import EXIT_INTERRUPTED
+
+experiments = load_script("scripts/experiments.py")
+
+TINY_YAML = """\
+MODEL:
+  TYPE: swin_tiny_patch4_window7_224
+  NAME: tiny
+  SWIN: {EMBED_DIM: 16, DEPTHS: [1, 1], NUM_HEADS: [1, 2], WINDOW_SIZE: 4}
+DATA: {IMG_SIZE: 64, NUM_WORKERS: 0, BATCH_SIZE: 4}
+TRAIN: {EPOCHS: 1, WARMUP_EPOCHS: 0}
+AUG: {AUTO_AUGMENT: none}
+DEVICE: cpu
+"""
+OPTS = ["TRAIN.BASE_LR", "0.002"]
+
+
+def test_confidence_interval_on_known_numbers():
+    # mean 0.82, sample sd 0.02, standard error 0.02 / sqrt(3); t(0.975, df 2) = 4.3027 from any t table
+    assert mean_confidence_interval([0.80, 0.82, 0.84]) == pytest.approx((0.82, 4.3027 * 0.02 / 3 ** 0.5), abs=1e-5)
+    # sd of 1..4 = 1.2910, t(0.975, df 3) = 3.1824
+    assert mean_confidence_interval([1, 2, 3, 4]) == pytest.approx((2.5, 3.1824 * 1.2910 / 2), abs=1e-3)
+    assert mean_confidence_interval([0.7, 0.9], confidence=0.9)[1] == pytest.approx(6.3138 * 0.1, abs=1e-4)
+    mean, half = mean_confidence_interval([0.7])
+    assert mean == 0.7 and np.isnan(half)
+    with pytest.raises(ValueError):
+        mean_confidence_interval([])
+
+
+def test_summary_table_and_plot():
+    runs = pd.DataFrame({"config": ["b", "b", "b", "a"], "seed": [0, 1, 2, 0],
+                         "macro_f1": [0.80, 0.82, 0.84, 0.7], "micro_f1": [0.9, 0.9, 0.9, 0.6], "mAP": [0.5, 0.6, 0.7, 0.8]})
+    summary = seeds_summary(runs)
+    assert list(summary["config"]) == ["b", "a"] and list(summary["runs"]) == [3, 1]
+    assert summary.loc[0, "macro_f1_ci95"] == pytest.approx(0.04968, abs=1e-5)
+    assert summary.loc[0, "micro_f1_ci95"] == 0.0
+    text = seeds_markdown(summary)
+    assert "| `b` | 3 | 0.820 ± 0.050 | 0.900 ± 0.000 | 0.600 ± 0.248 |" in text
+    assert "| `a` | 1 | 0.700 | 0.600 | 0.800 |" in text
+    assert seeds_png(runs, summary).startswith(b"\x89PNG")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("experiments")
+    tree = make_tree(root / "tree", {"train": 16, "val": 8, "test": 8})
+    config = root / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    return tree, config, root / "out"
+
+
+def argv(setup, *opts: str) -> list[str]:
+    tree, config, out = setup
+    return [str(config), "--seeds", "2", "--data-path", str(tree), "--output", str(out), "--opts", *OPTS, *opts]
+
+
+def test_stopped_after_one_run_and_restarted_skips_the_finished_run(setup):
+    out = setup[2]
+    first, second = (out / "tiny" / f"seed{n}" for n in (0, 1))
+    runner = subprocess.Popen([sys.executable, "scripts/experiments.py", *argv(setup)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (first / "experiment.json").is_file():
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[0][-3000:]
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGTERM)
+    output = runner.communicate(timeout=120)[0]
+    assert runner.returncode == EXIT_INTERRUPTED, output[-3000:]
+    assert not (second / "experiment.json").exists()
+    done = (first / "experiment.json").read_bytes()
+    trained_log = (first / "log.txt").read_text()
+
+    assert experiments.main(argv(setup)) == 0
+    assert (first / "experiment.json").read_bytes() == done and (first / "log.txt").read_text() == trained_log
+    assert "tiny seed 0: finished earlier, skipped" in (out / "log.txt").read_text()
+    runs = pd.read_csv(out / "results.csv")
+    assert runs["seed"].tolist() == [0, 1] and runs["config"].tolist() == ["tiny", "tiny"]
+    for folder, row in zip((first, second), runs.itertuples()):
+        test = json.loads((folder / "test_test" / "metrics.json").read_text())
+        assert test["num_images"] == 8
+        assert (row.macro_f1, row.micro_f1, row.mAP) == pytest.approx(
+            (test["metrics"]["macro"]["f1"], test["metrics"]["micro"]["f1"], test["metrics"]["macro"]["ap"]))
+        thresholds = json.loads((folder / "thresholds.json").read_text())
+        assert json.loads((folder / "test_test" / "metrics.json").read_text())["metrics"]["scab"]["threshold"] == \
+            pytest.approx(thresholds["scab"])  # scored with the validation-tuned thresholds
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["runs"].tolist() == [2]
+    assert summary.loc[0, "macro_f1"] == pytest.approx(runs["macro_f1"].mean())
+    text = (out / "results.md").read_text()
+    assert "scripts/experiments.py" in text and "![test scores per seed](results.png)" in text
+    assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_finished_runs_made_with_other_opts_are_an_error(setup):
+    if not (setup[2] / "tiny" / "seed0" / "experiment.json").is_file():
+        experiments.main([*argv(setup)[:2], "1", *argv(setup)[3:]])
+    with pytest.raises(ValueError, match=r"experiment\.json: made with --opts .*another --output"):
+        experiments.main(argv(setup, "TRAIN.EPOCHS", "3"))
+
+
+def test_configs_sharing_a_run_dir_are_an_error(setup, tmp_path):
+    twin = tmp_path / "twin.yaml"
+    twin.write_text(TINY_YAML)
+    with pytest.raises(ValueError, match="same MODEL.NAME"):
+        experiments.main([str(setup[1]), str(twin), "--data-path", str(setup[0]), "--output", str(tmp_path)])
