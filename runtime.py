@@ -104,6 +104,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seed_epoch(seed: int, rank: int, epoch: int) -> None:
+    """Seed every generator from (seed, rank, epoch) alone.
+
+    Called at the start of each training epoch, so that nothing run before it (validation, saving,
+    a restart of the process) can shift the epoch's drop-path masks or mixup draws.
+    """
+    seed_everything(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]))
+
+
 def get_rng_state() -> dict:
     """Python, NumPy, torch CPU (and CUDA) generator states as tensors, ints, floats and lists."""
     py_version, py_internal, py_gauss = random.getstate()

@@ -30,7 +30,7 @@ from inference import evaluate_checkpoint, write_thresholds
 from metrics import summarize, tune_thresholds
 from models import build_loss, build_model
 from reports import coloured_table, training_curves_png
-from runtime import amp_dtype, autocast_factory, seed_everything, set_rng_state
+from runtime import amp_dtype, autocast_factory, seed_epoch, seed_everything, set_rng_state
 from training.engine import (
     Trainer, build_optimizer, build_scheduler, evaluate, loader_throughput, throughput, train_one_epoch,
 )
@@ -173,6 +173,8 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
                         f"(best {best.value:.4f} at epoch {best.epoch})")
             break
         step = start_step if epoch == start_epoch else 0
+        if step == 0:  # a run resumed mid-epoch continues from the checkpoint's RNG state instead
+            seed_epoch(config.SEED, run.rank, epoch)
         loader.sampler.set_epoch(epoch, skip=step * loader.batch_size)
         started = time.time()
         result = train_one_epoch(run.trainer, loader, epoch, config.TRAIN.EPOCHS, logger, step, should_stop=stop)
