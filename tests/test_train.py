@@ -21,8 +21,7 @@ from data.labels import CLASSES
 from models import build_model
 from checkpoint import load_checkpoint_file, load_pretrained
 from helpers import ROOT, load_script, make_tree
-from training.stop import INTERRUPT_ENV
-from utils import EXIT_INTERRUPTED, atomic_save, create_logger
+from utils import atomic_save, create_logger
 
 main = load_script("main.py")
 
@@ -111,28 +110,6 @@ def test_rerun_of_a_finished_run_resumes_and_does_nothing(tree, output, trained)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(pd.read_csv(trained / "history.csv")) == 2
     assert "resumed from" in (trained / "log.txt").read_text()
-
-
-def test_killed_and_resumed_run_equals_uninterrupted_run(tree, output):
-    opts = (*ARCPSA, "MODEL.EMA.ENABLE", "True")
-    assert main.main(cli(tree, output, "whole", *opts)) == 0
-    # A real SIGTERM (sent by the process to itself after update 8 of 12: mid-epoch 1) in a
-    # subprocess; two loader workers there, none above: the order and augmentation must not
-    # depend on that either.
-    killed_args = cli(tree, output, "killed", *opts, "DATA.NUM_WORKERS", "2")
-    killed = run_script(killed_args, env={INTERRUPT_ENV: "8"})
-    assert killed.returncode == EXIT_INTERRUPTED, killed.stderr[-2000:]
-    assert "SIGTERM: saved" in killed.stdout
-    partial = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
-    assert (partial["epoch"], partial["step"]) == (0, 2)
-    assert main.main(killed_args) == 0  # the same command again
-
-    a = load_checkpoint_file(run_dir(output, "whole") / "ckpt_latest.pth")
-    b = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
-    assert pd.read_csv(run_dir(output, "killed") / "history.csv")["epoch"].tolist() == [0, 1]
 
 
 def test_early_stopping_when_the_metric_cannot_improve(tree, output):
