@@ -5,7 +5,7 @@ reaches that point prints ``paused at POINT`` and waits (at most a minute) until
 has run, so that a test can send a real SIGTERM, SIGINT or SIGKILL exactly there. Points:
 ``update`` (after an optimizer update), ``validation`` (an epoch's validation begins), ``saved``
 (an epoch's files are all written) and ``writing:NAME`` (file NAME written and synced under its
-temp name, not yet renamed). Without the variable every call is a counter increment.
+temp name, not yet renamed). Without the variable a call does nothing.
 """
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ def note_signal() -> None:
 
 def pause_at(point: str) -> None:
     """Wait here for a signal when PP_PAUSE_AT names this point (see the module docstring)."""
-    _reached[point] += 1
     wanted = os.environ.get(PAUSE_ENV)
+    if not wanted:
+        return
+    _reached[point] += 1
     if wanted not in (point, f"{point}#{_reached[point]}"):
         return
     handled = _signals_handled

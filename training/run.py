@@ -124,9 +124,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     run = Run(config, trainer, loader_train, loader_val, rank, logger)
 
     if rank == 0:
-        removed = remove_partial_writes(run.out)
-        if removed:
-            logger.warning(f"removed {len(removed)} partial file(s) of a killed run: {short_list([p.name for p in removed])}")
+        remove_killed_writes(run)
     resume_file, ckpt = load_resume_checkpoint(config, run.out, logger) or (None, None)
     if ckpt is not None:
         restore_training(ckpt, trainer)
@@ -154,6 +152,14 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     if code == EXIT_OK and rank == 0:
         report_best(run)
     return code
+
+
+def remove_killed_writes(run: Run) -> None:
+    """Delete the temp files of writes a kill cut short (the run dir's lock says no other writer runs)."""
+    removed = remove_partial_writes(run.out)
+    if removed:
+        run.logger.warning(f"removed {len(removed)} partial file(s) of a killed run: "
+                           f"{short_list([path.name for path in removed])}")
 
 
 def resume_from(run: Run, ckpt: dict, updates_per_epoch: int) -> None:
