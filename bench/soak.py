@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def command(args: argparse.Namespace, data: Path, tag: str) -> list[str]:
 def run_dir(args: argparse.Namespace, data: Path, tag: str) -> Path:
     printed = subprocess.run([*command(args, data, tag), "--print-run-dir"], cwd=ROOT, capture_output=True,
                              text=True, check=True)
-    return Path(printed.stdout.strip())
+    return Path(printed.stdout.strip().splitlines()[-1])  # after the config's "=> merge config from" line
 
 
 def run_to_end(cmd: list[str]) -> None:
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="soak_"))).resolve()
     data = prepared_tree(args)
+    shutil.rmtree(args.work / "output", ignore_errors=True)  # every run starts from nothing
     rng = random.Random(args.seed)
     reference = run_dir(args, data, "whole") / LATEST
     first, total = uninterrupted(command(args, data, "whole"), reference)
