@@ -52,7 +52,7 @@ def _is_disk_full(error: BaseException | None) -> bool:
     return False
 
 
-def sync_folder(folder: Path) -> None:
+def _sync_folder(folder: Path) -> None:
     """fsync a directory, so that a rename inside it survives a power cut."""
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -82,7 +82,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], keep_prev
             os.replace(path, keep_previous)
         os.replace(tmp, path)
         if durable:
-            sync_folder(path.parent)
+            _sync_folder(path.parent)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if _is_disk_full(error):

@@ -26,8 +26,8 @@ from checkpoint import (
     LATEST, load_pretrained, load_resume_checkpoint, restore_training, save_checkpoint, save_latest, training_state,
 )
 from data.labels import CLASSES
-from faults import pause_at
 from data.loader import build_loader
+from faults import pause_at
 from inference import evaluate_checkpoint, write_thresholds
 from metrics import summarize, tune_thresholds
 from models import build_loss, build_model
