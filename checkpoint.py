@@ -10,6 +10,10 @@ A checkpoint is a dict of plain data (tensors, numbers, strings, lists), so that
 - ``classes`` (CLASSES at save time) and ``config`` (the run's yaml dump): enough to rebuild the
   model and its preprocessing without the original config file;
 - ``metrics``: the validation summary of ``epoch``.
+
+Every checkpoint of a run dir (``ckpt_latest.pth``, ``ckpt_latest.prev.pth``, ``ckpt_epoch_N.pth``,
+``ckpt_best.pth``) is such a full state, written atomically; resuming from an older one replays the
+same updates and ends with the same weights.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from runtime import get_rng_state
 from utils import atomic_save, run_dir, short_list
 
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "step")
+LATEST, PREVIOUS = "ckpt_latest.pth", "ckpt_latest.prev.pth"
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -89,6 +94,14 @@ def save_checkpoint(state: dict, path: Path) -> None:
     atomic_save(state, path)
 
 
+def save_latest(state: dict, out: Path) -> None:
+    """``out/ckpt_latest.pth``; the file it replaces is kept as ckpt_latest.prev.pth, the fallback should
+    the new one ever turn out unreadable (a copy cut short, a disk that lost data)."""
+    previous = out / PREVIOUS
+    previous.unlink(missing_ok=True)  # room for the new file; ckpt_latest.pth itself stays whole until replaced
+    atomic_save(state, out / LATEST, keep_previous=previous)
+
+
 def restore_training(ckpt: dict, trainer: Any) -> None:
     """Weights, optimizer, schedule and loss scaler of ``ckpt`` into ``trainer`` (EMA comes later)."""
     trainer.module.load_state_dict(ckpt["model"])
@@ -109,14 +122,34 @@ def find_checkpoint(checkpoint: Path | None, cfg: str | None, opts: list[str] | 
     return path
 
 
-def find_resume_file(config: CfgNode, out: Path, logger: logging.Logger) -> Path | None:
-    """ckpt_latest.pth of the run dir (AUTO_RESUME) wins over MODEL.RESUME, as upstream: reruns continue."""
-    latest = out / "ckpt_latest.pth"
-    if config.TRAIN.AUTO_RESUME and latest.is_file():
-        if config.MODEL.RESUME and Path(config.MODEL.RESUME).resolve() != latest.resolve():
-            logger.warning(f"auto-resume: {latest} takes over from MODEL.RESUME {config.MODEL.RESUME}")
-        return latest
-    return Path(config.MODEL.RESUME) if config.MODEL.RESUME else None
+def run_checkpoints(out: Path) -> list[Path]:
+    """The run dir's training states, newest first: ckpt_latest.pth, the one it replaced, then
+    ckpt_epoch_N.pth and ckpt_best.pth from the most recently written."""
+    saved = [path for path in (*out.glob("ckpt_epoch_*.pth"), out / "ckpt_best.pth") if path.is_file()]
+    latest = [path for path in (out / LATEST, out / PREVIOUS) if path.is_file()]
+    return latest + sorted(saved, key=lambda path: path.stat().st_mtime, reverse=True)
+
+
+def load_resume_checkpoint(config: CfgNode, out: Path, logger: logging.Logger) -> tuple[Path, dict] | None:
+    """``(file, checkpoint)`` to resume from, or None for a fresh start.
+
+    The run dir's own checkpoints (AUTO_RESUME) win over MODEL.RESUME, as upstream: reruns continue.
+    An unreadable one (truncated, corrupt) is reported by name and the next older one is used: the
+    run replays from there to the same end. None readable at all is a ValueError, never a fresh start.
+    """
+    candidates = run_checkpoints(out) if config.TRAIN.AUTO_RESUME else []
+    if not candidates:
+        resume = Path(config.MODEL.RESUME) if config.MODEL.RESUME else None
+        return (resume, load_training_checkpoint(resume)) if resume else None
+    if config.MODEL.RESUME and Path(config.MODEL.RESUME).resolve() != candidates[0].resolve():
+        logger.warning(f"auto-resume: {candidates[0]} takes over from MODEL.RESUME {config.MODEL.RESUME}")
+    for path in candidates:
+        try:
+            return path, load_training_checkpoint(path)
+        except ValueError as error:
+            logger.error(f"{error}: resuming from an earlier checkpoint instead")
+    raise ValueError(f"{out}: none of its checkpoints is readable ({', '.join(p.name for p in candidates)}); "
+                     "move them away to train from the start")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,13 +7,16 @@
 
 Everything goes to OUTPUT/MODEL.NAME/TAG/. Running the same command again resumes from its
 ckpt_latest.pth. SIGINT/SIGTERM finish the current optimizer step, save ckpt_latest.pth (mid-epoch
-position included) and exit with code 130; a second Ctrl-C aborts at once.
+position included) and exit with code 130; a second Ctrl-C aborts at once. While a run trains, its
+run dir is locked: a second start on it exits with code 1, naming the process that holds it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -23,7 +26,8 @@ from yacs.config import CfgNode
 from config import get_config
 from inference import evaluate_checkpoint
 from reports import coloured_table
-from runtime import init_distributed, select_device
+from runlock import hold_run_lock
+from runtime import init_distributed, lost_ranks_message, select_device
 from training.engine import NonFiniteLossError
 from training.run import measure_throughput, train
 from utils import EXIT_FAILED, EXIT_OK, atomic_write_text, create_logger, run_cli, run_dir
@@ -76,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_run_dir:
         print(run_dir(config))
         return EXIT_OK
+    training = not (config.THROUGHPUT_MODE or config.EVAL_MODE)
+    # One writer per run dir, taken before anything in it is touched (rank 0 holds it for torchrun).
+    lock = training and int(os.environ.get("RANK", "0")) == 0
+    with hold_run_lock(run_dir(config), "main.py training") if lock else contextlib.nullcontext():
+        return run(config)
+
+
+def run(config: CfgNode) -> int:
+    """Train, evaluate or measure, as the config says; returns the exit code."""
     device = select_device(config.DEVICE, config.LOCAL_RANK)
     rank, world_size = init_distributed(device)
     logger = create_logger(run_dir(config), rank)
@@ -89,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         return train(config, device, rank, logger)
     except NonFiniteLossError as err:
         logger.error(f"{err}; the last good checkpoint is kept: {run_dir(config) / 'ckpt_latest.pth'}")
+        return EXIT_FAILED
+    except RuntimeError as err:
+        lost = lost_ranks_message(err) if world_size > 1 else None
+        if lost is None:
+            raise
+        logger.error(lost)
         return EXIT_FAILED
     finally:
         if dist.is_initialized():

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import os
 import random
+import socket
+from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 import numpy as np
@@ -60,6 +62,9 @@ def autocast_factory(device: torch.device, dtype: torch.dtype | None) -> Callabl
 # ---------------------------------------------------------------------------------------------
 
 
+_peers: list[tuple[str, int]] = []  # (host, pid) of every rank, in rank order
+
+
 def init_distributed(device: torch.device) -> tuple[int, int]:
     """Join the torchrun group when ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo on CPU); returns (rank, world)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -68,7 +73,38 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    _peers[:] = all_gather_objects((socket.gethostname(), os.getpid()))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _is_gone(host: str, pid: int) -> bool:
+    """True when ``pid`` is known to have ended (only decidable on this host; a zombie has ended)."""
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # Linux: a process killed a moment ago is a zombie until torchrun reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def lost_ranks_message(error: RuntimeError) -> str | None:
+    """Why a collective failed when another rank died or is unreachable (None for any other error).
+
+    Ranks of this host that died are named (torchrun's summary names the others); gloo and NCCL
+    report a dead peer as a plain RuntimeError, so the dead process is what tells it apart.
+    """
+    gone = [f"rank {rank} (pid {pid})" for rank, (host, pid) in enumerate(_peers) if _is_gone(host, pid)]
+    if not gone and not isinstance(error, dist.DistError):
+        return None
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    who = f"{', '.join(gone)} died" if gone else "lost contact with another rank"
+    return f"rank {get_rank()}: {who}; stopping this rank too ({cause})"
 
 
 def is_distributed() -> bool:
@@ -102,6 +138,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, rank: int, epoch: int) -> None:
+    """Seed every generator from (seed, rank, epoch) alone.
+
+    Called at the start of each training epoch, so that nothing run before it (validation, saving,
+    a restart of the process) can shift the epoch's drop-path masks or mixup draws.
+    """
+    seed_everything(int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0]))
 
 
 def get_rng_state() -> dict:

@@ -1,12 +1,14 @@
 """Small helpers every script shares: atomic files, PNG bytes, coloured logs and the CLI exit convention.
 
-Exit codes of every command: 0 done, 1 the run failed (e.g. a non-finite loss), 2 bad input (a
-one-line ``error: <file>: <problem>`` on stderr, like argparse's own usage errors), 130 interrupted
+Exit codes of every command: 0 done, 1 the run failed (e.g. a non-finite loss, a full disk, a run
+dir in use by another process: one ``error:`` line), 2 bad input (a one-line
+``error: <file>: <problem>`` on stderr, like argparse's own usage errors), 130 interrupted
 (SIGINT/SIGTERM; the run saved what it had and the same command resumes it).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import os
@@ -20,6 +22,8 @@ from termcolor import colored
 from tqdm import tqdm
 from yacs.config import CfgNode
 
+from faults import pause_at
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # ---------------------------------------------------------------------------------------------
@@ -27,8 +31,43 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write(file)`` into a temp file of the same folder, fsync, then rename over ``path``."""
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside its input: one ``error:`` line, exit code 1."""
+
+
+class DiskFullError(RunError):
+    """No space left while writing a file; the file it was to replace is unchanged."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no space left on the device while writing {path}; the previous {path.name} (if any) "
+                         "is unchanged: free some space and run the same command again")
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain (torch.save wraps the OSError of a failed write in a RuntimeError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a directory, so that a rename inside it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], keep_previous: Path | None = None,
+                 durable: bool = False) -> None:
+    """Write through ``write(file)`` into a temp file of the same folder, fsync, then rename over ``path``.
+
+    ``keep_previous``: the file being replaced is renamed there first. ``durable``: the folder is
+    synced after the rename too (checkpoints). A full disk raises :class:`DiskFullError`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -38,17 +77,32 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs should be readable like any other file
+        pause_at(f"writing:{path.name}")
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+        if durable:
+            _sync_folder(path.parent)
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(error):
+            raise DiskFullError(path) from error
         raise
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that replaces ``path`` only once the whole file is written."""
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temp files of atomic writes cut short by a kill in ``folder``; only safe under its run lock."""
+    partial = sorted(path for path in folder.glob(".*.tmp") if path.is_file())
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
+def atomic_save(obj: Any, path: str | Path, keep_previous: Path | None = None) -> None:
+    """``torch.save`` that replaces ``path`` only once the whole file is written and synced, folder included."""
     import torch
 
-    atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f), keep_previous, durable=True)
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
@@ -145,12 +199,19 @@ def short_list(items: list[str], limit: int = 8) -> str:
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Exit with ``main()``'s code; bad input (ValueError, FileNotFoundError) is one line and code 2."""
+    """Exit with ``main()``'s code; bad input (ValueError, FileNotFoundError) is one line and code 2,
+    a :class:`RunError` one line and code 1, a KeyboardInterrupt (a second Ctrl-C) one line and 130."""
     try:
         code = main()
     except (ValueError, FileNotFoundError) as error:
         print(colored(f"error: {error}", "red"), file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except RunError as error:
+        print(colored(f"error: {error}", "red"), file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        print(colored("interrupted", "yellow"), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(code or EXIT_OK)
 
 

@@ -188,6 +188,11 @@ def _loader_args(config: CfgNode) -> dict:
         num_workers=workers,
         pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        # Every new iterator draws its workers' base seed from this generator. Without one it draws
+        # from the global torch RNG that stochastic depth uses: once per epoch with no workers, once
+        # per process with persistent ones, so the number of workers and a restart (resume) would
+        # shift every later drop-path mask.
+        generator=torch.Generator().manual_seed(config.SEED),
     )
 
 
@@ -218,8 +223,6 @@ def build_loader(config: CfgNode) -> tuple[Dataset, Dataset, DataLoader, DataLoa
         SeededSamples(dataset_train),
         sampler=EpochSampler(indices, config.SEED, rank, world_size),
         drop_last=True,
-        # Only seeds the worker processes; without it the loader would draw from the global RNG.
-        generator=torch.Generator().manual_seed(config.SEED),
         **_loader_args(config),
     )
     dataset_val, loader_val = build_val_loader(config)

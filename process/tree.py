@@ -8,6 +8,7 @@ Why it is built this way: training reads small JPEGs instead of 4000x2672 photos
 carries the multi-label truth. An unreadable image is skipped and reported. ``stats.json`` is written
 last and records a fingerprint of the inputs and settings: a finished DST with the same fingerprint is
 left untouched, and a killed run is redone. Every file appears whole under its final name or not at all.
+One process writes a DST at a time (``runlock``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +33,8 @@ from tqdm import tqdm
 from data.images import image_failure, load_image
 from data.labels import CLASSES, labels_to_codes
 from process.sources import KAGGLE, SPLITS, InputError, read_source
-from utils import atomic_write, atomic_write_bytes, atomic_write_text, png_bytes
+from runlock import LOCK_NAME, hold_run_lock
+from utils import atomic_write, atomic_write_bytes, atomic_write_text, png_bytes, remove_partial_writes
 
 MAX_PIXELS = 100_000_000  # a 4000x2672 photo has 10.7 MP; far beyond this is a decompression bomb
 JPEG_QUALITY = 95
@@ -136,10 +140,18 @@ def process_image(task: Task) -> tuple[str, bool, str]:
     return task.image, True, ""
 
 
+def _exit_with(parent: int) -> None:
+    """End this worker once ``parent`` is gone: a killed prepare.py would otherwise leave it blocked forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _init_worker(max_pixels: int) -> None:
-    """Make an image over the pixel limit an error in this worker (Pillow only warns below 2x)."""
+    """Make an image over the pixel limit an error in this worker (Pillow only warns below 2x); die with prepare."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
 
 
 def run_tasks(tasks: list[Task], workers: int, max_pixels: int) -> list[tuple[str, bool, str]]:
@@ -186,6 +198,7 @@ def read_stats(dst: Path) -> dict | None:
 def clear_outputs(dst: Path) -> None:
     """Remove what an earlier run wrote, stats.json first so a half-cleared DST never looks finished."""
     (dst / "stats.json").unlink(missing_ok=True)
+    remove_partial_writes(dst)
     for split in SPLITS:
         shutil.rmtree(dst / split, ignore_errors=True)
         (dst / f"{split}.csv").unlink(missing_ok=True)
@@ -198,7 +211,7 @@ def claim(dst: Path, key: str, force: bool) -> None:
     An unfinished run (its marker is there) is redone without --force: it holds nothing of value.
     """
     unfinished = (dst / IN_PROGRESS).is_file()
-    if dst.is_dir() and any(dst.iterdir()) and not (force or unfinished):
+    if dst.is_dir() and any(p.name != LOCK_NAME for p in dst.iterdir()) and not (force or unfinished):
         what = "a dataset prepared from other inputs or settings" if (dst / "stats.json").exists() else "other files"
         raise InputError(f"{dst}: already holds {what}; use --force to rebuild it")
     dst.mkdir(parents=True, exist_ok=True)
@@ -327,14 +340,15 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
     if not force and finished and finished.get("fingerprint") == key and not (dst / IN_PROGRESS).exists():
         print(colored(f"{dst}: already prepared from these inputs and settings; nothing to do", "green"))
         return finished
-    claim(dst, key, force)
-    kept, skipped = convert(rows, dst, size, workers or os.cpu_count() or 1, max_pixels)
-    if kept.empty:
-        raise NoUsableImages(f"no usable image: all {len(rows)} images of {src} were skipped")
-    stats = {"fingerprint": key, "settings": {"src": str(src.resolve()), **settings},
-             "splits": {split: split_stats(kept[kept["split"] == split]) for split in SPLITS},
-             "total": split_stats(kept), "skipped": skipped}
-    write_outputs(dst, kept, stats)
+    with hold_run_lock(dst, "prepare.py"):  # one writer per DST; a second start fails, naming this one
+        claim(dst, key, force)
+        kept, skipped = convert(rows, dst, size, workers or os.cpu_count() or 1, max_pixels)
+        if kept.empty:
+            raise NoUsableImages(f"no usable image: all {len(rows)} images of {src} were skipped")
+        stats = {"fingerprint": key, "settings": {"src": str(src.resolve()), **settings},
+                 "splits": {split: split_stats(kept[kept["split"] == split]) for split in SPLITS},
+                 "total": split_stats(kept), "skipped": skipped}
+        write_outputs(dst, kept, stats)
     print(summary_table(stats))
     print(colored(f"wrote {len(kept)} images to {dst} ({len(skipped)} skipped)", "green"))
     return stats

@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from data.labels import CLASSES, labels_to_codes, labels_to_vector
+from faults import PAUSE_ENV, PAUSED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,3 +75,45 @@ def run_script(args: list[str], env: dict | None = None, module: tuple[str, ...]
     command = [sys.executable, *module, *([] if module else ["main.py"]), *args]
     return subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=300)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``root`` (hidden ones too) with its inode, mtime and size."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def start_script(script: str, args: list[str], pause_at: str | None = None) -> subprocess.Popen:
+    """``python SCRIPT ARGS`` in its own process group, stdout and stderr merged into one text pipe.
+
+    ``pause_at``: the faults.py point where it waits for a signal (PP_PAUSE_AT).
+    """
+    env = {**os.environ, **({PAUSE_ENV: pause_at} if pause_at else {})}
+    return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_until_paused(process: subprocess.Popen) -> str:
+    """Read the output of ``process`` up to its ``paused at`` line; fails if it ends first."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if PAUSED in line:  # after a progress bar of stderr, maybe
+            return "".join(seen)
+    raise AssertionError(f"exited with {process.wait()} before pausing:\n{''.join(seen)[-3000:]}")
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc; none once it has ended)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def has_ended(pid: int) -> bool:
+    """True when ``pid`` no longer runs (gone, or a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True

@@ -112,6 +112,7 @@ def tree(tmp_path_factory) -> Path:
 def run(tmp_path_factory, tree) -> Path:
     """A tiny linear-head Swin trained a few steps, saved like main.py's best checkpoint."""
     config = tiny_config(tmp_path_factory.mktemp("output"), "tiny", tree)
+    torch.manual_seed(0)  # the same weights every run
     model = train_a_little(build_model(config), tree / "train", config, steps=15)
     return save_run(config, model, val_thresholds(model, tree / "val", config))
 
@@ -167,6 +168,27 @@ def test_metrics_csv_equals_metrics_recomputed_from_predictions_csv(evaluated, r
     report = json.loads((evaluated / "metrics.json").read_text())
     assert report["num_images"] == len(predictions) == 16
     assert report["metrics"]["macro"]["f1"] == pytest.approx(expected.loc["macro", "f1"])
+
+
+def test_predictions_csv_holds_the_split_truth_and_the_models_probabilities(evaluated, run, tree):
+    predictions = pd.read_csv(evaluated / "predictions.csv", keep_default_na=False)
+    split = pd.read_csv(tree / "test.csv").set_index("images")
+    assert sorted(predictions["image"]) == sorted(split.index)
+    truth = split.loc[predictions["image"], list(CLASSES)].to_numpy()
+    assert predictions["true"].tolist() == [" ".join(c for c, on in zip(CLASSES, row) if on) for row in truth]
+    loaded = inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
+    images = [load_image(next((tree / "test").glob(f"*/{name}"))) for name in predictions["image"]]
+    expected = torch.sigmoid(eval_logits(loaded.model, images, loaded.config)).numpy()
+    np.testing.assert_allclose(predictions[list(CLASSES)].to_numpy(), expected, atol=1e-5)
+
+
+def test_submission_csv_is_the_submission_rule_on_the_predicted_probabilities(evaluated, run):
+    predictions = pd.read_csv(evaluated / "predictions.csv", keep_default_na=False)
+    submission = pd.read_csv(evaluated / "submission.csv", keep_default_na=False)
+    assert submission["image"].tolist() == predictions["image"].tolist()
+    thresholds = inference.read_thresholds(run / "thresholds.json")
+    expected = inference.submission_labels(predictions[list(CLASSES)].to_numpy(), thresholds)
+    assert submission["labels"].tolist() == expected
 
 
 def test_submission_is_kaggle_format_never_empty_and_healthy_alone(evaluated):

@@ -3,6 +3,7 @@ import math
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from config import get_config
 from data.labels import NUM_CLASSES
+from data.loader import build_mixup
 from models import ArcFaceHead, MultiLabelNet, PolarizedSelfAttention, PSANeck, build_loss, build_model
 from models.build import is_swin
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
@@ -28,6 +30,12 @@ TARGETS = torch.tensor([[1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0]], dtype=torch.flo
 
 def tiny_config(*opts, cfg: Path | None = None):
     return get_config(Namespace(cfg=str(cfg) if cfg else None, opts=TINY + list(opts)))
+
+
+def seeded_model(config) -> nn.Module:
+    """build_model under a fixed seed: tests that compare logits see the same weights every run."""
+    torch.manual_seed(0)
+    return build_model(config)
 
 
 def images(batch: int = 2, size: int = 64) -> torch.Tensor:
@@ -202,7 +210,7 @@ def test_arcface_without_labels_is_scaled_cosine():
 
 
 def test_model_uses_no_labels_at_inference():
-    model = build_model(tiny_config(*SWIN_T, *ARCPSA)).eval()
+    model = seeded_model(tiny_config(*SWIN_T, *ARCPSA)).eval()
     x = images()
     with torch.no_grad():
         plain = model(x)
@@ -213,7 +221,7 @@ def test_model_uses_no_labels_at_inference():
 
 
 def test_margin_only_in_training_and_only_lowers_positive_logits():
-    model = build_model(tiny_config(*SWIN_T, *ARCPSA, "MODEL.DROP_PATH_RATE", 0.0))
+    model = seeded_model(tiny_config(*SWIN_T, *ARCPSA, "MODEL.DROP_PATH_RATE", 0.0))
     x = images()
     model.train()
     with torch.no_grad():
@@ -221,6 +229,31 @@ def test_margin_only_in_training_and_only_lowers_positive_logits():
         plain = model(x)
     assert torch.equal(margin[TARGETS == 0], plain[TARGETS == 0])
     assert (margin[TARGETS == 1] < plain[TARGETS == 1]).all()
+
+
+def test_arcface_with_fractional_mixup_targets_blends_margin_and_plain_logits():
+    """t * cos(theta + m) + (1 - t) * cos(theta) per class, by hand, for mixup's soft targets."""
+    head = unit_head(margin=0.5, scale=30.0).train()
+    targets = torch.tensor([[0.7, 0.3, 0.0, 1.0, 0.5, 0.25]])
+    logits = head(torch.tensor([[1.0, 0.0]]), targets)[0]
+    margin = torch.tensor(expected_logits([1] * 6, 0.5, 30.0, False))
+    plain = torch.tensor(expected_logits([0] * 6, 0.5, 30.0, False))
+    torch.testing.assert_close(logits, targets[0] * margin + (1 - targets[0]) * plain, atol=1e-4, rtol=1e-5)
+
+
+def test_mixup_targets_reach_the_arcface_head_of_the_model():
+    config = tiny_config(*SWIN_T, *ARCPSA, "MODEL.DROP_PATH_RATE", 0.0, "AUG.MIXUP", 0.8)
+    model = seeded_model(config).train()
+    np.random.seed(0)  # timm draws lambda from NumPy
+    x, targets = build_mixup(config)(images(), TARGETS.clone())
+    assert ((targets > 0) & (targets < 1)).any()  # soft targets
+    logits = model(x, targets)
+    with torch.no_grad():
+        cosine = model.head.cosine(model.features(x))
+    expected = model.head.scale * (cosine + targets * (model.head.add_margin(cosine) - cosine))
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-5)
+    build_loss(config)(logits, targets).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_arcface_centres_are_trained_and_saved():
@@ -242,7 +275,7 @@ def test_arcface_centres_are_trained_and_saved():
 
 
 def test_linear_head_ignores_targets():
-    model = build_model(tiny_config(*SWIN_T)).eval()
+    model = seeded_model(tiny_config(*SWIN_T)).eval()
     with torch.no_grad():
         assert torch.equal(model(images(), TARGETS), model(images()))
 

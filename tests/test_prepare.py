@@ -15,6 +15,7 @@ from data.images import image_failure
 from data.labels import CLASSES, labels_to_codes, labels_to_string, labels_to_vector
 from process.sources import InputError
 from process.synthesize import synthesize
+from helpers import snapshot
 from process.tree import SPLITS, NoUsableImages, Task, allocate, assign_splits, prepare, process_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,12 +33,6 @@ def tree_index(dst: Path) -> dict[str, tuple[set, set]]:
         splits.add(path.parts[-3])
         codes.add(path.parts[-2])
     return index
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Every file under ``root`` with its inode, mtime and size."""
-    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

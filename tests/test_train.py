@@ -8,8 +8,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
@@ -18,11 +20,12 @@ from safetensors.torch import save_file
 
 from config import config_from_string, get_default_config
 from data.labels import CLASSES
-from models import build_model
+import inference
+from models import ArcFaceHead, build_model
 from checkpoint import load_checkpoint_file, load_pretrained
 from helpers import ROOT, load_script, make_tree, run_script
-from training.stop import INTERRUPT_ENV
-from utils import EXIT_INTERRUPTED, atomic_save, create_logger
+from test_eval import val_thresholds
+from utils import atomic_save, create_logger
 
 main = load_script("main.py")
 
@@ -33,6 +36,7 @@ TINY = [
     "PRINT_FREQ", "2", "SEED", "0",
 ]
 ARCPSA = ["MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"]
+SELECTION = ["MODEL.EMA.ENABLE", "True", "MODEL.EMA.DECAY", "0.9", "TRAIN.EPOCHS", "4", "SAVE_FREQ", "1"]
 CONTRACT_KEYS = {
     "model", "ema", "optimizer", "lr_scheduler", "scaler", "epoch", "step", "best_metric", "best_epoch", "rng",
     "thresholds", "classes", "config", "metrics",
@@ -72,6 +76,89 @@ def trained(tree, output) -> Path:
     return run_dir(output, "trained")
 
 
+@dataclass
+class HeadCall:
+    training: bool
+    targets: torch.Tensor | None
+    logits: torch.Tensor
+    plain: torch.Tensor  # scale * cos(theta): the logits without any margin
+
+
+@pytest.fixture(scope="module")
+def selection(tree, output) -> tuple[Path, list[HeadCall]]:
+    """4 epochs of ArcFace + PSA with a fast EMA selected on macro_f1, every call of the ArcFace head recorded."""
+    calls: list[HeadCall] = []
+    forward = ArcFaceHead.forward
+
+    def recorded(head: ArcFaceHead, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        logits = forward(head, x, targets)
+        with torch.no_grad():
+            calls.append(HeadCall(head.training, targets, logits.detach(), head.scale * head.cosine(x.float())))
+        return logits
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ArcFaceHead, "forward", recorded)
+        assert main.main(cli(tree, output, "selection", *ARCPSA, *SELECTION)) == 0
+    return run_dir(output, "selection"), calls
+
+
+def test_best_epoch_is_the_argmax_of_the_metric_in_history(selection):
+    folder, _ = selection
+    history = pd.read_csv(folder / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]
+    best_epoch = int(history["epoch"][history["macro_f1"].idxmax()])
+    # Seeded, the best epoch is a middle one: "the first", "the last" or a tie would all fail here.
+    assert 0 < best_epoch < 3 and (history["macro_f1"] < history["macro_f1"].max()).sum() == 3
+    best = load_checkpoint_file(folder / "ckpt_best.pth")
+    assert (best["best_epoch"], best["epoch"]) == (best_epoch, best_epoch)
+    assert best["best_metric"] == pytest.approx(history["macro_f1"].max())
+    same_epoch = load_checkpoint_file(folder / f"ckpt_epoch_{best_epoch}.pth")
+    assert all(torch.equal(same_epoch["ema"][k], v) for k, v in best["ema"].items())
+    assert load_checkpoint_file(folder / "ckpt_latest.pth")["best_epoch"] == best_epoch
+
+
+def predictor_of(folder: Path, ema_eval: bool, tmp_path: Path) -> inference.Predictor:
+    """ckpt_best.pth of ``folder`` loaded for inference, its config's MODEL.EMA.EVAL set to ``ema_eval``."""
+    ckpt = load_checkpoint_file(folder / "ckpt_best.pth")
+    config = config_from_string(ckpt["config"])
+    config.defrost()
+    config.MODEL.EMA.EVAL = ema_eval
+    path = tmp_path / f"best_ema_eval_{ema_eval}.pth"
+    atomic_save({**ckpt, "config": config.dump()}, path)
+    return inference.Predictor.from_checkpoint(path, torch.device("cpu"))
+
+
+def test_thresholds_json_is_tuned_on_the_selected_ema_weights(selection, tree, tmp_path):
+    folder, _ = selection
+    ema, raw = (predictor_of(folder, flag, tmp_path) for flag in (True, False))
+    written = inference.read_thresholds(folder / "thresholds.json")
+    expected = val_thresholds(ema.model, tree / "val", ema.config)
+    np.testing.assert_allclose(written, expected, atol=1e-6)
+    np.testing.assert_allclose(load_checkpoint_file(folder / "ckpt_best.pth")["thresholds"], expected, atol=1e-6)
+    assert not np.allclose(val_thresholds(raw.model, tree / "val", raw.config), expected)  # raw would differ
+
+
+def test_inference_uses_the_ema_weights_exactly_when_ema_eval(selection, tmp_path):
+    folder, _ = selection
+    ckpt = load_checkpoint_file(folder / "ckpt_best.pth")
+    for ema_eval, part in ((True, "ema"), (False, "model")):
+        loaded = predictor_of(folder, ema_eval, tmp_path).model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in ckpt[part].items()), part
+    assert any(not torch.equal(ckpt["ema"][k], v) for k, v in ckpt["model"].items())  # the choice matters
+
+
+def test_targets_reach_the_arcface_head_in_training_only(selection):
+    _, calls = selection
+    training = [call for call in calls if call.training]
+    evaluation = [call for call in calls if not call.training]
+    assert len(training) == 4 * 6  # every training step of the 4 epochs of 6 steps
+    for call in training:
+        positive = call.targets == 1
+        assert positive.any() and (call.logits[positive] < call.plain[positive]).all()  # the margin is there
+        assert torch.equal(call.logits[~positive], call.plain[~positive])
+    assert evaluation and all(call.targets is None and torch.equal(call.logits, call.plain) for call in evaluation)
+
+
 def test_run_dir_and_checkpoint_contract(trained):
     for name in ("config.yaml", "log.txt", "history.csv", "curves.png", "ckpt_latest.pth", "ckpt_best.pth",
                  "thresholds.json", "ckpt_epoch_0.pth", "ckpt_epoch_1.pth"):
@@ -105,28 +192,6 @@ def test_rerun_of_a_finished_run_resumes_and_does_nothing(tree, output, trained)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert len(pd.read_csv(trained / "history.csv")) == 2
     assert "resumed from" in (trained / "log.txt").read_text()
-
-
-def test_killed_and_resumed_run_equals_uninterrupted_run(tree, output):
-    opts = (*ARCPSA, "MODEL.EMA.ENABLE", "True")
-    assert main.main(cli(tree, output, "whole", *opts)) == 0
-    # A real SIGTERM (sent by the process to itself after update 8 of 12: mid-epoch 1) in a
-    # subprocess; two loader workers there, none above: the order and augmentation must not
-    # depend on that either.
-    killed_args = cli(tree, output, "killed", *opts, "DATA.NUM_WORKERS", "2")
-    killed = run_script(killed_args, env={INTERRUPT_ENV: "8"})
-    assert killed.returncode == EXIT_INTERRUPTED, killed.stderr[-2000:]
-    assert "SIGTERM: saved" in killed.stdout
-    partial = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
-    assert (partial["epoch"], partial["step"]) == (0, 2)
-    assert main.main(killed_args) == 0  # the same command again
-
-    a = load_checkpoint_file(run_dir(output, "whole") / "ckpt_latest.pth")
-    b = load_checkpoint_file(run_dir(output, "killed") / "ckpt_latest.pth")
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
-    assert pd.read_csv(run_dir(output, "killed") / "history.csv")["epoch"].tolist() == [0, 1]
 
 
 def test_early_stopping_when_the_metric_cannot_improve(tree, output):
@@ -238,15 +303,20 @@ def test_unknown_config_key_is_an_error(tree, output, tmp_path):
         main.main(cli(tree, output, "bad", "TRAIN.BEST_METRIC", "accuracy"))
 
 
+def test_train_tmux_without_tmux_says_how_to_get_it(tree, output, tmp_path):
+    """A PATH without tmux (bash itself given by its full path)."""
+    command = [shutil.which("bash"), "scripts/train_tmux.sh", "no_tmux", "--", *cli(tree, output, "no_tmux")]
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "PATH": str(tmp_path)}, capture_output=True,
+                            text=True)
+    assert result.returncode == 1 and "error: tmux is not installed" in result.stderr
+
+
 def test_train_tmux_runs_detached_and_starting_it_again_resumes(tree, output):
-    """Without tmux the script must say so; with it, run detached and resume on a second start."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed: the detached run cannot be tested here")
     session = f"pp_test_{os.getpid()}"
     log = run_dir(output, "tmux") / "tmux.log"
     command = ["scripts/train_tmux.sh", session, "--", *cli(tree, output, "tmux")]
-    if shutil.which("tmux") is None:
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        assert result.returncode == 1 and "error: tmux is not installed" in result.stderr
-        return
 
     def start_and_wait_for_exit(runs: int) -> str:
         started = subprocess.run(command, cwd=ROOT, env={**os.environ, "PYTHON": sys.executable},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from config import get_default_config
 from checkpoint import load_checkpoint_file
 from runtime import get_rng_state, select_device, set_rng_state
-from utils import atomic_save, atomic_write_text, create_logger, run_dir
+from utils import DiskFullError, atomic_save, atomic_write_text, create_logger, run_cli, run_dir
 
 
 def test_atomic_save_replaces_whole_file_or_nothing(tmp_path):
@@ -79,3 +80,19 @@ def test_logger_writes_log_file_once_per_message(tmp_path):
     other = tmp_path / "rank1"
     create_logger(other, 1, name="test_utils_rank1").info("quiet")
     assert not (other / "log.txt").exists()
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (ValueError("data.csv: no images column"), 2, "error: data.csv: no images column"),
+    (DiskFullError(Path("run/ckpt_latest.pth")), 1, "error: no space left on the device while writing run/ckpt_latest.pth"),
+    (KeyboardInterrupt(), 130, "interrupted"),  # a second Ctrl-C
+])
+def test_run_cli_turns_errors_into_one_line_and_an_exit_code(error, code, line, capsys):
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exited:
+        run_cli(main)
+    assert exited.value.code == code
+    printed = capsys.readouterr().err
+    assert line in printed and "Traceback" not in printed and len(printed.strip().splitlines()) == 1

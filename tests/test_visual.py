@@ -79,6 +79,21 @@ def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
     np.testing.assert_allclose(probs, expected.detach().numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["swin", "arcpsa"])
+def test_map_i_belongs_to_class_i(runs, leaf, kind):
+    """One call for every class equals one call per class, and asking in reverse order reverses the maps."""
+    loaded = load(runs[kind])
+    cam = explain.build_cam(loaded.model)
+    image, transform = load_image(leaf), build_transform(False, loaded.config)
+    every = list(range(len(CLASSES)))
+    maps, _ = explain.class_maps(cam, image, transform, every)
+    for c in every:
+        single, _ = explain.class_maps(cam, image, transform, [c])
+        np.testing.assert_allclose(maps[c], single[0], atol=1e-4, err_msg=CLASSES[c])
+    backwards, _ = explain.class_maps(cam, image, transform, every[::-1])
+    np.testing.assert_allclose(backwards[::-1], maps, atol=1e-4)
+
+
 def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
     loaded = load(runs["arcpsa"])
     transform = build_transform(False, loaded.config)

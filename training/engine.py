@@ -186,11 +186,11 @@ def train_one_epoch(
     num_epochs: int,
     logger: Any,
     start_step: int = 0,
-    should_stop: Callable[[int], bool] = lambda num_updates: False,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> EpochResult:
     """Train over ``loader`` (the batches of ``epoch`` from ``start_step`` on).
 
-    ``should_stop(num_updates)`` is asked after every optimizer step; when it (on any rank) says
+    ``should_stop()`` is asked after every optimizer step; when it (on any rank) says
     yes, the epoch ends there with ``interrupted=True``. Raises :class:`NonFiniteLossError`
     before a NaN/inf loss is back-propagated.
     """
@@ -239,7 +239,7 @@ def train_one_epoch(
                     f"loss {loss_value:.4f} ({loss_sum / loss_count:.4f}) grad_norm {grad_norm:.3f} "
                     f"mem {memory_mb(trainer.device):.0f}MB {images_per_s:.1f} img/s"
                 )
-            if update and _all_ranks_stop(should_stop(trainer.num_updates), trainer.device):
+            if update and _all_ranks_stop(should_stop(), trainer.device):
                 return EpochResult(loss_sum / max(loss_count, 1), step + 1, interrupted=True)
     return EpochResult(loss_sum / max(loss_count, 1), total_steps, interrupted=False)
 

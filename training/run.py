@@ -1,7 +1,8 @@
 """One training run: build it from the config, resume it, run its epochs, save and report.
 
 Everything goes to ``run_dir(config)`` = OUTPUT/MODEL.NAME/TAG: ``config.yaml``, ``log.txt``,
-``history.csv``, ``curves.png``, ``ckpt_latest.pth`` (every epoch, and mid-epoch on a stop),
+``history.csv``, ``curves.png``, ``ckpt_latest.pth`` (every epoch, and mid-epoch on a stop; the one it
+replaced stays as ``ckpt_latest.prev.pth``),
 ``ckpt_best.pth`` + ``thresholds.json`` (best TRAIN.BEST_METRIC on validation) and
 ``ckpt_epoch_N.pth`` every SAVE_FREQ epochs.
 """
@@ -22,21 +23,24 @@ from torch.nn.parallel import DistributedDataParallel
 from yacs.config import CfgNode
 
 from checkpoint import (
-    find_resume_file, load_pretrained, load_training_checkpoint, restore_training, save_checkpoint, training_state,
+    LATEST, load_pretrained, load_resume_checkpoint, restore_training, save_checkpoint, save_latest, training_state,
 )
 from data.labels import CLASSES
 from data.loader import build_loader
+from faults import pause_at
 from inference import evaluate_checkpoint, write_thresholds
 from metrics import summarize, tune_thresholds
 from models import build_loss, build_model
 from reports import coloured_table, training_curves_png
-from runtime import amp_dtype, autocast_factory, seed_everything, set_rng_state
+from runtime import amp_dtype, autocast_factory, seed_epoch, seed_everything, set_rng_state
 from training.engine import (
     Trainer, build_optimizer, build_scheduler, evaluate, loader_throughput, throughput, train_one_epoch,
 )
 from training.history import read_history, write_history
 from training.stop import GracefulStop
-from utils import EXIT_INTERRUPTED, EXIT_OK, atomic_write_bytes, atomic_write_text, run_dir
+from utils import (
+    EXIT_INTERRUPTED, EXIT_OK, atomic_write_bytes, atomic_write_text, remove_partial_writes, run_dir, short_list,
+)
 
 
 @dataclass
@@ -119,8 +123,9 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     trainer = build_trainer(config, model, device, updates_per_epoch, mixup_fn, logger)
     run = Run(config, trainer, loader_train, loader_val, rank, logger)
 
-    resume_file = find_resume_file(config, run.out, logger)
-    ckpt = load_training_checkpoint(resume_file) if resume_file else None
+    if rank == 0:
+        remove_killed_writes(run)
+    resume_file, ckpt = load_resume_checkpoint(config, run.out, logger) or (None, None)
     if ckpt is not None:
         restore_training(ckpt, trainer)
     elif config.MODEL.PRETRAINED:
@@ -151,6 +156,14 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     return code
 
 
+def remove_killed_writes(run: Run) -> None:
+    """Delete the temp files of writes a kill cut short (the run dir's lock says no other writer runs)."""
+    removed = remove_partial_writes(run.out)
+    if removed:
+        run.logger.warning(f"removed {len(removed)} partial file(s) of a killed run: "
+                           f"{short_list([path.name for path in removed])}")
+
+
 def resume_from(run: Run, ckpt: dict, updates_per_epoch: int) -> None:
     """Best-so-far, history, update count and RNG of the checkpoint (weights are loaded by the caller)."""
     config, trainer = run.config, run.trainer
@@ -175,6 +188,8 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
                         f"(best {best.value:.4f} at epoch {best.epoch})")
             break
         step = start_step if epoch == start_epoch else 0
+        if step == 0:  # a run resumed mid-epoch continues from the checkpoint's RNG state instead
+            seed_epoch(config.SEED, run.rank, epoch)
         loader.sampler.set_epoch(epoch, skip=step * loader.batch_size)
         stage_backbone(run, epoch)
         started = time.time()
@@ -216,6 +231,7 @@ def stage_backbone(run: Run, epoch: int) -> None:
 def validate_epoch(run: Run) -> tuple[dict, list[float]]:
     """(summary with val_loss, thresholds tuned on val) of the selection weights."""
     trainer = run.trainer
+    pause_at("validation")
     evaluation = evaluate(run.eval_model(), run.loader_val, trainer.criterion, trainer.device, trainer.autocast)
     thresholds = [float(t) for t in tune_thresholds(evaluation.targets, evaluation.probs)]
     summary = summarize(evaluation.targets, evaluation.probs, thresholds)
@@ -240,15 +256,15 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
         write_thresholds(run.best.thresholds, out / "thresholds.json")
     if config.SAVE_FREQ and (epoch + 1) % config.SAVE_FREQ == 0:
         save_checkpoint(state, out / f"ckpt_epoch_{epoch}.pth")
-    save_checkpoint(state, out / "ckpt_latest.pth")
+    save_latest(state, out)
+    pause_at("saved")
 
 
 def save_interrupted(run: Run, epoch: int, steps_done: int, stop: GracefulStop) -> int:
     """Mid-epoch ckpt_latest.pth: the last completed epoch plus the steps done in this one."""
-    latest = run.out / "ckpt_latest.pth"
     if run.rank == 0:
-        save_checkpoint(training_state(run.config, run.trainer, epoch - 1, steps_done, run.best, run.metrics), latest)
-    run.logger.warning(f"{stop.requested}: saved {latest} at epoch {epoch} step {steps_done}; "
+        save_latest(training_state(run.config, run.trainer, epoch - 1, steps_done, run.best, run.metrics), run.out)
+    run.logger.warning(f"{stop.requested}: saved {run.out / LATEST} at epoch {epoch} step {steps_done}; "
                        "run the same command to resume")
     return EXIT_INTERRUPTED
 
