@@ -6,4 +6,12 @@
 - ``backends``: ``load_predictor`` (``--backend auto|torch|onnx``) for test.py and the app;
 - ``uploads``: what the web page accepts from a browser, and why it refused a file;
 - ``web``: the Gradio page of ``app.py``.
+
+Importing this package turns ONNX Runtime's telemetry off (``ORT_DISABLE_TELEMETRY=1``, unless the
+environment already sets it): its Linux wheels upload usage events to Microsoft by default and keep
+a ``.ses`` file in the temporary folder, which a tool for offline field stations should not do.
 """
+import os
+
+# Before any submodule imports onnxruntime: the opt-out is read once, when it initialises.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
