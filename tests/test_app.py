@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -20,16 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from data.images import load_image
 from data.labels import CLASSES
 from deploy.uploads import UploadError, UploadLimits, check_upload
-from models import build_model
 from process.leaves import render_leaf
-from test_eval import save_run, tiny_config, train_a_little
-from helpers import ROOT, draw_leaf, load_script, make_tree
+from test_eval import tiny_runs
+from helpers import ROOT, load_script, make_tree
 
 test_script = load_script("test.py")
 
@@ -107,10 +104,7 @@ def test_16_bit_greyscale_is_scaled_not_clipped(uploads):
 def app_run(tmp_path_factory) -> Path:
     """A tiny Swin trained a few steps, saved like main.py's best checkpoint (with thresholds)."""
     tree = make_tree(tmp_path_factory.mktemp("app_tree"), {"train": 24})
-    config = tiny_config(tmp_path_factory.mktemp("app_output"), "app", tree)
-    torch.manual_seed(0)
-    model = train_a_little(build_model(config), tree / "train", config, steps=10)
-    return save_run(config, model, [0.3, 0.35, 0.4, 0.3, 0.35, 0.4])
+    return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 10)}, [0.3, 0.35, 0.4, 0.3, 0.35, 0.4])["app"]
 
 
 def free_port() -> int:

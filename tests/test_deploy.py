@@ -24,9 +24,8 @@ from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.onnx_backend import OnnxPredictor, info_from_metadata, info_to_metadata
 from inference import Predictor, read_thresholds
-from models import build_model
 from process.leaves import render_leaf
-from test_eval import save_run, tiny_config, train_a_little
+from test_eval import tiny_runs
 from test_visual import CNN
 from helpers import ROOT, load_script, make_tree
 
@@ -49,15 +48,10 @@ def deploy_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory, deploy_tree) -> dict[str, Path]:
-    """One saved run per model kind, each with its own thresholds.json."""
-    output = tmp_path_factory.mktemp("deploy_output")
-    found = {}
-    for name, (opts, steps) in MODELS.items():
-        config = tiny_config(output, name, deploy_tree, *opts)
-        torch.manual_seed(0)
-        model = train_a_little(build_model(config), deploy_tree / "train", config, steps)
-        found[name] = save_run(config, model, [0.5] * len(CLASSES))
-        (found[name] / "thresholds.json").write_text(json.dumps(dict(zip(CLASSES, THRESHOLDS))))
+    """One saved run per model kind; thresholds.json differs from the checkpoint's thresholds (it wins)."""
+    found = tiny_runs(tmp_path_factory.mktemp("deploy_output"), deploy_tree, MODELS, [0.5] * len(CLASSES))
+    for run in found.values():
+        (run / "thresholds.json").write_text(json.dumps(dict(zip(CLASSES, THRESHOLDS))))
     return found
 
 
