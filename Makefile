@@ -7,28 +7,45 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_CFG ?= configs/demo_cpu.yaml
 DEMO_NUM ?= 1500
+# The run directory of DEMO_CFG (OUTPUT/MODEL.NAME/TAG); its .trained stamp means main.py finished there.
+DEMO_RUN ?= output/demo_cpu/default
+APP_PORT ?= 7860
 
-.PHONY: install test demo clean-demo
+.PHONY: install test browser demo app clean-demo
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+# requirements-app.txt (gradio) goes in without dependency resolution: see that file.
+$(STAMP): requirements.txt requirements-test.txt requirements-app.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --no-deps -r requirements-app.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# Debian's Chromium, which the browser tests (tests/test_app.py) drive through Playwright; needs root.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # The main job on the embedded default: synthetic Kaggle-layout leaves -> one-hot tree -> train -> test ->
 # Grad-CAM of the first test leaf of each class folder.
-demo: $(STAMP) $(DEMO_DIR)/raw/train.csv
-	$(PY) process/prepare.py --src $(DEMO_DIR)/raw --dst $(DEMO_DIR)/dataset --size 160
-	$(PY) main.py --cfg $(DEMO_CFG) --data-path $(DEMO_DIR)/dataset
+demo: $(DEMO_RUN)/.trained
 	$(PY) test.py --cfg $(DEMO_CFG) --data-path $(DEMO_DIR)/dataset
 	$(PY) visual.py --cfg $(DEMO_CFG) --images $$(for d in $(DEMO_DIR)/dataset/test/*/; do ls $$d*.jpg | head -n 1; done)
+
+# The demo model in the web page at http://127.0.0.1:$(APP_PORT) (Ctrl-C stops it).
+app: $(DEMO_RUN)/.trained
+	$(PY) app.py --cfg $(DEMO_CFG) --port $(APP_PORT)
+
+# Prepared tree and trained model; an interrupted training resumes when this runs again.
+$(DEMO_RUN)/.trained: $(DEMO_DIR)/raw/train.csv $(DEMO_CFG) | $(STAMP)
+	$(PY) process/prepare.py --src $(DEMO_DIR)/raw --dst $(DEMO_DIR)/dataset --size 160
+	$(PY) main.py --cfg $(DEMO_CFG) --data-path $(DEMO_DIR)/dataset
+	touch $@
 
 # train.csv is written last: its presence means the synthetic dataset is complete.
 $(DEMO_DIR)/raw/train.csv: | $(STAMP)

@@ -4,6 +4,10 @@ A :class:`Predictor` holds everything a prediction needs — the model in eval m
 transform, the classes and the checkpoint's thresholds — rebuilt from the checkpoint alone (its
 config travels inside it). ``main.py --eval``, the end-of-training report, ``test.py`` and
 ``visual.py`` all go through it, so a checkpoint is scored the same way everywhere.
+
+The jobs below take any :class:`Backend`: a :class:`Predictor` (PyTorch) or ``deploy.onnx_backend``'s
+OnnxPredictor (ONNX Runtime). Both describe their model with a :class:`ModelInfo` and share the
+preprocessing, batching and tables here, so the two backends differ only in who computes the logits.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, Sequence
+from typing import Callable, ClassVar, ContextManager, Iterable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +30,7 @@ from config import config_from_string
 from data.dataset import ImageFiles, MultiLabelImageFolder, collect_images
 from data.labels import CLASS_INDEX, CLASSES, vector_to_labels
 from data.loader import build_inference_loader
-from data.transforms import build_transform, decode_size
+from data.transforms import EvalPreprocessing
 from metrics import multilabel_metrics, summarize
 from models import build_loss, build_model
 from reports import write_report
@@ -42,6 +46,54 @@ DEFAULT_THRESHOLD = 0.5
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What predicting with a model needs besides its weights, and what a report says about it.
+
+    Read from a checkpoint's config (:meth:`from_config`) or from an exported file's metadata, so
+    a model travels without its training config.
+    """
+
+    name: str  # MODEL.NAME
+    model_type: str  # MODEL.TYPE (the timm backbone)
+    head: str  # MODEL.HEAD
+    preprocessing: EvalPreprocessing
+    thresholds: tuple[float, ...] | None  # those of the checkpoint, if any
+    classes: tuple[str, ...] = CLASSES
+    # defaults of test.py: the prepared tree, batch size and loader processes the run used
+    data_path: str = "dataset"
+    batch_size: int = 32
+    num_workers: int = 8
+
+    @classmethod
+    def from_config(cls, config: CfgNode, thresholds: Sequence[float] | None) -> "ModelInfo":
+        return cls(config.MODEL.NAME, config.MODEL.TYPE, config.MODEL.HEAD, EvalPreprocessing.from_config(config),
+                   tuple(map(float, thresholds)) if thresholds else None, tuple(config.CLASSES),
+                   config.DATA.DATA_PATH, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.model_type}, {self.head} head, {self.preprocessing.img_size} px)"
+
+
+class Backend(Protocol):
+    """What the jobs below need of a predictor, whichever library computes its logits."""
+
+    backend: ClassVar[str]  # "torch", "onnx": for logs and reports
+    path: Path  # the model file (its folder is the run: thresholds.json, default outputs)
+    device: torch.device
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def thresholds(self) -> Sequence[float] | None: ...
+
+    @property
+    def transform(self) -> Callable: ...
+
+    def logits(self, loader: Iterable, tta: bool = False) -> tuple[np.ndarray, list]: ...
+
+
 @dataclass
 class Predictor:
     """A model rebuilt from a checkpoint, in eval mode on its device, with what predicting needs."""
@@ -52,6 +104,7 @@ class Predictor:
     device: torch.device
     thresholds: list[float] | None  # those saved in the checkpoint, if any
     classes: tuple[str, ...] = CLASSES
+    backend: ClassVar[str] = "torch"
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device) -> "Predictor":
@@ -79,9 +132,13 @@ class Predictor:
         return cls(model.to(device).eval(), config, path, device, list(thresholds) if thresholds else None)
 
     @property
+    def info(self) -> ModelInfo:
+        return ModelInfo.from_config(self.config, self.thresholds)
+
+    @property
     def transform(self) -> Callable:
         """The evaluation transform of the checkpoint's config (PIL image -> normalised tensor)."""
-        return build_transform(False, self.config)
+        return self.info.preprocessing.transform()
 
     @property
     def autocast(self) -> Callable[[], ContextManager]:
@@ -146,7 +203,7 @@ def write_thresholds(thresholds: Sequence[float], path: Path) -> None:
     atomic_write_text(json.dumps(dict(zip(CLASSES, map(float, thresholds))), indent=2) + "\n", path)
 
 
-def resolve_thresholds(file: Path | None, run: Path, predictor: Predictor, logger: logging.Logger) -> np.ndarray:
+def resolve_thresholds(file: Path | None, run: Path, predictor: Backend, logger: logging.Logger) -> np.ndarray:
     """``file``, else ``run/thresholds.json``, else the checkpoint's, else 0.5 (with a warning)."""
     if file is None and (run / "thresholds.json").is_file():
         file = run / "thresholds.json"
@@ -154,7 +211,7 @@ def resolve_thresholds(file: Path | None, run: Path, predictor: Predictor, logge
         logger.info(f"thresholds from {file}")
         return read_thresholds(file)
     if predictor.thresholds is not None:
-        logger.info(f"thresholds from the checkpoint {predictor.path}")
+        logger.info(f"thresholds from the model file {predictor.path}")
         return np.asarray(predictor.thresholds, dtype=np.float64)
     logger.warning(f"no thresholds.json in {run} and none in the checkpoint: using {DEFAULT_THRESHOLD} for every class")
     return np.full(len(CLASSES), DEFAULT_THRESHOLD)
@@ -225,7 +282,7 @@ class SplitEvaluation:
         return summarize(self.targets, self.probs, thresholds)
 
 
-def evaluate_split(predictor: Predictor, split_dir: Path, thresholds: np.ndarray, batch_size: int,
+def evaluate_split(predictor: Backend, split_dir: Path, thresholds: np.ndarray, batch_size: int,
                    num_workers: int, tta: bool = False) -> SplitEvaluation:
     """Every image of ``split_dir`` (a prepared tree's split) once, in name order, scored at ``thresholds``."""
     dataset = MultiLabelImageFolder(split_dir, predictor.transform)
@@ -260,13 +317,23 @@ def write_split_results(result: SplitEvaluation, thresholds: np.ndarray, out: Pa
     write_report(out, result.table, result.targets, probs, thresholds, meta)
 
 
-def predict_files(predictor: Predictor, patterns: Sequence[str], thresholds: np.ndarray, batch_size: int,
+def file_logits(predictor: Backend, paths: Sequence[Path], batch_size: int, num_workers: int, tta: bool = False
+                ) -> tuple[np.ndarray, list[str]]:
+    """Logits of each file (zeros where unreadable) and why each could not be read ('' when it could).
+
+    Large JPEGs are decoded at reduced size (never below what the transform needs); the web app
+    goes through here too, so a photo gets the same probabilities there as with ``test.py``.
+    """
+    preprocessing = predictor.info.preprocessing
+    dataset = ImageFiles(paths, predictor.transform, preprocessing.img_size, preprocessing.decode_size)
+    return predictor.logits(build_inference_loader(dataset, batch_size, num_workers, predictor.device), tta)
+
+
+def predict_files(predictor: Backend, patterns: Sequence[str], thresholds: np.ndarray, batch_size: int,
                   num_workers: int, logger: logging.Logger, tta: bool = False) -> pd.DataFrame:
     """Predictions of the readable images among ``patterns`` (files, folders, globs); bad ones are logged."""
-    config = predictor.config
     paths = collect_images(patterns, logger)
-    dataset = ImageFiles(paths, predictor.transform, config.DATA.IMG_SIZE, decode_size(config))
-    logits, errors = predictor.logits(build_inference_loader(dataset, batch_size, num_workers, predictor.device), tta)
+    logits, errors = file_logits(predictor, paths, batch_size, num_workers, tta)
     for path, error in zip(paths, errors):
         if error:
             logger.warning(f"{path}: skipped ({error})")

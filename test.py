@@ -3,6 +3,7 @@
     python test.py --cfg configs/demo_cpu.yaml --data-path demo/dataset          # the test split
     python test.py --checkpoint RUN/ckpt_best.pth --images photos/ extra/*.jpg  # new photos
     python test.py --cfg ... --split val --tune-thresholds                      # retune on validation
+    python test.py --checkpoint RUN/ckpt_best.onnx --images photos/             # an export.py file
 
 The model, its preprocessing (the validation transform) and the class names come from the
 checkpoint's own config, so a checkpoint alone is enough. Decision thresholds come from
@@ -13,6 +14,11 @@ Labelled mode writes to ``<run>/test_<split>/`` (or ``--output``): metrics.csv/.
 submission.csv and plots. Unlabelled mode (``--images``) writes predictions.csv and submission.csv to
 ``<run>/predict/``. ``predictions.csv``'s ``predicted`` column is plain thresholding (what metrics.csv
 scores); ``submission.csv`` applies Kaggle's rules on top (see ``inference.submission_labels``).
+
+``--backend onnx`` computes the logits with ONNX Runtime (an ``.onnx`` as --checkpoint, or the
+checkpoint exported in memory); ``auto`` (the default) picks ONNX Runtime on the CPU when export.py
+has written the checkpoint's ``.onnx`` (see ``deploy.backends``). Preprocessing, batching and every
+output are the same code for both.
 """
 from __future__ import annotations
 
@@ -24,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from checkpoint import find_checkpoint
+from deploy.backends import BACKENDS, load_predictor
 from inference import (
-    Predictor, evaluate_split, predict_files, resolve_thresholds, write_file_predictions, write_split_results,
-    write_thresholds,
+    evaluate_split, predict_files, resolve_thresholds, write_file_predictions, write_split_results, write_thresholds,
 )
 from metrics import tune_thresholds
 from reports import coloured_table
@@ -48,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--num-workers", type=int, help="loader processes (default: the checkpoint's)")
     parser.add_argument("--output", type=Path, help="folder for the results (default: in the run dir)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto (default: an .onnx, or export.py's .onnx beside the checkpoint, on ONNX Runtime "
+                             "when on the CPU; else PyTorch), torch, or onnx (ONNX Runtime on the CPU)")
     return parser.parse_args(argv)
 
 
@@ -56,24 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.images and args.tune_thresholds:
         raise ValueError("--tune-thresholds needs a labelled split, not --images")
     device = select_device(args.device)
-    predictor = Predictor.from_checkpoint(find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag), device)
-    config, run = predictor.config, predictor.path.parent
+    path = find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag)
+    run = path.parent
     out = args.output or (run / "predict" if args.images else run / f"test_{args.split}")
     logger = create_logger(out, name="test")
-    logger.info(f"model {config.MODEL.NAME} ({config.MODEL.TYPE}, {config.MODEL.HEAD} head) "
-                f"from {predictor.path} on {device}{', TTA' if args.tta else ''}")
+    predictor = load_predictor(path, args.backend, device, logger)
+    info = predictor.info
+    logger.info(f"model {info.describe()} from {path} on {predictor.backend} ({predictor.device})"
+                f"{', TTA' if args.tta else ''}")
     thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
-    batch_size = args.batch_size or config.DATA.BATCH_SIZE
-    workers = args.num_workers if args.num_workers is not None else min(config.DATA.NUM_WORKERS, os.cpu_count() or 1)
+    batch_size = args.batch_size or info.batch_size
+    workers = args.num_workers if args.num_workers is not None else min(info.num_workers, os.cpu_count() or 1)
     if args.images:
         frame = predict_files(predictor, args.images, thresholds, batch_size, workers, logger, args.tta)
         write_file_predictions(frame, thresholds, out)
     else:
-        split_dir = (args.data_path or Path(config.DATA.DATA_PATH)) / args.split
+        split_dir = (args.data_path or Path(info.data_path)) / args.split
         result = evaluate_split(predictor, split_dir, thresholds, batch_size, workers, args.tta)
         logger.info(f"{len(result.names)} images in {split_dir}")
-        meta = dict(checkpoint=str(predictor.path), split_dir=str(split_dir), num_images=len(result.names),
-                    tta=args.tta)
+        meta = dict(checkpoint=str(path), backend=predictor.backend, split_dir=str(split_dir),
+                    num_images=len(result.names), tta=args.tta)
         write_split_results(result, thresholds, out, meta)
         logger.info(f"{args.split} split, thresholds {np.round(thresholds, 2).tolist()}:\n"
                     f"{coloured_table(result.table)}")

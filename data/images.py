@@ -3,13 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparent pixels (RGBA, LA, P with transparency) composited on white."""
+    """RGB, with transparent pixels (RGBA, LA, P with transparency) composited on white.
+
+    16-bit greyscale (PNG, TIFF) keeps its top 8 bits: Pillow's own conversion clips every value
+    above 255, which turns such a photo white.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")

@@ -9,6 +9,7 @@ the run's config, so ``config.yaml`` and every checkpoint carry the values the m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import timm
@@ -42,30 +43,59 @@ def normalization(config: CfgNode) -> tuple[tuple[float, ...], tuple[float, ...]
             data.INTERPOLATION or interpolation)
 
 
+def normalization(config: CfgNode) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, interpolation) of the model's input: the one place they are resolved."""
+    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), config.DATA.INTERPOLATION
+
+
+@dataclass(frozen=True)
+class EvalPreprocessing:
+    """Everything the evaluation transform depends on, so an exported model can carry it without a config."""
+
+    img_size: int
+    crop: bool  # TEST.CROP: resize to img_size / TEST_CROP_PCT, then centre-crop
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, config: CfgNode) -> "EvalPreprocessing":
+        mean, std, interpolation = normalization(config)
+        return cls(config.DATA.IMG_SIZE, bool(config.TEST.CROP), interpolation, tuple(mean), tuple(std))
+
+    def transform(self) -> Callable:
+        """PIL image -> normalised tensor: resize to ``img_size`` square (or resize + centre crop)."""
+        return create_transform(
+            self.img_size,
+            is_training=False,
+            crop_pct=TEST_CROP_PCT if self.crop else 1.0,
+            crop_mode="center" if self.crop else "squash",
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    @property
+    def decode_size(self) -> int:
+        """The smallest side the transform needs before its own resize (for JPEG draft decoding)."""
+        return int(math.ceil(self.img_size / TEST_CROP_PCT)) if self.crop else self.img_size
+
+
 def build_transform(is_train: bool, config: CfgNode) -> Callable:
     """PIL image -> normalised tensor of ``DATA.IMG_SIZE`` pixels.
 
     Training: random resized crop, horizontal and vertical flips (``AUG.VFLIP``), RandAugment
     (``AUG.AUTO_AUGMENT``), colour jitter and random erasing from ``AUG.*``. Evaluation: resize
-    to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``). Both normalise with
-    :func:`normalization`.
+    to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``), see :class:`EvalPreprocessing`.
+    Both normalise with :func:`normalization`.
     """
-    size = config.DATA.IMG_SIZE
-    mean, std, interpolation = normalization(config)
-    common = dict(interpolation=interpolation, mean=mean, std=std)
     if not is_train:
-        crop = config.TEST.CROP
-        return create_transform(
-            size,
-            is_training=False,
-            crop_pct=TEST_CROP_PCT if crop else 1.0,
-            crop_mode="center" if crop else "squash",
-            **common,
-        )
+        return EvalPreprocessing.from_config(config).transform()
+    mean, std, interpolation = normalization(config)
     aug = config.AUG
     auto_augment = aug.AUTO_AUGMENT if aug.AUTO_AUGMENT and aug.AUTO_AUGMENT.lower() != "none" else None
     transform = create_transform(
-        size,
+        config.DATA.IMG_SIZE,
         is_training=True,
         scale=TRAIN_CROP_SCALE,
         hflip=0.5,
@@ -75,15 +105,16 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
         re_prob=aug.REPROB,
         re_mode=aug.REMODE,
         re_count=aug.RECOUNT,
-        **common,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
     )
     return _keep_a_posterize_bit(transform)
 
 
 def decode_size(config: CfgNode) -> int:
     """The smallest side the evaluation transform needs before its own resize (for JPEG draft decoding)."""
-    size = config.DATA.IMG_SIZE
-    return int(math.ceil(size / TEST_CROP_PCT)) if config.TEST.CROP else size
+    return EvalPreprocessing.from_config(config).decode_size
 
 
 def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:

@@ -84,6 +84,17 @@ def save_run(config, model: torch.nn.Module, thresholds: list[float] | None) -> 
     return run
 
 
+def tiny_runs(output: Path, tree: Path, models: dict[str, tuple[tuple[str, ...], int]],
+              thresholds: list[float] | None) -> dict[str, Path]:
+    """One saved run per ``name -> (opts, training steps)`` of ``models`` (seeded), tagged ``name``."""
+    found = {}
+    for name, (opts, steps) in models.items():
+        config = tiny_config(output, name, tree, *opts)
+        torch.manual_seed(0)
+        found[name] = save_run(config, train_a_little(build_model(config), tree / "train", config, steps), thresholds)
+    return found
+
+
 def val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> list[float]:
     """Per-class F1-optimal thresholds on validation, as main.py keeps them."""
     dataset = MultiLabelImageFolder(val_dir, build_transform(False, config))

@@ -15,8 +15,7 @@ import inference
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
-from models import build_model
-from test_eval import save_run, tiny_config, train_a_little
+from test_eval import tiny_runs
 from helpers import draw_leaf, load_script, make_tree
 
 visual_script = load_script("visual.py")
@@ -39,16 +38,7 @@ def cam_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory, cam_tree) -> dict[str, Path]:
     """One saved run per model kind (seeded; the Swin ones trained a few steps)."""
-    output = tmp_path_factory.mktemp("cam_output")
-    found = {}
-    for name, (opts, steps) in MODELS.items():
-        config = tiny_config(output, name, cam_tree, *opts)
-        torch.manual_seed(0)
-        model = build_model(config)
-        if steps:
-            train_a_little(model, cam_tree / "train", config, steps)
-        found[name] = save_run(config, model.eval(), [0.5] * len(CLASSES))
-    return found
+    return tiny_runs(tmp_path_factory.mktemp("cam_output"), cam_tree, MODELS, [0.5] * len(CLASSES))
 
 
 @pytest.fixture(scope="session")

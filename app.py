@@ -1,0 +1,72 @@
+"""A web page on localhost that predicts and explains leaf photos: drop photos, read labels, bars and Grad-CAM.
+
+    python app.py --cfg configs/demo_cpu.yaml                  # the run's ckpt_best.pth, http://127.0.0.1:7860
+    python app.py --checkpoint RUN/ckpt_best.onnx --port 8080  # an export.py file (no Grad-CAM)
+
+A checkpoint runs on PyTorch (Grad-CAM of the predicted classes); an ``.onnx`` on ONNX Runtime.
+Thresholds come from ``--thresholds FILE``, else the run's thresholds.json, else the model file's,
+as in test.py. Uploads are bounded (``--max-file-mb``, ``--max-megapixels``, ``--max-files``) and
+requests wait in a bounded queue (``--queue-size``, ``--concurrency``). Everything the app writes
+(uploads, example leaves, CSVs) stays in one temporary folder, removed when it stops.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+from argparse import Namespace
+from pathlib import Path
+
+from checkpoint import find_checkpoint
+from deploy.backends import is_onnx_file, load_predictor
+from deploy.uploads import UploadLimits
+from explain import build_cam
+from inference import resolve_thresholds
+from runtime import select_device
+from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    defaults = UploadLimits()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(parser)
+    parser.add_argument("--thresholds", type=Path, metavar="FILE", help="thresholds JSON (default: the run's)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--max-file-mb", type=float, default=defaults.max_bytes / 2**20, help="largest upload")
+    parser.add_argument("--max-megapixels", type=float, default=defaults.max_pixels / 1e6,
+                        help="largest image (pixels declared in its header)")
+    parser.add_argument("--max-files", type=int, default=defaults.max_files, help="photos per request")
+    parser.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests predicted at once")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    limits = UploadLimits(int(args.max_file_mb * 2**20), int(args.max_megapixels * 1e6), max_files=args.max_files)
+    path = find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag)
+    # SIGTERM unwinds like Ctrl-C, so the temporary folder below is removed either way.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
+    with tempfile.TemporaryDirectory(prefix="leaf_app_") as workdir:
+        work = Path(workdir)
+        os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")  # read when gradio is imported, just below
+        from deploy.web import LeafPage, build_blocks, serve, write_examples
+
+        logger = create_logger(work, name="app")
+        backend = "onnx" if is_onnx_file(path) else "torch"  # a checkpoint stays on PyTorch, for Grad-CAM
+        predictor = load_predictor(path, backend, select_device(args.device), logger)
+        thresholds = resolve_thresholds(args.thresholds, path.parent, predictor, logger)
+        cam = build_cam(predictor.model) if predictor.backend == "torch" else None
+        page = LeafPage(predictor, thresholds, cam, limits, work / "results")
+        blocks = build_blocks(page, write_examples(work / "examples"), "Leaf disease check")
+        logger.info(f"serving {path} ({predictor.info.describe()}, {predictor.backend}) at http://{args.host}:{args.port}")
+        serve(blocks, args.host, args.port, limits, work, args.queue_size, args.concurrency)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,72 @@
+"""Which library computes the logits: ``--backend auto|torch|onnx`` for test.py (and the app's choice).
+
+- ``torch``: the checkpoint's network in PyTorch (CPU or CUDA); what Grad-CAM needs.
+- ``onnx``: ONNX Runtime on the CPU, from an ``.onnx`` written by export.py, or from a checkpoint
+  exported in memory first (parity-checked against PyTorch; nothing written).
+- ``auto`` (the default): the fastest correct backend without paying an export on every run. An
+  ``.onnx`` runs on ONNX Runtime; a checkpoint on a GPU runs on PyTorch; a checkpoint on the CPU
+  runs on ONNX Runtime when export.py's file for it sits beside it (same name, ``.onnx``, written
+  after the checkpoint, same model and preprocessing), else on PyTorch. ONNX Runtime is several
+  times PyTorch's speed on a CPU (``bench/infer_backends.py``), so ``export.py`` once is the way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from deploy.export import export_checked
+from deploy.onnx_backend import OnnxPredictor, open_session
+from inference import Backend, ModelInfo, Predictor
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def is_onnx_file(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def load_predictor(path: Path, backend: str, device: torch.device, logger: logging.Logger) -> Backend:
+    """The predictor of ``path`` (a checkpoint or an ``.onnx``) on ``backend``."""
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if is_onnx_file(path):
+        if backend == "torch":
+            raise ValueError(f"{path}: an ONNX file runs on --backend onnx (or auto), not torch")
+        return OnnxPredictor.from_file(path)
+    predictor = Predictor.from_checkpoint(path, device)
+    if backend == "onnx":
+        if device.type != "cpu":
+            logger.warning(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {device}")
+        return exported(predictor, logger)
+    if backend == "auto" and device.type == "cpu":
+        return export_beside(predictor, logger) or predictor
+    return predictor
+
+
+def exported(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor:
+    """``predictor``'s network exported to ONNX in memory and opened in ONNX Runtime (parity-checked)."""
+    data, parity = export_checked(predictor, predictor.info)
+    logger.info(f"exported {predictor.path.name} to ONNX in memory: max |prob difference| from PyTorch {parity:.1e}")
+    return OnnxPredictor.from_session(open_session(data, predictor.path), predictor.path)
+
+
+def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor | None:
+    """export.py's default output for this checkpoint, when it is up to date and describes the same model."""
+    path = predictor.path.with_suffix(".onnx")
+    if not path.is_file() or path.stat().st_mtime < predictor.path.stat().st_mtime:
+        return None
+    candidate = OnnxPredictor.from_file(path)
+    if without_thresholds(candidate.info) != without_thresholds(predictor.info):
+        logger.warning(f"{path} describes another model than {predictor.path.name}: predicting with PyTorch")
+        return None
+    logger.info(f"backend auto: {path.name}, export.py's file for {predictor.path.name}, on ONNX Runtime")
+    return candidate
+
+
+def without_thresholds(info: ModelInfo) -> ModelInfo:
+    """Thresholds may be re-chosen at export; everything else must match for two files to be one model."""
+    return dataclasses.replace(info, thresholds=None)

@@ -1,0 +1,82 @@
+"""A checkpoint's network as ONNX bytes, checked by ``onnx.checker`` and against PyTorch on leaf pixels.
+
+The graph comes from ``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter; it
+handles Swin's ``torch.roll`` and window attention, the PSA neck and the ArcFace head's
+label-free evaluation logits) at the exporter's current opset, with a dynamic batch dimension and
+the model's fixed height and width. Parity is the largest |sigmoid difference| between ONNX
+Runtime and PyTorch over synthetic leaves (``process.leaves``: the same renderer as the demo
+data) put through the model's own evaluation transform, as one batch and one by one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+from torch import nn
+
+from data.transforms import EvalPreprocessing
+from deploy.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxModel, info_to_metadata, open_session
+from inference import ModelInfo, Predictor
+from process.leaves import render_leaf
+
+PARITY_TOLERANCE = 1e-4
+# One leaf per class and two multi-label ones: every output gets exercised.
+PARITY_LABELS = ("complex", "frog_eye_leaf_spot", "healthy", "powdery_mildew", "rust", "scab",
+                 "scab frog_eye_leaf_spot complex", "rust complex")
+PARITY_PHOTO_SIZE = (400, 300)
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree beyond PARITY_TOLERANCE: the export is not to be used."""
+
+
+def export_onnx(model: nn.Module, info: ModelInfo) -> bytes:
+    """``model`` (evaluation logits) as a checked ONNX model carrying ``info`` in its metadata.
+
+    Exported from a batch of 2, so the batch dimension stays symbolic rather than specialised to 1.
+    """
+    size = info.preprocessing.img_size
+    model = model.float().cpu().eval()
+    example = torch.zeros(2, 3, size, size)
+    program = torch.onnx.export(
+        model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=True, verbose=False,
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    proto = program.model_proto
+    proto.doc_string = (f"{info.describe()}: {INPUT_NAME} float32 N x 3 x {size} x {size} (normalised RGB) -> "
+                        f"{OUTPUT_NAME} N x {len(info.classes)} (sigmoid gives the probabilities)")
+    onnx.helper.set_model_props(proto, info_to_metadata(info))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def parity_images(preprocessing: EvalPreprocessing, seed: int = 0) -> torch.Tensor:
+    """Synthetic leaves of every class, through the model's evaluation transform: (N, 3, H, W)."""
+    transform = preprocessing.transform()
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(render_leaf(labels, rng, PARITY_PHOTO_SIZE)) for labels in PARITY_LABELS]
+    return torch.stack([transform(photo) for photo in photos])
+
+
+@torch.inference_mode()
+def max_prob_difference(model: nn.Module, other: nn.Module, images: torch.Tensor) -> float:
+    """Largest |probability difference| between two models on ``images``, as one batch and one by one."""
+    expected = torch.sigmoid(model(images).float())
+    batched = torch.sigmoid(other(images).float())
+    singles = torch.cat([torch.sigmoid(other(image[None]).float()) for image in images])
+    return max((batched - expected).abs().max().item(), (singles - expected).abs().max().item())
+
+
+def export_checked(predictor: Predictor, info: ModelInfo) -> tuple[bytes, float]:
+    """(ONNX bytes, parity) of ``predictor``'s network with ``info`` (e.g. other thresholds) stored in it.
+
+    Raises :class:`ParityError` when ONNX Runtime strays more than PARITY_TOLERANCE from PyTorch.
+    """
+    data = export_onnx(predictor.model, info)
+    onnx_model = OnnxModel(open_session(data, predictor.path))
+    difference = max_prob_difference(predictor.model, onnx_model, parity_images(info.preprocessing))
+    if difference > PARITY_TOLERANCE:
+        raise ParityError(f"{predictor.path}: ONNX Runtime differs from PyTorch by {difference:.2e} in probability "
+                          f"(tolerance {PARITY_TOLERANCE:.0e})")
+    return data, difference

@@ -1,0 +1,237 @@
+"""The web page of ``app.py`` (Gradio): drop leaf photos, read each one's labels, probabilities and Grad-CAM.
+
+Per photo the page shows the labels under Kaggle's rules (``inference.submission_labels``), a bar
+per class with its probability and a mark at its threshold, and (PyTorch backend) a Grad-CAM
+overlay for each predicted class. Probabilities come from ``inference.file_logits``, test.py's own
+path, so a photo scores the same in the page and on the command line. A refused or unreadable
+file gets a line saying why, and the others go on. Nothing leaves the machine: no analytics, system
+fonts, no CDN; uploads, examples and CSVs live in one temporary folder that the app removes.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by gradio at import: no telemetry or update check
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+from pytorch_grad_cam.base_cam import BaseCAM  # noqa: E402
+
+from data.images import image_failure, load_image  # noqa: E402
+from data.labels import CLASS_INDEX, CLASSES  # noqa: E402
+from deploy.uploads import UploadError, UploadLimits, check_upload, display_name  # noqa: E402
+from explain import class_maps, overlay  # noqa: E402
+from inference import Backend, file_logits, sigmoid, submission_labels  # noqa: E402
+from process.leaves import render_leaf  # noqa: E402
+from utils import atomic_write, atomic_write_text  # noqa: E402
+
+PHOTO_SIDE = 448  # longer side of the photo and CAM pictures in the page
+EXAMPLE_LABELS = ("scab", "rust", "healthy", "frog_eye_leaf_spot complex")
+SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
+MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+CSS = """
+.leaf-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 14px; margin-bottom: 14px;
+  background: var(--block-background-fill);}
+.leaf-card.refused {border-color: #d9534f; background: rgba(217, 83, 79, 0.08);}
+.leaf-head {display: flex; gap: 14px; align-items: flex-start;}
+.leaf-photo {width: 150px; border-radius: 6px;}
+.leaf-name {font-weight: 600; font-size: 1.05em; word-break: break-all;}
+.leaf-labels {margin: 6px 0;}
+.leaf-label {display: inline-block; background: #2e7d32; color: #fff; border-radius: 12px; padding: 2px 10px;
+  margin: 2px 4px 2px 0; font-weight: 600;}
+.leaf-note, .leaf-error {font-size: 0.92em;}
+.leaf-error {color: #c9302c; font-weight: 600;}
+.leaf-bars {width: 100%; border-collapse: collapse; margin-top: 8px;}
+.leaf-bars, .leaf-bars tr, .leaf-bars td {border: none !important; background: transparent !important;}
+.leaf-bars td {padding: 3px 6px;}
+.leaf-bars td.cls {width: 11em; white-space: nowrap;}
+.leaf-bars tr.chosen td.cls {font-weight: 700;}
+.leaf-bars td.num {width: 9em; font-family: var(--font-mono); white-space: nowrap; text-align: right;}
+.leaf-track {position: relative; height: 14px; background: var(--neutral-200); border-radius: 7px;}
+.leaf-fill {position: absolute; left: 0; top: 0; bottom: 0; border-radius: 7px; background: #9e9e9e;}
+tr.passed .leaf-fill {background: #43a047;}
+.leaf-thr {position: absolute; top: -3px; bottom: -3px; width: 2px; background: #d32f2f;}
+.leaf-cams {display: flex; flex-wrap: wrap; gap: 10px; margin-top: 10px;}
+.leaf-cams figure {margin: 0; text-align: center;}
+.leaf-cam {height: 150px; border-radius: 6px;}
+"""
+
+
+@dataclass
+class LeafResult:
+    """One uploaded file: its probabilities and labels, or why it was refused."""
+
+    name: str
+    error: str = ""
+    note: str = ""
+    probs: np.ndarray | None = None
+    labels: str = ""
+    photo: Image.Image | None = None
+    cams: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (class, overlay) per predicted class
+
+
+@dataclass
+class LeafPage:
+    """What the page predicts with, and the folder (inside the app's temporary folder) its CSVs go to."""
+
+    predictor: Backend
+    thresholds: np.ndarray
+    cam: BaseCAM | None  # None: no Grad-CAM (ONNX backend)
+    limits: UploadLimits
+    workdir: Path
+
+    def predict(self, files: Sequence[str] | None) -> tuple[str, str | None]:
+        """(HTML of the results, path of their CSV or None) for the files the browser sent."""
+        if not files:
+            return '<p class="leaf-note">Drop leaf photos (JPEG, PNG, WebP) or click an example.</p>', None
+        files = list(files)
+        results = self.score(files[: self.limits.max_files])
+        results += [LeafResult(display_name(f), f"not read: at most {self.limits.max_files} photos at a time")
+                    for f in files[self.limits.max_files:]]
+        return render_results(results, self.thresholds), self.write_csv(results)
+
+    def score(self, files: Sequence[str]) -> list[LeafResult]:
+        """Upload checks, then one batch through the predictor, then Grad-CAM of the predicted classes."""
+        results = [LeafResult(display_name(f)) for f in files]
+        for result, path in zip(results, files):
+            try:
+                result.note = check_upload(Path(path), self.limits)
+            except UploadError as error:
+                result.error = str(error)
+        good = [(r, Path(p)) for r, p in zip(results, files) if not r.error]
+        if good:
+            logits, errors = file_logits(self.predictor, [p for _, p in good], len(good), num_workers=0)
+            for (result, path), logit, error in zip(good, logits, errors):
+                result.error = error
+                if not error:
+                    self.explain(result, path, sigmoid(logit))
+        return results
+
+    def explain(self, result: LeafResult, path: Path, probs: np.ndarray) -> None:
+        """Labels under Kaggle's rules, the photo and its CAM overlays into ``result``."""
+        result.probs = probs
+        result.labels = submission_labels(probs[None], self.thresholds)[0]
+        try:
+            photo = load_image(path, PHOTO_SIDE)
+        except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad data
+            result.error = image_failure(error)
+            return
+        photo.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+        result.photo = photo
+        if self.cam is not None:
+            classes = [CLASS_INDEX[name] for name in result.labels.split()]
+            maps, _ = class_maps(self.cam, photo, self.predictor.transform, classes)
+            result.cams = [(CLASSES[c], overlay(photo, m)) for c, m in zip(classes, maps)]
+
+    def write_csv(self, results: Sequence[LeafResult]) -> str | None:
+        """image, labels (Kaggle's rules) and the six probabilities of the scored files."""
+        scored = [r for r in results if r.probs is not None]
+        if not scored:
+            return None
+        frame = pd.DataFrame([r.probs for r in scored], columns=list(CLASSES))
+        frame.insert(0, "image", [r.name for r in scored])
+        frame.insert(1, "labels", [r.labels for r in scored])
+        path = self.workdir / uuid.uuid4().hex / "predictions.csv"
+        atomic_write_text(frame.to_csv(index=False), path)
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+
+
+def data_uri(picture: Image.Image | np.ndarray) -> str:
+    """A picture as an inline JPEG: the page needs no file route for it."""
+    image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=88)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def bar_rows(probs: np.ndarray, thresholds: np.ndarray, labels: str) -> str:
+    """One row per class: name, probability bar with its threshold mark, probability / threshold."""
+    rows = []
+    for name, prob, threshold in zip(CLASSES, probs, thresholds):
+        state = " ".join(s for s, on in (("chosen", name in labels.split()), ("passed", prob >= threshold)) if on)
+        rows.append(
+            f'<tr class="{state}" data-class="{name}"><td class="cls">{name}</td>'
+            f'<td><div class="leaf-track"><div class="leaf-fill" style="width:{100 * prob:.1f}%"></div>'
+            f'<div class="leaf-thr" style="left:{100 * threshold:.1f}%" title="threshold {threshold:.2f}"></div>'
+            f'</div></td><td class="num"><span class="prob">{prob:.4f}</span> / {threshold:.2f}</td></tr>')
+    return f'<table class="leaf-bars">{"".join(rows)}</table>'
+
+
+def render_card(result: LeafResult, thresholds: np.ndarray) -> str:
+    """The HTML of one file: a refusal line, or labels, bars and CAMs."""
+    name = html.escape(result.name)
+    if result.probs is None:
+        return (f'<div class="leaf-card refused" data-name="{name}"><div class="leaf-name">{name}</div>'
+                f'<div class="leaf-error">Not predicted: {html.escape(result.error)}</div></div>')
+    chips = "".join(f'<span class="leaf-label">{label}</span>' for label in result.labels.split())
+    note = f'<div class="leaf-note">{html.escape(result.note)}</div>' if result.note else ""
+    cams = "".join(f'<figure><img class="leaf-cam" alt="Grad-CAM {label}" src="{data_uri(pixels)}">'
+                   f'<figcaption>Grad-CAM: {label}</figcaption></figure>' for label, pixels in result.cams)
+    photo = f'<img class="leaf-photo" alt="photo" src="{data_uri(result.photo)}">' if result.photo else ""
+    return (f'<div class="leaf-card" data-name="{name}"><div class="leaf-head">{photo}<div style="flex:1">'
+            f'<div class="leaf-name">{name}</div><div class="leaf-labels">{chips}</div>{note}'
+            f'{bar_rows(result.probs, thresholds, result.labels)}</div></div>'
+            f'{f"<div class=leaf-cams>{cams}</div>" if cams else ""}</div>')
+
+
+def render_results(results: Sequence[LeafResult], thresholds: np.ndarray) -> str:
+    return "".join(render_card(result, thresholds) for result in results)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page and the server
+# ---------------------------------------------------------------------------------------------
+
+
+def write_examples(folder: Path, seed: int = 0) -> list[Path]:
+    """A few synthetic leaves (the demo's renderer), named after their true labels, to click when no photo is at hand."""
+    paths = []
+    for index, labels in enumerate(EXAMPLE_LABELS):
+        pixels = render_leaf(labels, np.random.default_rng([seed, index]), (600, 400))
+        paths.append(folder / f"{labels.replace(' ', '+')}.jpg")
+        atomic_write(paths[-1], lambda f: Image.fromarray(pixels).save(f, format="JPEG", quality=92))
+    return paths
+
+
+def build_blocks(page: LeafPage, examples: Sequence[Path], title: str) -> gr.Blocks:
+    """The page: uploads, examples and the CSV on the left, one card per photo on the right."""
+    info = page.predictor.info
+    cam = "Grad-CAM of the predicted classes" if page.cam is not None else "no Grad-CAM (it needs a PyTorch checkpoint)"
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
+        gr.Markdown(f"## {html.escape(title)}\n{html.escape(info.describe())} on {page.predictor.backend}; "
+                    f"{cam}. Labels follow Kaggle's rules: never empty, `healthy` never with a disease.")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=280):
+                files = gr.File(label="Leaf photos", file_count="multiple", file_types=["image"], type="filepath")
+                gr.Examples([[[str(p)]] for p in examples], inputs=[files], label="Example leaves (synthetic)")
+                csv = gr.File(label="predictions.csv", interactive=False)
+                gr.Markdown(f"At most {page.limits.max_files} photos of {page.limits.max_bytes / 2**20:.0f} MB "
+                            f"and {page.limits.max_pixels / 1e6:.0f} megapixels each.")
+            with gr.Column(scale=2):
+                results = gr.HTML(page.predict(None)[0], elem_id="results")
+        files.change(page.predict, inputs=files, outputs=[results, csv])
+    return blocks
+
+
+def serve(blocks: gr.Blocks, host: str, port: int, limits: UploadLimits, allowed: Path, queue_size: int,
+          concurrency: int) -> None:
+    """Serve ``blocks`` until interrupted: a bounded queue, uploads capped at ``limits.max_bytes``."""
+    theme = gr.themes.Soft(primary_hue="green", font=SYSTEM_FONTS, font_mono=MONO_FONTS)
+    blocks.queue(max_size=queue_size, default_concurrency_limit=concurrency)
+    blocks.launch(server_name=host, server_port=port, max_file_size=limits.max_bytes, allowed_paths=[str(allowed)],
+                  theme=theme, css=CSS, footer_links=[], ssr_mode=False, pwa=False, mcp_server=False,
+                  enable_monitoring=False, show_error=True, max_threads=8)
