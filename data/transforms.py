@@ -43,11 +43,6 @@ def normalization(config: CfgNode) -> tuple[tuple[float, ...], tuple[float, ...]
             data.INTERPOLATION or interpolation)
 
 
-def normalization(config: CfgNode) -> tuple[tuple[float, ...], tuple[float, ...], str]:
-    """(mean, std, interpolation) of the model's input: the one place they are resolved."""
-    return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), config.DATA.INTERPOLATION
-
-
 @dataclass(frozen=True)
 class EvalPreprocessing:
     """Everything the evaluation transform depends on, so an exported model can carry it without a config."""
