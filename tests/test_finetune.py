@@ -2,7 +2,9 @@
 checkpoint and test.py, staged unfreezing (and its resume), BatchNorm freezing, the backbone's learning rate."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 from argparse import Namespace
 from pathlib import Path
 
@@ -16,11 +18,10 @@ from torch import nn
 from checkpoint import load_checkpoint_file, load_pretrained
 from config import config_from_string, get_config
 from data.dataset import MultiLabelImageFolder
-from helpers import load_script, make_tree, run_script
+from helpers import load_script, make_tree, start_script, wait_until_paused
 from inference import Predictor
 from models import build_model
 from training.engine import build_optimizer, build_scheduler
-from training.stop import INTERRUPT_ENV
 from utils import EXIT_INTERRUPTED, create_logger
 
 main = load_script("main.py")
@@ -138,8 +139,11 @@ def test_normalisation_travels_in_the_checkpoint_and_test_py_uses_it(run, tree):
 def test_stopped_in_the_frozen_epoch_and_resumed_equals_uninterrupted(run, tree, output):
     """SIGTERM after update 3 of the frozen epoch; the same command finishes it frozen, then trains all."""
     args = cli(tree, output, "killed")
-    killed = run_script(args, env={INTERRUPT_ENV: "3"})
-    assert killed.returncode == EXIT_INTERRUPTED, killed.stderr[-2000:]
+    killed = start_script("main.py", args, pause_at="update#3")
+    wait_until_paused(killed)
+    os.kill(killed.pid, signal.SIGTERM)
+    output_text, _ = killed.communicate(timeout=120)
+    assert killed.returncode == EXIT_INTERRUPTED, output_text[-2000:]
     partial = load_checkpoint_file(output / "lite0" / "killed" / "ckpt_latest.pth")
     assert (partial["epoch"], partial["step"]) == (-1, 3)
     assert main.main(args) == 0
