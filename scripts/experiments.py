@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from runlock import hold_run_lock
 from training.experiments import plan, read_results, run_plan, write_results
 from utils import create_logger, run_cli
 
@@ -40,15 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if not (args.data_path / "test").is_dir():
         raise FileNotFoundError(f"{args.data_path / 'test'}: no test split (--data-path must be a prepared tree)")
-    logger = create_logger(args.output, name="experiments")
-    experiments = plan(args.configs, args.seeds, args.output, args.opts)
-    code = run_plan(experiments, REPO, args.data_path, args.output, args.opts, logger)
-    runs = read_results(experiments)
-    if len(runs):
-        command = shlex.join(["python", "scripts/experiments.py", *(sys.argv[1:] if argv is None else argv)])
-        summary = write_results(runs, args.output, command)
-        logger.info(f"{len(runs)} of {len(experiments)} runs finished; tables in {args.output / 'results.md'}:\n"
-                    + summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    with hold_run_lock(args.output, "scripts/experiments.py"):  # one runner per --output; main.py locks each run
+        logger = create_logger(args.output, name="experiments")
+        experiments = plan(args.configs, args.seeds, args.output, args.opts)
+        code = run_plan(experiments, REPO, args.data_path, args.output, args.opts, logger)
+        runs = read_results(experiments)
+        if len(runs):
+            command = shlex.join(["python", "scripts/experiments.py", *(sys.argv[1:] if argv is None else argv)])
+            summary = write_results(runs, args.output, command)
+            logger.info(f"{len(runs)} of {len(experiments)} runs finished; tables in {args.output / 'results.md'}:\n"
+                        + summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return code
 
 

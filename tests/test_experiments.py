@@ -15,6 +15,7 @@ import pytest
 from helpers import ROOT, load_script, make_tree
 from metrics import mean_confidence_interval
 from reports import seeds_markdown, seeds_png, seeds_summary
+from runlock import RunLockedError, hold_run_lock
 from utils import EXIT_INTERRUPTED
 
 experiments = load_script("scripts/experiments.py")
@@ -120,3 +121,14 @@ def test_configs_sharing_a_run_dir_are_an_error(setup, tmp_path):
     twin.write_text(TINY_YAML)
     with pytest.raises(ValueError, match="same MODEL.NAME"):
         experiments.main([str(setup[1]), str(twin), "--data-path", str(setup[0]), "--output", str(tmp_path)])
+
+
+def test_second_runner_on_the_same_output_is_refused_and_writes_nothing(setup, tmp_path):
+    """One runner per --output: a second start names the holder and leaves the folder as it was."""
+    output = tmp_path / "busy"
+    with hold_run_lock(output, "the first runner"):
+        before = sorted(p.name for p in output.iterdir())
+        with pytest.raises(RunLockedError, match="the first runner"):
+            tree, config, _ = setup
+            experiments.main([str(config), "--seeds", "1", "--data-path", str(tree), "--output", str(output)])
+        assert sorted(p.name for p in output.iterdir()) == before
