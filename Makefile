@@ -29,7 +29,7 @@ test: $(STAMP) browser
 
 # Debian's Chromium, which the browser tests (tests/test_app.py) drive through Playwright; needs root.
 browser:
-	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium)
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 # The main job on the embedded default: synthetic Kaggle-layout leaves -> one-hot tree -> train -> test ->
 # Grad-CAM of the first test leaf of each class folder.

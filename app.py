@@ -22,7 +22,6 @@ from pathlib import Path
 from checkpoint import find_checkpoint
 from deploy.backends import is_onnx_file, load_predictor
 from deploy.uploads import UploadLimits
-from explain import build_cam
 from inference import resolve_thresholds
 from runtime import select_device
 from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
@@ -60,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         backend = "onnx" if is_onnx_file(path) else "torch"  # a checkpoint stays on PyTorch, for Grad-CAM
         predictor = load_predictor(path, backend, select_device(args.device), logger)
         thresholds = resolve_thresholds(args.thresholds, path.parent, predictor, logger)
-        cam = build_cam(predictor.model) if predictor.backend == "torch" else None
-        page = LeafPage(predictor, thresholds, cam, limits, work / "results")
+        page = LeafPage.serving(predictor, thresholds, limits, work / "results")
         blocks = build_blocks(page, write_examples(work / "examples"), "Leaf disease check")
-        logger.info(f"serving {path} ({predictor.info.describe()}, {predictor.backend}) at http://{args.host}:{args.port}")
+        logger.info(f"serving {path} ({predictor.info.describe()} on {predictor.backend}) "
+                    f"at http://{args.host}:{args.port}")
         serve(blocks, args.host, args.port, limits, work, args.queue_size, args.concurrency)
     return EXIT_OK
 

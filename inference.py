@@ -204,7 +204,7 @@ def write_thresholds(thresholds: Sequence[float], path: Path) -> None:
 
 
 def resolve_thresholds(file: Path | None, run: Path, predictor: Backend, logger: logging.Logger) -> np.ndarray:
-    """``file``, else ``run/thresholds.json``, else the checkpoint's, else 0.5 (with a warning)."""
+    """``file``, else ``run/thresholds.json``, else the model file's (checkpoint or .onnx), else 0.5 (warned)."""
     if file is None and (run / "thresholds.json").is_file():
         file = run / "thresholds.json"
     if file is not None:
@@ -213,7 +213,7 @@ def resolve_thresholds(file: Path | None, run: Path, predictor: Backend, logger:
     if predictor.thresholds is not None:
         logger.info(f"thresholds from the model file {predictor.path}")
         return np.asarray(predictor.thresholds, dtype=np.float64)
-    logger.warning(f"no thresholds.json in {run} and none in the checkpoint: using {DEFAULT_THRESHOLD} for every class")
+    logger.warning(f"no thresholds.json in {run} and none in the model file: using {DEFAULT_THRESHOLD} for every class")
     return np.full(len(CLASSES), DEFAULT_THRESHOLD)
 
 

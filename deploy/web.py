@@ -29,7 +29,7 @@ from pytorch_grad_cam.base_cam import BaseCAM  # noqa: E402
 from data.images import image_failure, load_image  # noqa: E402
 from data.labels import CLASS_INDEX, CLASSES  # noqa: E402
 from deploy.uploads import UploadError, UploadLimits, check_upload, display_name  # noqa: E402
-from explain import class_maps, overlay  # noqa: E402
+from explain import build_cam, class_maps, overlay  # noqa: E402
 from inference import Backend, file_logits, sigmoid, submission_labels  # noqa: E402
 from process.leaves import render_leaf  # noqa: E402
 from utils import atomic_write, atomic_write_text  # noqa: E402
@@ -89,6 +89,16 @@ class LeafPage:
     limits: UploadLimits
     workdir: Path
 
+    @classmethod
+    def serving(cls, predictor: Backend, thresholds: np.ndarray, limits: UploadLimits, workdir: Path) -> "LeafPage":
+        """The page of ``predictor``: Grad-CAM on the PyTorch backend, none on ONNX Runtime (no gradients)
+        nor for a backbone without a known target layer (explain.default_target_layer)."""
+        try:
+            cam = build_cam(predictor.model) if predictor.backend == "torch" else None
+        except ValueError:
+            cam = None
+        return cls(predictor, thresholds, cam, limits, workdir)
+
     def predict(self, files: Sequence[str] | None) -> tuple[str, str | None]:
         """(HTML of the results, path of their CSV or None) for the files the browser sent."""
         if not files:
@@ -118,15 +128,14 @@ class LeafPage:
 
     def explain(self, result: LeafResult, path: Path, probs: np.ndarray) -> None:
         """Labels under Kaggle's rules, the photo and its CAM overlays into ``result``."""
-        result.probs = probs
-        result.labels = submission_labels(probs[None], self.thresholds)[0]
         try:
             photo = load_image(path, PHOTO_SIDE)
         except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad data
             result.error = image_failure(error)
             return
         photo.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
-        result.photo = photo
+        result.probs, result.photo = probs, photo
+        result.labels = submission_labels(probs[None], self.thresholds)[0]
         if self.cam is not None:
             classes = [CLASS_INDEX[name] for name in result.labels.split()]
             maps, _ = class_maps(self.cam, photo, self.predictor.transform, classes)
@@ -198,7 +207,7 @@ def render_results(results: Sequence[LeafResult], thresholds: np.ndarray) -> str
 
 
 def write_examples(folder: Path, seed: int = 0) -> list[Path]:
-    """A few synthetic leaves (the demo's renderer), named after their true labels, to click when no photo is at hand."""
+    """A few synthetic leaves (the demo's renderer), named after their true labels, for a first click."""
     paths = []
     for index, labels in enumerate(EXAMPLE_LABELS):
         pixels = render_leaf(labels, np.random.default_rng([seed, index]), (600, 400))
@@ -210,10 +219,12 @@ def write_examples(folder: Path, seed: int = 0) -> list[Path]:
 def build_blocks(page: LeafPage, examples: Sequence[Path], title: str) -> gr.Blocks:
     """The page: uploads, examples and the CSV on the left, one card per photo on the right."""
     info = page.predictor.info
-    cam = "Grad-CAM of the predicted classes" if page.cam is not None else "no Grad-CAM (it needs a PyTorch checkpoint)"
+    cam = ("Grad-CAM of the predicted classes" if page.cam is not None else
+           "no Grad-CAM (it needs a PyTorch checkpoint of a backbone with a known target layer)")
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(f"## {html.escape(title)}\n{html.escape(info.describe())} on {page.predictor.backend}; "
-                    f"{cam}. Labels follow Kaggle's rules: never empty, `healthy` never with a disease.")
+                    f"{cam}. Each bar is a class's probability, its red mark the class's threshold; the labels "
+                    f"(in bold) follow Kaggle's rules: never empty, `healthy` never with a disease.")
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 files = gr.File(label="Leaf photos", file_count="multiple", file_types=["image"], type="filepath")

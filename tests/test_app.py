@@ -7,6 +7,7 @@ CSV; refuse bad files with a clear line while the server keeps serving; load not
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import socket
@@ -19,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from data.images import load_image
 from data.labels import CLASSES
+from deploy.backends import load_predictor
 from deploy.uploads import UploadError, UploadLimits, check_upload
 from process.leaves import render_leaf
 from test_eval import tiny_runs
@@ -95,16 +98,38 @@ def test_16_bit_greyscale_is_scaled_not_clipped(uploads):
     assert np.abs(pixels[..., 0] - expected).max() <= 1
 
 
-# ---------------------------------------------------------------------------------------------
-# The server and the browser
-# ---------------------------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="session")
 def app_run(tmp_path_factory) -> Path:
     """A tiny Swin trained a few steps, saved like main.py's best checkpoint (with thresholds)."""
     tree = make_tree(tmp_path_factory.mktemp("app_tree"), {"train": 24})
-    return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 10)}, [0.3, 0.35, 0.4, 0.3, 0.35, 0.4])["app"]
+    thresholds = [0.3, 0.35, 0.4, 0.3, 0.35, 0.4]
+    return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 10)}, thresholds)["app"]
+
+
+def test_page_on_the_onnx_backend_predicts_without_cams_and_escapes_names(app_run, uploads, tmp_path):
+    """An .onnx serves the same labels (no Grad-CAM); an upload's name is shown as text, never as markup."""
+    from deploy.web import LeafPage
+
+    logger = logging.getLogger("test_app")
+    hostile = tmp_path / "<img src=x onerror=alert(1)>.jpg"
+    hostile.write_bytes(uploads["leaf.jpg"].read_bytes())
+    files = [str(uploads["leaf.jpg"]), str(hostile), str(uploads["text.jpg"])]
+    pages = {backend: LeafPage.serving(load_predictor(app_run / "ckpt_best.pth", backend, torch.device("cpu"), logger),
+                                       np.full(len(CLASSES), 0.4), LIMITS, tmp_path / backend)
+             for backend in ("torch", "onnx")}
+    (torch_html, torch_csv), (onnx_html, onnx_csv) = (page.predict(files) for page in pages.values())
+    assert "leaf-cam" in torch_html and "leaf-cam" not in onnx_html
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in onnx_html
+    assert "<img src=x" not in onnx_html and REFUSALS["text.jpg"] in onnx_html
+    torch_frame, onnx_frame = pd.read_csv(torch_csv), pd.read_csv(onnx_csv)
+    assert Path(onnx_csv).is_relative_to(tmp_path / "onnx") and len(onnx_frame) == 2
+    assert onnx_frame["labels"].tolist() == torch_frame["labels"].tolist()
+    np.testing.assert_allclose(onnx_frame[list(CLASSES)], torch_frame[list(CLASSES)], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The server and the browser
+# ---------------------------------------------------------------------------------------------
 
 
 def free_port() -> int:

@@ -193,3 +193,20 @@ def test_bad_onnx_files_are_one_line_errors(bad_models, name, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert str(bad_models[name]) in result.stderr and message in result.stderr
+
+
+def test_onnx_file_predicts_real_leaves_like_the_checkpoint(real_data, exported, runs, tmp_path):
+    """Real Plant Pathology photos (PP_REAL_DATA): both backends give the same probabilities and labels."""
+    photos = sorted((real_data / "plant_dataset" / "test" / "images").glob("*.jpg"))[:12]
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for photo in photos:
+        (folder / photo.name).symlink_to(photo)
+    frames = []
+    for kind, path in (("torch", runs["arcpsa"] / "ckpt_best.pth"), ("onnx", exported["arcpsa"])):
+        assert test_script.main(["--checkpoint", str(path), "--backend", kind, "--images", str(folder),
+                                 "--output", str(tmp_path / kind), "--device", "cpu", "--num-workers", "0"]) == 0
+        frames.append(pd.read_csv(tmp_path / kind / "predictions.csv", keep_default_na=False))
+    assert len(frames[0]) == len(photos) == 12
+    np.testing.assert_allclose(frames[1][list(CLASSES)], frames[0][list(CLASSES)], atol=1e-4, rtol=0)
+    assert frames[1]["predicted"].tolist() == frames[0]["predicted"].tolist()

@@ -1,0 +1,130 @@
+"""Inference backends side by side: PyTorch eager, ONNX Runtime and torch.compile, img/s and ratios.
+
+Each model (the demo Swin, and a CNN) is timed on a batch of synthetic leaves put through its own
+evaluation transform (the model alone: decoding and loading are bench/infer_speed.py's subject),
+at batch 1 and batch 32. Repeats are interleaved so that machine load hits every backend alike;
+the best repeat is reported, with its ratio to eager and its largest probability difference from
+eager (a backend is only worth picking when it is correct). torch.compile needs a C++ compiler on
+the CPU; where it fails, the table says why.
+
+    python bench/infer_backends.py [--batch-sizes 1 32] [--repeats 3] [--seconds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from config import get_config
+from deploy.export import export_checked, parity_images
+from deploy.onnx_backend import OnnxModel, open_session
+from inference import Predictor
+from models import build_model
+
+# (label, config, opts): the demo's Swin, and EfficientNet-Lite0 (the CNN with packaged weights) at 224 px
+MODELS = (
+    ("demo Swin 160px", "configs/demo_cpu.yaml", []),
+    ("EfficientNet-Lite0 224px", "", ["MODEL.TYPE", "tf_efficientnet_lite0", "DATA.IMG_SIZE", "224"]),
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each backend")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes)")
+    return parser.parse_args(argv)
+
+
+def cpu_name() -> str:
+    """The processor's model name (platform.processor() is empty on Linux)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def random_predictor(cfg: str, opts: list[str]) -> Predictor:
+    """The config's model with seeded random weights (speed and parity do not depend on training)."""
+    config = get_config(argparse.Namespace(cfg=cfg, opts=opts or None))
+    torch.manual_seed(0)
+    return Predictor(build_model(config).eval(), config, Path(cfg or "cnn"), torch.device("cpu"), None)
+
+
+def backends(predictor: Predictor, compile_too: bool) -> dict[str, nn.Module | str]:
+    """name -> callable model, or the reason it is not available."""
+    data, _ = export_checked(predictor, predictor.info)
+    found: dict[str, nn.Module | str] = {
+        "torch eager": predictor.model, "onnxruntime": OnnxModel(open_session(data, predictor.path))}
+    found["torch.compile"] = torch.compile(predictor.model) if compile_too else "skipped (--no-compile)"
+    return found
+
+
+@torch.inference_mode()
+def run_for(model: Callable, batch: torch.Tensor, seconds: float) -> float:
+    """img/s of ``model`` on ``batch`` over about ``seconds`` (at least two calls)."""
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < seconds:
+        model(batch)
+        calls += 1
+    return calls * len(batch) / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def prob_difference(model: Callable, reference: nn.Module, batch: torch.Tensor) -> float:
+    return (torch.sigmoid(model(batch)) - torch.sigmoid(reference(batch))).abs().max().item()
+
+
+def measure(label: str, found: dict[str, nn.Module | str], images: torch.Tensor, batch_size: int,
+            args: argparse.Namespace) -> list[str]:
+    """Table rows of one model at one batch size."""
+    batch = images.repeat(-(-batch_size // len(images)), 1, 1, 1)[:batch_size]
+    ready: dict[str, Callable] = {}
+    rows = []
+    for name, model in found.items():
+        if isinstance(model, str):
+            rows.append(f"{label:26s} {batch_size:5d}  {name:14s} {'n/a':>8s}  {model}")
+            continue
+        try:
+            difference = prob_difference(model, found["torch eager"], batch)  # also the warm-up / compilation
+        except Exception as error:  # noqa: BLE001 - a backend that fails here is reported, not fatal
+            rows.append(f"{label:26s} {batch_size:5d}  {name:14s} {'n/a':>8s}  {type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:80]}")
+            continue
+        ready[name] = model
+        rows.append((name, difference))
+    rates = {name: [] for name in ready}
+    for _ in range(args.repeats):
+        for name, model in ready.items():
+            rates[name].append(run_for(model, batch, args.seconds))
+    eager = max(rates["torch eager"])
+    return [row if isinstance(row, str) else
+            f"{label:26s} {batch_size:5d}  {row[0]:14s} {max(rates[row[0]]):8.1f}  {max(rates[row[0]]) / eager:5.2f}x"
+            f"   {row[1]:.1e}" for row in rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(f"{cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
+          f"onnxruntime {version('onnxruntime')}")
+    print(f"{'model':26s} {'batch':>5s}  {'backend':14s} {'img/s':>8s}  {'vs eager':>6s}  max |prob diff|")
+    for label, cfg, opts in MODELS:
+        # A fresh compiler per model: compiling a second model after the first one's graphs stalled for
+        # more than ten minutes here (torch 2.14, CPU); after a reset it takes seconds.
+        torch._dynamo.reset()
+        predictor = random_predictor(cfg, opts)
+        found = backends(predictor, not args.no_compile)
+        images = parity_images(predictor.info.preprocessing)
+        for batch_size in args.batch_sizes:
+            print("\n".join(measure(label, found, images, batch_size, args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
