@@ -116,6 +116,17 @@ def test_finished_runs_made_with_other_opts_are_an_error(setup):
         experiments.main(argv(setup, "TRAIN.EPOCHS", "3"))
 
 
+def test_runs_go_seed_by_seed_so_an_early_stop_has_every_config(tmp_path):
+    from training.experiments import plan
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(TINY_YAML)
+    second.write_text(TINY_YAML.replace("NAME: tiny", "NAME: other"))
+    order = [(e.config_file.name, e.seed, e.run_dir.relative_to(tmp_path).as_posix())
+             for e in plan([first, second], 2, tmp_path, OPTS)]
+    assert order == [("first.yaml", 0, "tiny/seed0"), ("second.yaml", 0, "other/seed0"),
+                     ("first.yaml", 1, "tiny/seed1"), ("second.yaml", 1, "other/seed1")]
+
+
 def test_configs_sharing_a_run_dir_are_an_error(setup, tmp_path):
     twin = tmp_path / "twin.yaml"
     twin.write_text(TINY_YAML)

@@ -53,16 +53,20 @@ class Experiment:
 
 
 def plan(config_files: Sequence[Path], seeds: int, output: Path, opts: Sequence[str]) -> list[Experiment]:
-    """Every (config, seed) with its run dir; configs that would share run dirs are an error."""
-    experiments, owners = [], {}
+    """Every (config, seed) with its run dir, seed by seed: a runner stopped early has compared every config.
+
+    Configs that would share run dirs are an error.
+    """
+    folders, owners = {}, {}
     for config_file in map(Path, config_files):
         folder = run_dir(get_config(Namespace(cfg=str(config_file), opts=list(opts), output=str(output)))).parent
         if folder in owners:
             raise ValueError(f"{config_file} and {owners[folder]} have the same MODEL.NAME: their runs would "
                              f"share {folder}")
         owners[folder] = config_file
-        experiments += [Experiment(config_file, seed, folder / f"seed{seed}") for seed in range(seeds)]
-    return experiments
+        folders[config_file] = folder
+    return [Experiment(config_file, seed, folder / f"seed{seed}")
+            for seed in range(seeds) for config_file, folder in folders.items()]
 
 
 def is_finished(experiment: Experiment, opts: Sequence[str]) -> bool:
