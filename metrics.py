@@ -19,7 +19,21 @@ from sklearn.metrics import (
 
 from data.labels import CLASSES
 
-THRESHOLD_GRID = np.round(np.linspace(0.01, 0.99, 99), 2)
+
+
+def _threshold_grid() -> np.ndarray:
+    """0.01 ... 0.99, then steps of 0.5 in logit space out to 1e-6 from 0 and 1.
+
+    A cosine head's probability, sigmoid(SCALE * cos), crowds against 0 and 1 (with ArcFace's 30,
+    most validation scores of a trained model are above 0.99 or below 0.01), so its best thresholds
+    lie beyond the linear grid.
+    """
+    linear = np.round(np.linspace(0.01, 0.99, 99), 2)
+    tail = 1.0 / (1.0 + np.exp(-np.arange(5.0, 14.0, 0.5)))  # 0.9933 ... 0.9999986
+    return np.concatenate([1.0 - tail[::-1], linear, tail])
+
+
+THRESHOLD_GRID = _threshold_grid()
 SUMMARY_ROWS = ("macro", "micro", "samples")
 
 

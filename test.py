@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = dict(checkpoint=str(path), backend=predictor.backend, split_dir=str(split_dir),
                     num_images=len(result.names), tta=args.tta)
         write_split_results(result, thresholds, out, meta)
-        logger.info(f"{args.split} split, thresholds {np.round(thresholds, 2).tolist()}:\n"
+        logger.info(f"{args.split} split, thresholds {np.round(thresholds, 4).tolist()}:\n"
                     f"{coloured_table(result.table)}")
         if args.tune_thresholds:
             if args.split == "test":

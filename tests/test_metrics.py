@@ -73,6 +73,20 @@ def test_tuned_thresholds_are_f1_optimal(arrays):
         assert f1_score(y[:, c], p[:, c] >= thr[c]) == pytest.approx(max(scores))
 
 
+def test_saturated_cosine_scores_get_thresholds_beyond_0_99():
+    """ArcFace's sigmoid(30 cos) puts positives at 0.9999 and negatives at 0.995: 0.99 cannot part them."""
+    y = np.zeros((40, 6), dtype=int)
+    y[:20, 0] = 1
+    p = np.full((40, 6), 0.5)
+    p[:, 0] = np.where(y[:, 0] == 1, 0.9999, 0.995)
+    thr = metrics.tune_thresholds(y, p)
+    assert 0.995 < thr[0] <= 0.9999
+    assert f1_score(y[:, 0], p[:, 0] >= thr[0]) == 1.0
+    assert f1_score(y[:, 0], p[:, 0] >= 0.99) == pytest.approx(2 / 3)  # the old grid's best: everything positive
+    low = metrics.tune_thresholds(1 - y, 1 - p)[0]  # the same near 0: positives at 0.005, negatives at 0.0001
+    assert 0.0001 < low <= 0.005 and f1_score(1 - y[:, 0], 1 - p[:, 0] >= low) == 1.0
+
+
 def test_summary_keys_and_tuning_helps(arrays):
     y, p = arrays
     s = metrics.summarize(y, p)
