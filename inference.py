@@ -34,7 +34,7 @@ from data.transforms import EvalPreprocessing
 from metrics import multilabel_metrics, summarize
 from models import build_loss, build_model
 from reports import write_report
-from runtime import amp_dtype, autocast_factory
+from runtime import amp_dtype, autocast_factory, place_model
 from utils import atomic_write_text
 
 HEALTHY = CLASS_INDEX["healthy"]
@@ -129,7 +129,8 @@ class Predictor:
             raise ValueError(f"{path}: weights do not fit the model of its own config "
                              f"({str(err).splitlines()[0]})") from None
         thresholds = ckpt.get("thresholds")
-        return cls(model.to(device).eval(), config, path, device, list(thresholds) if thresholds else None)
+        model = place_model(model, config, device).eval()
+        return cls(model, config, path, device, list(thresholds) if thresholds else None)
 
     @property
     def info(self) -> ModelInfo:

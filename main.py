@@ -27,7 +27,7 @@ from config import get_config
 from inference import evaluate_checkpoint
 from reports import coloured_table
 from runlock import hold_run_lock
-from runtime import init_distributed, lost_ranks_message, select_device
+from runtime import init_distributed, keep_freed_memory, lost_ranks_message, select_device
 from training.engine import NonFiniteLossError
 from training.run import measure_throughput, train
 from utils import EXIT_FAILED, EXIT_OK, atomic_write_text, create_logger, run_cli, run_dir
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: CfgNode) -> int:
     """Train, evaluate or measure, as the config says; returns the exit code."""
     device = select_device(config.DEVICE, config.LOCAL_RANK)
+    keep_freed_memory()
     rank, world_size = init_distributed(device)
     logger = create_logger(run_dir(config), rank)
     logger.info(f"device {device}, {world_size} process(es); run dir {run_dir(config)}")

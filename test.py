@@ -36,7 +36,7 @@ from inference import (
 )
 from metrics import tune_thresholds
 from reports import coloured_table
-from runtime import select_device
+from runtime import keep_freed_memory, select_device
 from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
 
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images and args.tune_thresholds:
         raise ValueError("--tune-thresholds needs a labelled split, not --images")
     device = select_device(args.device)
+    keep_freed_memory()
     path = find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag)
     run = path.parent
     out = args.output or (run / "predict" if args.images else run / f"test_{args.split}")

@@ -32,7 +32,7 @@ from inference import evaluate_checkpoint, write_thresholds
 from metrics import summarize, tune_thresholds
 from models import build_loss, build_model
 from reports import coloured_table, training_curves_png
-from runtime import amp_dtype, autocast_factory, seed_epoch, seed_everything, set_rng_state
+from runtime import amp_dtype, autocast_factory, place_model, seed_epoch, seed_everything, set_rng_state
 from training.engine import (
     Trainer, build_optimizer, build_scheduler, evaluate, loader_throughput, throughput, train_one_epoch,
 )
@@ -116,7 +116,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
         f"data: {len(dataset_train)} train images ({len(loader_train.sampler.indices)} samples with "
         f"DATA.OVERSAMPLE), {len(dataset_val)} val images, {len(loader_train)} steps/epoch"
     )
-    model = build_model(config).to(device)
+    model = place_model(build_model(config), config, device)
     logger.info(f"model: {config.MODEL.TYPE} head={config.MODEL.HEAD} psa={config.MODEL.PSA.ENABLE} "
                 f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
     updates_per_epoch = math.ceil(len(loader_train) / config.TRAIN.ACCUMULATION_STEPS)
@@ -284,7 +284,7 @@ def report_best(run: Run) -> None:
 
 def measure_throughput(config: CfgNode, device: torch.device, logger: logging.Logger) -> None:
     """Model-only img/s on a synthetic batch, then loader-only img/s, reported separately."""
-    model = build_model(config).to(device)
+    model = place_model(build_model(config), config, device)
     images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE, device=device)
     model_rate = throughput(model, images, autocast_factory(device, amp_dtype(config, device, logger)))
     logger.info(f"model throughput: {model_rate:.1f} img/s (batch {len(images)}, {config.DATA.IMG_SIZE}px, "
