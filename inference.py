@@ -39,6 +39,8 @@ from utils import atomic_write_text
 
 HEALTHY = CLASS_INDEX["healthy"]
 DEFAULT_THRESHOLD = 0.5
+# Thresholds of the best checkpoint tuned on validation with TTA (main.py writes them beside thresholds.json)
+TTA_THRESHOLDS = "thresholds_tta.json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +206,19 @@ def write_thresholds(thresholds: Sequence[float], path: Path) -> None:
     atomic_write_text(json.dumps(dict(zip(CLASSES, map(float, thresholds))), indent=2) + "\n", path)
 
 
-def resolve_thresholds(file: Path | None, run: Path, predictor: Backend, logger: logging.Logger) -> np.ndarray:
-    """``file``, else ``run/thresholds.json``, else the model file's (checkpoint or .onnx), else 0.5 (warned)."""
+def resolve_thresholds(file: Path | None, run: Path, predictor: Backend, logger: logging.Logger,
+                       tta: bool = False) -> np.ndarray:
+    """``file``, else the run's (``TTA_THRESHOLDS`` with ``tta``, else ``thresholds.json``), else the model
+    file's (checkpoint or .onnx), else 0.5 (warned).
+
+    Averaging over flips changes the probabilities, so TTA predictions take the thresholds tuned on
+    validation with TTA (main.py writes them at the end of training); without them the plain ones are used, warned.
+    """
+    if file is None and tta:
+        if (run / TTA_THRESHOLDS).is_file():
+            file = run / TTA_THRESHOLDS
+        else:
+            logger.warning(f"no {TTA_THRESHOLDS} in {run}: TTA with thresholds tuned without it")
     if file is None and (run / "thresholds.json").is_file():
         file = run / "thresholds.json"
     if file is not None:
@@ -294,16 +307,16 @@ def evaluate_split(predictor: Backend, split_dir: Path, thresholds: np.ndarray, 
     return SplitEvaluation(multilabel_metrics(targets, sigmoid(logits), thresholds), names, targets, logits)
 
 
-def evaluate_checkpoint(path: Path, split_dir: Path, device: torch.device, batch_size: int, num_workers: int
-                        ) -> tuple[SplitEvaluation, np.ndarray, float]:
+def evaluate_checkpoint(path: Path, split_dir: Path, device: torch.device, batch_size: int, num_workers: int,
+                        tta: bool = False) -> tuple[SplitEvaluation, np.ndarray, float]:
     """(evaluation, thresholds, loss) of checkpoint ``path`` on ``split_dir`` at the checkpoint's own thresholds.
 
-    The one way a saved checkpoint is scored on a split without extra options: ``main.py --eval``
-    and the end-of-training report use it; ``test.py`` adds threshold files and TTA on top.
+    The one way a saved checkpoint is scored on a split without threshold files: ``main.py --eval``
+    and the end-of-training report use it; ``test.py`` adds threshold files on top.
     """
     predictor = Predictor.from_checkpoint(path, device)
     thresholds = np.asarray(predictor.thresholds or [predictor.config.TEST.THRESHOLD] * len(CLASSES))
-    result = evaluate_split(predictor, split_dir, thresholds, batch_size, num_workers)
+    result = evaluate_split(predictor, split_dir, thresholds, batch_size, num_workers, tta)
     criterion = build_loss(predictor.config)
     loss = criterion(torch.from_numpy(result.logits).float(), torch.from_numpy(result.targets).float()).item()
     return result, thresholds, loss

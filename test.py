@@ -8,7 +8,8 @@
 The model, its preprocessing (the validation transform) and the class names come from the
 checkpoint's own config, so a checkpoint alone is enough. Decision thresholds come from
 ``--thresholds FILE``, else the run's ``thresholds.json`` (tuned on validation by main.py, never on
-the split being tested), else the checkpoint's, else 0.5 with a warning.
+the split being tested; with ``--tta``, ``thresholds_tta.json``, tuned on validation with TTA), else
+the checkpoint's, else 0.5 with a warning.
 
 Labelled mode writes to ``<run>/test_<split>/`` (or ``--output``): metrics.csv/.json, predictions.csv,
 submission.csv and plots. Unlabelled mode (``--images``) writes predictions.csv and submission.csv to
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--thresholds", type=Path, metavar="FILE", help="thresholds JSON {class: value}")
     parser.add_argument("--tune-thresholds", action="store_true",
                         help="also write per-class F1-optimal thresholds of this labelled split")
-    parser.add_argument("--tta", action="store_true", help="average the logits over the image and its flips")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the logits over the image and its flips (with the run's thresholds_tta.json)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the checkpoint's)")
     parser.add_argument("--num-workers", type=int, help="loader processes (default: the checkpoint's)")
     parser.add_argument("--output", type=Path, help="folder for the results (default: in the run dir)")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     info = predictor.info
     logger.info(f"model {info.describe()} from {path} on {predictor.backend} ({predictor.device})"
                 f"{', TTA' if args.tta else ''}")
-    thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
+    thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, args.tta)
     batch_size = args.batch_size or info.batch_size
     workers = args.num_workers if args.num_workers is not None else min(info.num_workers, os.cpu_count() or 1)
     if args.images:

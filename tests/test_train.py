@@ -17,9 +17,13 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader
 
 from config import config_from_string, get_default_config
+from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
+from data.transforms import build_transform
+from metrics import tune_thresholds
 import inference
 from models import ArcFaceHead, build_model
 from checkpoint import load_checkpoint_file, load_pretrained
@@ -28,6 +32,7 @@ from test_eval import val_thresholds
 from utils import atomic_save, create_logger
 
 main = load_script("main.py")
+test_script = load_script("test.py")
 
 TINY = [
     "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
@@ -136,6 +141,30 @@ def test_thresholds_json_is_tuned_on_the_selected_ema_weights(selection, tree, t
     np.testing.assert_allclose(written, expected, atol=1e-6)
     np.testing.assert_allclose(load_checkpoint_file(folder / "ckpt_best.pth")["thresholds"], expected, atol=1e-6)
     assert not np.allclose(val_thresholds(raw.model, tree / "val", raw.config), expected)  # raw would differ
+
+
+def flipped_val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> np.ndarray:
+    """Thresholds tuned on validation probabilities averaged (as logits) over each image and its two flips."""
+    dataset = MultiLabelImageFolder(val_dir, build_transform(False, config))
+    with torch.no_grad():
+        logits = torch.cat([torch.stack([model(x), model(x.flip(-1)), model(x.flip(-2))]).mean(0)
+                            for x, _ in DataLoader(dataset, batch_size=8)])
+    return tune_thresholds(dataset.targets, torch.sigmoid(logits).numpy())
+
+
+def test_thresholds_tta_json_is_tuned_on_flipped_val_and_is_what_test_py_tta_uses(selection, tree, tmp_path):
+    folder, _ = selection
+    ema = predictor_of(folder, True, tmp_path)
+    written = inference.read_thresholds(folder / inference.TTA_THRESHOLDS)
+    np.testing.assert_allclose(written, flipped_val_thresholds(ema.model.eval(), tree / "val", ema.config), atol=1e-6)
+    plain = inference.read_thresholds(folder / "thresholds.json")
+    assert not np.allclose(written, plain)  # flips change the probabilities, so the thresholds
+    for flag, expected in (("--tta", written), ("--no-tta-given", plain)):
+        out = tmp_path / flag
+        args = ["--checkpoint", str(folder / "ckpt_best.pth"), "--split", "val", "--device", "cpu", "--output", str(out)]
+        assert test_script.main([*args, *([flag] if flag == "--tta" else [])]) == 0
+        table = pd.read_csv(out / "metrics.csv", index_col="row")
+        np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], expected)
 
 
 def test_inference_uses_the_ema_weights_exactly_when_ema_eval(selection, tmp_path):

@@ -3,7 +3,8 @@
 Everything goes to ``run_dir(config)`` = OUTPUT/MODEL.NAME/TAG: ``config.yaml``, ``log.txt``,
 ``history.csv``, ``curves.png``, ``ckpt_latest.pth`` (every epoch, and mid-epoch on a stop; the one it
 replaced stays as ``ckpt_latest.prev.pth``),
-``ckpt_best.pth`` + ``thresholds.json`` (best TRAIN.BEST_METRIC on validation) and
+``ckpt_best.pth`` + ``thresholds.json`` (best TRAIN.BEST_METRIC on validation),
+``thresholds_tta.json`` (the best checkpoint's, tuned on validation with TTA, written at the end) and
 ``ckpt_epoch_N.pth`` every SAVE_FREQ epochs.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from checkpoint import (
 from data.labels import CLASSES
 from data.loader import build_loader
 from faults import pause_at
-from inference import evaluate_checkpoint, write_thresholds
+from inference import TTA_THRESHOLDS, evaluate_checkpoint, write_thresholds
 from metrics import summarize, tune_thresholds
 from models import build_loss, build_model
 from reports import coloured_table, training_curves_png
@@ -252,6 +253,7 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     atomic_write_bytes(training_curves_png(run.history, config.TRAIN.BEST_METRIC), out / "curves.png")
     state = training_state(config, run.trainer, epoch, 0, run.best, run.metrics)
     if improved:
+        (out / TTA_THRESHOLDS).unlink(missing_ok=True)  # those of the checkpoint being replaced
         save_checkpoint(state, out / "ckpt_best.pth")
         write_thresholds(run.best.thresholds, out / "thresholds.json")
     if config.SAVE_FREQ and (epoch + 1) % config.SAVE_FREQ == 0:
@@ -270,16 +272,24 @@ def save_interrupted(run: Run, epoch: int, steps_done: int, stop: GracefulStop) 
 
 
 def report_best(run: Run) -> None:
-    """Score ckpt_best.pth on validation again, from the file, and log its per-class table."""
+    """Score ckpt_best.pth on validation again, from the file, and log its per-class table; then tune
+    its thresholds for TTA (``test.py --tta``) on validation predictions averaged over flips."""
     best_file = run.out / "ckpt_best.pth"
     if not best_file.is_file():
         return
     config = run.config
     split_dir = Path(config.DATA.DATA_PATH) / "val"
-    result, _, _ = evaluate_checkpoint(best_file, split_dir, run.trainer.device, config.DATA.BATCH_SIZE,
-                                       config.DATA.NUM_WORKERS)
+    device, batch_size, workers = run.trainer.device, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS
+    result, thresholds, _ = evaluate_checkpoint(best_file, split_dir, device, batch_size, workers)
     run.logger.info(f"validation of the best epoch ({run.best.epoch}, thresholds tuned on val):\n"
                     + coloured_table(result.table))
+    flipped, _, _ = evaluate_checkpoint(best_file, split_dir, device, batch_size, workers, tta=True)
+    tta_thresholds = tune_thresholds(flipped.targets, flipped.probs)
+    write_thresholds(tta_thresholds, run.out / TTA_THRESHOLDS)
+    plain, tta = result.summary(thresholds), flipped.summary(tta_thresholds)
+    run.logger.info(f"validation with TTA (flips), thresholds tuned on it: macro-F1 {tta['macro_f1']:.4f}, mAP "
+                    f"{tta['mAP']:.4f} (without TTA {plain['macro_f1']:.4f}, {plain['mAP']:.4f}); "
+                    f"test.py --tta uses {run.out / TTA_THRESHOLDS}")
 
 
 def measure_throughput(config: CfgNode, device: torch.device, logger: logging.Logger) -> None:
