@@ -244,7 +244,7 @@ _C.AMP_DTYPE = "bfloat16"
 # Kept for upstream commands: 'O0' disables AMP, anything else enables it
 _C.AMP_OPT_LEVEL = ""
 # Ours: keep the model in channels-last memory format (timm's --channels-last): convolutional backbones
-# train about 1.5x faster that way on a CPU too (tf_efficientnet_lite0 on 2 AVX2 cores); no effect on Swin
+# train 1.4x faster that way on a CPU too (tf_efficientnet_lite0 on 2 AVX2 cores); no effect on Swin
 _C.CHANNELS_LAST = False
 # Path to output folder, overwritten by command line argument
 _C.OUTPUT = "output"

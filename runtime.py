@@ -46,7 +46,7 @@ def keep_freed_memory() -> bool:
 
     By default every tensor above glibc's mmap threshold (at most 32 MB) is mapped and unmapped
     again each step, and the kernel zero-fills its pages anew: on 2 CPU cores that page-faulting took
-    about 40% of an EfficientNet-Lite0 training step (bench/cpu_train_speed.py). Linux/glibc only;
+    most of an EfficientNet-Lite0 training step (5.7 of 7.7 s, bench/cpu_train_speed.py). Linux/glibc only;
     a no-op where the user chose an allocator or its MALLOC_* settings. Returns whether it applied.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(map(os.environ.get, _MALLOC_ENV)):
