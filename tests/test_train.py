@@ -159,10 +159,10 @@ def test_thresholds_tta_json_is_tuned_on_flipped_val_and_is_what_test_py_tta_use
     np.testing.assert_allclose(written, flipped_val_thresholds(ema.model.eval(), tree / "val", ema.config), atol=1e-6)
     plain = inference.read_thresholds(folder / "thresholds.json")
     assert not np.allclose(written, plain)  # flips change the probabilities, so the thresholds
-    for flag, expected in (("--tta", written), ("--no-tta-given", plain)):
-        out = tmp_path / flag
+    for name, extra, expected in (("tta", ["--tta"], written), ("plain", [], plain)):
+        out = tmp_path / name
         args = ["--checkpoint", str(folder / "ckpt_best.pth"), "--split", "val", "--device", "cpu", "--output", str(out)]
-        assert test_script.main([*args, *([flag] if flag == "--tta" else [])]) == 0
+        assert test_script.main([*args, *extra]) == 0
         table = pd.read_csv(out / "metrics.csv", index_col="row")
         np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], expected)
 
