@@ -11,7 +11,7 @@ DEMO_NUM ?= 1500
 DEMO_RUN ?= output/demo_cpu/default
 APP_PORT ?= 7860
 
-.PHONY: install test browser demo app clean-demo
+.PHONY: install test test-fast lint browser demo app clean-demo
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ $(STAMP): requirements.txt requirements-test.txt requirements-app.txt pyproject.
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# The quick part (a few minutes on 2 cores): no slow, browser or real-data test (markers in pyproject.toml).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow and not browser and not real_data"
+
+# ruff (rules in pyproject.toml): pyflakes, pycodestyle, import order, bugbear.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Debian's Chromium, which the browser tests (tests/test_app.py) drive through Playwright; needs root.
 browser:

@@ -19,12 +19,14 @@ import tempfile
 from argparse import Namespace
 from pathlib import Path
 
-from checkpoint import find_checkpoint
+from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from deploy.backends import is_onnx_file, load_predictor
 from deploy.uploads import UploadLimits
-from inference import resolve_thresholds
+from log import create_logger
+from process.leaves import write_example_leaves
+from rundir import RunDir
 from runtime import select_device
-from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
+from thresholds import resolve_thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -47,20 +49,20 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     limits = UploadLimits(int(args.max_file_mb * 2**20), int(args.max_megapixels * 1e6), max_files=args.max_files)
-    path = find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag)
+    path = find_checkpoint(args)
     # SIGTERM unwinds like Ctrl-C, so the temporary folder below is removed either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
     with tempfile.TemporaryDirectory(prefix="leaf_app_") as workdir:
         work = Path(workdir)
         os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")  # read when gradio is imported, just below
-        from deploy.web import LeafPage, build_blocks, serve, write_examples
+        from deploy.web import LeafPage, build_blocks, serve
 
         logger = create_logger(work, name="app")
         backend = "onnx" if is_onnx_file(path) else "torch"  # a checkpoint stays on PyTorch, for Grad-CAM
         predictor = load_predictor(path, backend, select_device(args.device), logger)
-        thresholds = resolve_thresholds(args.thresholds, path.parent, predictor, logger)
+        thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
         page = LeafPage.serving(predictor, thresholds, limits, work / "results")
-        blocks = build_blocks(page, write_examples(work / "examples"), "Leaf disease check")
+        blocks = build_blocks(page, write_example_leaves(work / "examples"), "Leaf disease check")
         logger.info(f"serving {path} ({predictor.info.describe()} on {predictor.backend}) "
                     f"at http://{args.host}:{args.port}")
         serve(blocks, args.host, args.port, limits, work, args.queue_size, args.concurrency)

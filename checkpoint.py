@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,13 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from config import get_config
 from data.labels import CLASSES
-from runtime import get_rng_state
-from utils import atomic_save, run_dir, short_list
+from log import short_list
+from rundir import RunDir
+from seeding import get_rng_state
+from utils import atomic_save
 
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "step")
-LATEST, PREVIOUS = "ckpt_latest.pth", "ckpt_latest.prev.pth"
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -94,12 +93,12 @@ def save_checkpoint(state: dict, path: Path) -> None:
     atomic_save(state, path)
 
 
-def save_latest(state: dict, out: Path) -> None:
-    """``out/ckpt_latest.pth``; the file it replaces is kept as ckpt_latest.prev.pth, the fallback should
+def save_latest(state: dict, run: RunDir) -> None:
+    """The run's ckpt_latest.pth; the file it replaces is kept as ckpt_latest.prev.pth, the fallback should
     the new one ever turn out unreadable (a copy cut short, a disk that lost data)."""
-    previous = out / PREVIOUS
+    previous = run.previous_checkpoint
     previous.unlink(missing_ok=True)  # room for the new file; ckpt_latest.pth itself stays whole until replaced
-    atomic_save(state, out / LATEST, keep_previous=previous)
+    atomic_save(state, run.latest_checkpoint, keep_previous=previous)
 
 
 def restore_training(ckpt: dict, trainer: Any) -> None:
@@ -111,33 +110,22 @@ def restore_training(ckpt: dict, trainer: Any) -> None:
         trainer.scaler.load_state_dict(ckpt["scaler"])
 
 
-def find_checkpoint(checkpoint: Path | None, cfg: str | None, opts: list[str] | None, tag: str | None) -> Path:
-    """``checkpoint``, else the ckpt_best.pth of the run named by ``cfg``/``opts``/``tag``."""
-    if checkpoint:
-        return Path(checkpoint)
-    config = get_config(Namespace(cfg=cfg, opts=opts, tag=tag))
-    path = run_dir(config) / "ckpt_best.pth"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint (train with main.py first, or give --checkpoint FILE)")
-    return path
-
-
-def run_checkpoints(out: Path) -> list[Path]:
+def run_checkpoints(run: RunDir) -> list[Path]:
     """The run dir's training states, newest first: ckpt_latest.pth, the one it replaced, then
     ckpt_epoch_N.pth and ckpt_best.pth from the most recently written."""
-    saved = [path for path in (*out.glob("ckpt_epoch_*.pth"), out / "ckpt_best.pth") if path.is_file()]
-    latest = [path for path in (out / LATEST, out / PREVIOUS) if path.is_file()]
+    saved = [path for path in (*run.epoch_checkpoints(), run.best_checkpoint) if path.is_file()]
+    latest = [path for path in (run.latest_checkpoint, run.previous_checkpoint) if path.is_file()]
     return latest + sorted(saved, key=lambda path: path.stat().st_mtime, reverse=True)
 
 
-def load_resume_checkpoint(config: CfgNode, out: Path, logger: logging.Logger) -> tuple[Path, dict] | None:
+def load_resume_checkpoint(config: CfgNode, run: RunDir, logger: logging.Logger) -> tuple[Path, dict] | None:
     """``(file, checkpoint)`` to resume from, or None for a fresh start.
 
     The run dir's own checkpoints (AUTO_RESUME) win over MODEL.RESUME, as upstream: reruns continue.
     An unreadable one (truncated, corrupt) is reported by name and the next older one is used: the
     run replays from there to the same end. None readable at all is a ValueError, never a fresh start.
     """
-    candidates = run_checkpoints(out) if config.TRAIN.AUTO_RESUME else []
+    candidates = run_checkpoints(run) if config.TRAIN.AUTO_RESUME else []
     if not candidates:
         resume = Path(config.MODEL.RESUME) if config.MODEL.RESUME else None
         return (resume, load_training_checkpoint(resume)) if resume else None
@@ -148,7 +136,7 @@ def load_resume_checkpoint(config: CfgNode, out: Path, logger: logging.Logger) -
             return path, load_training_checkpoint(path)
         except ValueError as error:
             logger.error(f"{error}: resuming from an earlier checkpoint instead")
-    raise ValueError(f"{out}: none of its checkpoints is readable ({', '.join(p.name for p in candidates)}); "
+    raise ValueError(f"{run.path}: none of its checkpoints is readable ({', '.join(p.name for p in candidates)}); "
                      "move them away to train from the start")
 
 

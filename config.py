@@ -9,12 +9,9 @@ import os
 from typing import Any
 
 import yaml
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.data.transforms import str_to_pil_interp
 from yacs.config import CfgNode as CN
 
 from data.labels import CLASSES, NUM_CLASSES
-from data.transforms import normalization
 
 _C = CN()
 
@@ -29,12 +26,10 @@ _C.DATA = CN()
 _C.DATA.BATCH_SIZE = 32
 # Path to the prepared one-hot tree (DST of process/prepare.py: {train,val,test}/<code>/)
 _C.DATA.DATA_PATH = "dataset"
-# Dataset name, kept for upstream compatibility (only the one-hot folder tree is supported)
-_C.DATA.DATASET = "plant_pathology_2021"
 # Input image size (square)
 _C.DATA.IMG_SIZE = 224
 # Interpolation used to resize images (bicubic, bilinear, nearest, ...); '' = the backbone's (timm
-# pretrained_cfg). Resolved when the config is made, so config.yaml and checkpoints hold the value used.
+# pretrained_cfg). main.py resolves it before training, so config.yaml and checkpoints hold the value used.
 _C.DATA.INTERPOLATION = ""
 # Ours: per-channel normalisation mean (RGB, 0-1 scale); [] = the backbone's (timm pretrained_cfg:
 # ImageNet's for Swin, 0.5 for tf_efficientnet_lite*), resolved like INTERPOLATION
@@ -136,8 +131,6 @@ _C.LOSS.FOCAL_GAMMA = 2.0
 # Training settings
 # -----------------------------------------------------------------------------
 _C.TRAIN = CN()
-# First epoch (set from the checkpoint when resuming)
-_C.TRAIN.START_EPOCH = 0
 # Total number of epochs, warmup included
 _C.TRAIN.EPOCHS = 30
 # Epochs of linear warmup from WARMUP_LR to BASE_LR
@@ -227,12 +220,6 @@ _C.AUG.MIXUP_MODE = "batch"
 _C.TEST = CN()
 # Whether to use center crop when testing (resize to IMG_SIZE/0.875 first)
 _C.TEST.CROP = False
-# Whether to use SequentialSampler as validation sampler
-_C.TEST.SEQUENTIAL = True
-# Shuffle the validation set (upstream key; metrics do not depend on it)
-_C.TEST.SHUFFLE = False
-# Ours: decision threshold used where no tuned thresholds exist
-_C.TEST.THRESHOLD = 0.5
 
 # -----------------------------------------------------------------------------
 # Misc
@@ -258,8 +245,6 @@ _C.PRINT_FREQ = 10
 _C.SEED = 0
 # Perform evaluation only, overwritten by command line argument
 _C.EVAL_MODE = False
-# Test throughput only, overwritten by command line argument
-_C.THROUGHPUT_MODE = False
 # Ours: 'auto' (CUDA when available), 'cpu' or 'cuda'
 _C.DEVICE = "auto"
 # Local rank for DistributedDataParallel, set from the environment by torchrun
@@ -268,12 +253,55 @@ _C.LOCAL_RANK = 0
 _C.CLASSES = list(CLASSES)
 
 
+# Keys that older yaml files and checkpoints may still set, and why they are gone.
+REMOVED_KEYS = {
+    "DATA.DATASET": "only the one-hot folder tree of process/prepare.py is read",
+    "TRAIN.START_EPOCH": "a resumed run starts after its checkpoint's epoch",
+    "TEST.SEQUENTIAL": "evaluation always visits every image once, in order",
+    "TEST.SHUFFLE": "evaluation always visits every image once, in order",
+    "TEST.THRESHOLD": "thresholds are tuned on validation (thresholds.json); thresholds.DEFAULT_THRESHOLD "
+                      "is the fallback",
+    "THROUGHPUT_MODE": "img/s are measured by bench/throughput.py",
+}
+# PIL resampling filters by name, as timm's transforms take them
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
+
+
+def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Every key of a nested dict as ``A.B.C``, parents included."""
+    keys = []
+    for key, value in tree.items():
+        keys.append(prefix + key)
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _check_not_removed(keys: list[str], where: str) -> None:
+    """A removed key is an error that says why it went, not yacs' bare 'Non-existent config key'."""
+    for key in keys:
+        if key in REMOVED_KEYS:
+            raise ValueError(f"{where}: config key {key} was removed ({REMOVED_KEYS[key]}); delete it")
+
+
+def _drop_removed(saved: CN) -> None:
+    """Remove the keys of REMOVED_KEYS from a checkpoint's saved config, so older checkpoints still load."""
+    for key in REMOVED_KEYS:
+        *parents, leaf = key.split(".")
+        node = saved
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+
+
 def _update_config_from_file(config: CN, cfg_file: str) -> None:
     """Merge ``cfg_file`` into ``config``, its ``BASE:`` files first."""
     if not os.path.isfile(cfg_file):
         raise FileNotFoundError(f"{cfg_file}: no such config file")
     with open(cfg_file, "r") as f:
         yaml_cfg = yaml.safe_load(f) or {}
+    _check_not_removed(_dotted_keys(yaml_cfg), cfg_file)
     for base in yaml_cfg.setdefault("BASE", [""]):
         if base:
             _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
@@ -304,6 +332,7 @@ def _merge_opts(config: CN, opts: list) -> None:
     """``--opts KEY VALUE ...``; an unknown key is a ValueError (yacs only asserts, which -O removes)."""
     if len(opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {opts}")
+    _check_not_removed(list(opts[0::2]), "--opts")
     for key in opts[0::2]:
         node = config
         for part in key.split("."):
@@ -331,21 +360,11 @@ def update_config(config: CN, args: Any) -> None:
         config.TRAIN.USE_CHECKPOINT = True
     if getattr(args, "eval", False):
         config.EVAL_MODE = True
-    if getattr(args, "throughput", False):
-        config.THROUGHPUT_MODE = True
     if config.AMP_OPT_LEVEL == "O0":
         config.AMP_ENABLE = False
     config.LOCAL_RANK = int(os.environ.get("LOCAL_RANK", getattr(args, "local_rank", 0) or 0))
     _check_config(config)
-    _resolve_normalization(config)
     config.freeze()
-
-
-def _resolve_normalization(config: CN) -> None:
-    """Write the transform's mean, std and interpolation into the config (empty keys: the backbone's)."""
-    mean, std, interpolation = normalization(config)
-    config.DATA.MEAN, config.DATA.STD = [float(v) for v in mean], [float(v) for v in std]
-    config.DATA.INTERPOLATION = interpolation
 
 
 def _check_config(config: CN) -> None:
@@ -378,12 +397,8 @@ def _check_normalization(data: CN) -> None:
             raise ValueError(f"DATA.{key} must be [] or three numbers (R, G, B), got {values}")
     if any(v <= 0 for v in data.STD):
         raise ValueError(f"DATA.STD must be positive, got {list(data.STD)}")
-    if data.INTERPOLATION:
-        try:
-            str_to_pil_interp(data.INTERPOLATION)
-        except KeyError:
-            raise ValueError(f"DATA.INTERPOLATION {data.INTERPOLATION!r} is not one of bicubic, bilinear, "
-                             "nearest, lanczos, box, hamming") from None
+    if data.INTERPOLATION and data.INTERPOLATION not in INTERPOLATIONS:
+        raise ValueError(f"DATA.INTERPOLATION {data.INTERPOLATION!r} is not one of {', '.join(INTERPOLATIONS)}")
 
 
 def get_default_config() -> CN:
@@ -399,15 +414,18 @@ def get_config(args: Any) -> CN:
 
 
 def config_from_string(text: str) -> CN:
-    """Rebuild a frozen config from the yaml dump stored in a checkpoint (unknown keys are errors)."""
+    """Rebuild a frozen config from the yaml dump stored in a checkpoint (unknown keys are errors,
+    keys removed since it was saved are dropped)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
     config = _C.clone()
     saved = CN.load_cfg(text)
+    _drop_removed(saved)
     for key, imagenet in (("MEAN", IMAGENET_DEFAULT_MEAN), ("STD", IMAGENET_DEFAULT_STD)):
         if key not in saved.get("DATA", {}):
             # saved before DATA.MEAN/STD existed, when every run was normalised with ImageNet's statistics
             config.DATA[key] = list(imagenet)
     config.merge_from_other_cfg(saved)
     _check_config(config)
-    _resolve_normalization(config)
     config.freeze()
     return config

@@ -23,7 +23,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
-from utils import atomic_write_bytes, png_bytes
+from reports import png_bytes
+from utils import atomic_write_bytes
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM,
@@ -179,21 +180,21 @@ def gif_bytes(overlays: Sequence[np.ndarray], captions: Sequence[str], seconds: 
 
 
 def explain_image(cam: BaseCAM, image: Image.Image, stem: str, transform: Callable, classes: Sequence[int],
-                  thresholds: np.ndarray, out: Path, gif: bool) -> list[Path]:
+                  thresholds: np.ndarray, folder: Path, gif: bool) -> list[Path]:
     """All pictures of one image (files named after ``stem``); returns the files written."""
     maps, probs = class_maps(cam, image, transform, classes)
     names = [CLASSES[c] for c in classes]
     overlays = [overlay(image, m) for m in maps]
     written = []
     for name, pixels in zip(names, overlays):
-        written.append(out / f"{stem}_{name}.png")
+        written.append(folder / f"{stem}_{name}.png")
         atomic_write_bytes(png_bytes(pixels), written[-1])
     chosen_probs, chosen_thresholds = probs[list(classes)], thresholds[list(classes)]
-    written.append(out / f"{stem}_grid.png")
+    written.append(folder / f"{stem}_grid.png")
     atomic_write_bytes(grid_png(image, overlays, names, chosen_probs, chosen_thresholds), written[-1])
     if gif:
         captions = [caption(n, p, t) for n, p, t in zip(names, chosen_probs, chosen_thresholds)]
-        written.append(out / f"{stem}.gif")
+        written.append(folder / f"{stem}.gif")
         atomic_write_bytes(gif_bytes(overlays, captions), written[-1])
     return written
 

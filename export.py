@@ -21,10 +21,13 @@ from pathlib import Path
 import onnx
 import torch
 
-from checkpoint import find_checkpoint
+from cli import EXIT_FAILED, EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from deploy.export import PARITY_TOLERANCE, ParityError, export_checked
-from inference import Predictor, resolve_thresholds
-from utils import EXIT_FAILED, EXIT_OK, add_run_arguments, atomic_write_bytes, create_logger, run_cli
+from inference import Predictor
+from log import create_logger
+from rundir import RunDir, onnx_file
+from thresholds import resolve_thresholds
+from utils import atomic_write_bytes
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -38,11 +41,11 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    path = find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag)
-    output = args.output or path.with_suffix(".onnx")
+    path = find_checkpoint(args)
+    output = args.output or onnx_file(path)
     logger = create_logger(output.parent, name="export")
     predictor = Predictor.from_checkpoint(path, torch.device("cpu"))
-    thresholds = resolve_thresholds(args.thresholds, path.parent, predictor, logger)
+    thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
     info = dataclasses.replace(predictor.info, thresholds=tuple(map(float, thresholds)))
     logger.info(f"exporting {info.describe()} from {path}")
     try:
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(data, output)
     opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
     logger.info(f"onnx.checker: ok (opset {opset}); max |prob difference| ONNX Runtime vs PyTorch on synthetic "
-                f"leaves: {parity:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
+                f"images: {parity:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
     logger.info(f"wrote {output} ({len(data) / 1e6:.1f} MB)")
     return EXIT_OK
 

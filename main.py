@@ -3,7 +3,6 @@
     python main.py --cfg configs/arcpsa_swin.yaml --data-path dataset --batch-size 32
     torchrun --nproc_per_node=2 main.py --cfg configs/arcpsa_swin.yaml --data-path dataset
     python main.py --cfg ... --eval [--resume FILE]      # validation table of a checkpoint
-    python main.py --cfg ... --throughput                # model-only and loader-only img/s
 
 Everything goes to OUTPUT/MODEL.NAME/TAG/. Running the same command again resumes from its
 ckpt_latest.pth. SIGINT/SIGTERM finish the current optimizer step, save ckpt_latest.pth (mid-epoch
@@ -23,14 +22,19 @@ import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
+from cli import EXIT_FAILED, EXIT_OK, run_cli
 from config import get_config
-from inference import evaluate_checkpoint
+from data.transforms import resolve_normalization
+from distributed import init_distributed, lost_ranks_message
+from evaluation import evaluate_checkpoint
+from log import create_logger
 from reports import coloured_table
+from rundir import RunDir
 from runlock import hold_run_lock
-from runtime import init_distributed, keep_freed_memory, lost_ranks_message, select_device
+from runtime import keep_freed_memory, select_device
 from training.engine import NonFiniteLossError
-from training.run import measure_throughput, train
-from utils import EXIT_FAILED, EXIT_OK, atomic_write_text, create_logger, run_cli, run_dir
+from training.run import train
+from utils import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", metavar="PATH", help="root of the run dirs (OUTPUT)")
     parser.add_argument("--tag", help="run tag: the run dir is OUTPUT/MODEL.NAME/TAG")
     parser.add_argument("--eval", action="store_true", help="evaluate a checkpoint on val only")
-    parser.add_argument("--throughput", action="store_true", help="measure img/s only")
     parser.add_argument("--print-run-dir", action="store_true", help="print the run dir of these arguments and exit")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: DEVICE of the config")
     parser.add_argument("--amp-opt-level", choices=("O0", "O1", "O2"), help="upstream flag: O0 disables AMP")
@@ -57,8 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_eval(config: CfgNode, device: torch.device, rank: int, logger: logging.Logger) -> int:
     """--eval: the validation table of MODEL.RESUME (or the run's ckpt_best.pth / ckpt_latest.pth)."""
-    out = run_dir(config)
-    candidates = [Path(config.MODEL.RESUME)] if config.MODEL.RESUME else [out / "ckpt_best.pth", out / "ckpt_latest.pth"]
+    folder = RunDir.of(config)
+    candidates = ([Path(config.MODEL.RESUME)] if config.MODEL.RESUME
+                  else [folder.best_checkpoint, folder.latest_checkpoint])
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise FileNotFoundError(f"--eval: no checkpoint at {candidates[0]} (train first or give --resume FILE)")
@@ -69,8 +73,8 @@ def run_eval(config: CfgNode, device: torch.device, rank: int, logger: logging.L
                     + coloured_table(result.table))
         summary = {"checkpoint": str(path), "num_images": len(result.targets), "val_loss": loss,
                    **result.summary(thresholds)}
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "eval_metrics.json")
-        logger.info(f"wrote {out / 'eval_metrics.json'}")
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", folder.eval_metrics)
+        logger.info(f"wrote {folder.eval_metrics}")
     return EXIT_OK
 
 
@@ -78,31 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = get_config(args)
     if args.print_run_dir:
-        print(run_dir(config))
+        print(RunDir.of(config).path)
         return EXIT_OK
-    training = not (config.THROUGHPUT_MODE or config.EVAL_MODE)
     # One writer per run dir, taken before anything in it is touched (rank 0 holds it for torchrun).
-    lock = training and int(os.environ.get("RANK", "0")) == 0
-    with hold_run_lock(run_dir(config), "main.py training") if lock else contextlib.nullcontext():
-        return run(config)
+    lock = not config.EVAL_MODE and int(os.environ.get("RANK", "0")) == 0
+    with hold_run_lock(RunDir.of(config).path, "main.py training") if lock else contextlib.nullcontext():
+        return run(resolve_normalization(config))
 
 
 def run(config: CfgNode) -> int:
-    """Train, evaluate or measure, as the config says; returns the exit code."""
+    """Train or evaluate, as the config says; returns the exit code."""
     device = select_device(config.DEVICE, config.LOCAL_RANK)
     keep_freed_memory()
     rank, world_size = init_distributed(device)
-    logger = create_logger(run_dir(config), rank)
-    logger.info(f"device {device}, {world_size} process(es); run dir {run_dir(config)}")
+    folder = RunDir.of(config)
+    logger = create_logger(folder.path, rank)
+    logger.info(f"device {device}, {world_size} process(es); run dir {folder.path}")
     try:
-        if config.THROUGHPUT_MODE:
-            measure_throughput(config, device, logger)
-            return EXIT_OK
         if config.EVAL_MODE:
             return run_eval(config, device, rank, logger)
         return train(config, device, rank, logger)
     except NonFiniteLossError as err:
-        logger.error(f"{err}; the last good checkpoint is kept: {run_dir(config) / 'ckpt_latest.pth'}")
+        logger.error(f"{err}; the last good checkpoint is kept: {folder.latest_checkpoint}")
         return EXIT_FAILED
     except RuntimeError as err:
         lost = lost_ranks_message(err) if world_size > 1 else None

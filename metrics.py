@@ -1,7 +1,7 @@
 """Multi-label metrics shared by training (every epoch), test.py and the benchmarks.
 
 Everything is computed by scikit-learn on (N, C) arrays of 0/1 truths and sigmoid probabilities;
-this module only decides which numbers are reported and how thresholds are chosen.
+this module only decides which numbers are reported (thresholds are chosen in ``thresholds``).
 """
 from __future__ import annotations
 
@@ -18,52 +18,9 @@ from sklearn.metrics import (
 )
 
 from data.labels import CLASSES
+from thresholds import DEFAULT_THRESHOLD, as_thresholds, tune_thresholds
 
-
-
-def _threshold_grid() -> np.ndarray:
-    """0.01 ... 0.99, then steps of 0.5 in logit space out to 1e-6 from 0 and 1.
-
-    A cosine head's probability, sigmoid(SCALE * cos), crowds against 0 and 1 (with ArcFace's 30,
-    most validation scores of a trained model are above 0.99 or below 0.01), so its best thresholds
-    lie beyond the linear grid.
-    """
-    linear = np.round(np.linspace(0.01, 0.99, 99), 2)
-    tail = 1.0 / (1.0 + np.exp(-np.arange(5.0, 14.0, 0.5)))  # 0.9933 ... 0.9999986
-    return np.concatenate([1.0 - tail[::-1], linear, tail])
-
-
-THRESHOLD_GRID = _threshold_grid()
 SUMMARY_ROWS = ("macro", "micro", "samples")
-
-
-def _as_thresholds(thresholds: float | Sequence[float] | np.ndarray | None, num_classes: int) -> np.ndarray:
-    if thresholds is None:
-        thresholds = 0.5
-    return np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (num_classes,)).copy()
-
-
-def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
-    """Per-class thresholds maximising that class's F1 on (validation) data.
-
-    Where several grid points tie, the middle one is taken, which is the least sensitive to the
-    exact scores; a class with no positives keeps 0.5.
-    """
-    y_true = np.asarray(y_true) > 0.5
-    probs = np.asarray(probs)
-    grid = np.asarray(grid, dtype=np.float64)
-    best = np.full(y_true.shape[1], 0.5)
-    for c in range(y_true.shape[1]):
-        if not y_true[:, c].any():
-            continue
-        pred = probs[None, :, c] >= grid[:, None]  # (G, N)
-        tp = (pred & y_true[None, :, c]).sum(1)
-        fp = (pred & ~y_true[None, :, c]).sum(1)
-        fn = (~pred & y_true[None, :, c]).sum(1)
-        f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
-        ties = np.flatnonzero(f1 == f1.max())
-        best[c] = grid[ties[len(ties) // 2]]
-    return best
 
 
 def _safe_score(score_fn, y: np.ndarray, p: np.ndarray) -> float:
@@ -85,7 +42,7 @@ def multilabel_metrics(
     """
     y_true = (np.asarray(y_true) > 0.5).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
-    thr = _as_thresholds(thresholds, y_true.shape[1])
+    thr = as_thresholds(thresholds, y_true.shape[1])
     pred = (probs >= thr).astype(int)
     p, r, f, s = precision_recall_fscore_support(y_true, pred, average=None, zero_division=0)
     ap = [_safe_score(average_precision_score, y_true[:, c], probs[:, c]) for c in range(len(classes))]
@@ -128,15 +85,15 @@ def _average_score(score_fn, y_true: np.ndarray, probs: np.ndarray, average: str
 def summarize(
     y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None
 ) -> dict[str, float]:
-    """Flat per-epoch numbers: F1 at 0.5 and at tuned thresholds, mAP, per-class AP and AUC.
+    """Flat per-epoch numbers: F1 at the default threshold (0.5) and at tuned ones, mAP, per-class AP and AUC.
 
     ``thresholds=None`` tunes them on these very arrays (what training does on validation).
     """
     y_true = (np.asarray(y_true) > 0.5).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
-    tuned = tune_thresholds(y_true, probs) if thresholds is None else _as_thresholds(thresholds, y_true.shape[1])
+    tuned = tune_thresholds(y_true, probs) if thresholds is None else as_thresholds(thresholds, y_true.shape[1])
     out: dict[str, float] = {}
-    for suffix, thr in (("", 0.5), ("_tuned", tuned)):
+    for suffix, thr in (("", DEFAULT_THRESHOLD), ("_tuned", tuned)):
         pred = (probs >= thr).astype(int)
         for average in SUMMARY_ROWS:
             out[f"{average}_f1{suffix}"] = float(f1_score(y_true, pred, average=average, zero_division=0))

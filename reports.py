@@ -1,21 +1,108 @@
-"""Reports people look at: metric tables, training curves, per-class heatmaps, PR/ROC curves, confusion matrices.
+"""Reports people look at: metric tables, training curves, per-class heatmaps, PR/ROC curves, confusion
+matrices, and the result files of a prediction (predictions.csv, Kaggle's submission.csv).
 
 Figures are drawn on matplotlib ``Figure`` objects (no pyplot state, safe in worker threads) and
 returned as PNG bytes, so every caller writes them atomically.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from termcolor import colored
 
-from data.labels import CLASSES
+from data.labels import CLASS_INDEX, CLASSES, vector_to_labels
 from metrics import mean_confidence_interval, table_text
-from utils import atomic_write_bytes, atomic_write_text, png_bytes
+from utils import atomic_write_bytes, atomic_write_text
+
+HEALTHY = CLASS_INDEX["healthy"]
+PREDICTIONS_CSV, SUBMISSION_CSV = "predictions.csv", "submission.csv"
+
+
+def png_bytes(picture: Any, dpi: int = 100) -> bytes:
+    """A matplotlib Figure, a PIL image or an RGB uint8 array, encoded as PNG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    if isinstance(picture, Image.Image):
+        picture.save(buffer, format="PNG")
+    else:
+        picture.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions and result files
+# ---------------------------------------------------------------------------------------------
+
+
+def submission_labels(probs: np.ndarray, thresholds: np.ndarray) -> list[str]:
+    """Kaggle label strings: the classes over their thresholds, with two rules.
+
+    - Never empty: an image with no class over its threshold gets its most likely class.
+    - ``healthy`` never comes with a disease: whichever clears its threshold by the larger margin
+      (probability minus threshold) wins, healthy alone or the diseases without healthy.
+    """
+    margins = probs - thresholds
+    rows = []
+    for margin, prob in zip(margins, probs):
+        chosen = margin >= 0
+        if not chosen.any():
+            chosen[np.argmax(prob)] = True
+        diseases = chosen.copy()
+        diseases[HEALTHY] = False
+        if chosen[HEALTHY] and diseases.any():
+            keep_healthy = margin[HEALTHY] > margin[diseases].max()
+            chosen = np.eye(len(CLASSES), dtype=bool)[HEALTHY] if keep_healthy else diseases
+        rows.append(" ".join(vector_to_labels(chosen)))
+    return rows
+
+
+def predictions_frame(names: Sequence[str], probs: np.ndarray, thresholds: np.ndarray,
+                      targets: np.ndarray | None = None) -> pd.DataFrame:
+    """image, the six probabilities, the thresholded labels and (labelled mode) the true labels."""
+    frame = pd.DataFrame(probs, columns=list(CLASSES))
+    frame.insert(0, "image", list(names))
+    frame["predicted"] = [" ".join(vector_to_labels(row)) for row in probs >= thresholds]
+    if targets is not None:
+        frame["true"] = [" ".join(vector_to_labels(row)) for row in targets]
+    return frame
+
+
+def submission_frame(names: Sequence[str], probs: np.ndarray, thresholds: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"image": list(names), "labels": submission_labels(probs, thresholds)})
+
+
+def write_file_predictions(frame: pd.DataFrame, thresholds: np.ndarray, folder: Path) -> None:
+    """predictions.csv and submission.csv of photos predicted without labels (``evaluation.predict_files``)."""
+    atomic_write_text(frame.to_csv(index=False), folder / PREDICTIONS_CSV)
+    probs = frame[list(CLASSES)].to_numpy(dtype=np.float64)
+    write_submission(frame["image"], probs, thresholds, folder)
+
+
+def write_submission(names: Sequence[str], probs: np.ndarray, thresholds: np.ndarray, folder: Path) -> None:
+    """submission.csv: ``image,labels`` under Kaggle's rules (:func:`submission_labels`)."""
+    atomic_write_text(submission_frame(names, probs, thresholds).to_csv(index=False), folder / SUBMISSION_CSV)
+
+
+def write_split_results(folder: Path, table: pd.DataFrame, names: Sequence[str], targets: np.ndarray,
+                        probs: np.ndarray, thresholds: np.ndarray, meta: dict) -> None:
+    """predictions.csv, submission.csv, metrics.csv/.json and the figures of a labelled evaluation."""
+    predictions = predictions_frame(names, probs, thresholds, targets)
+    atomic_write_text(predictions.to_csv(index=False), folder / PREDICTIONS_CSV)
+    write_submission(names, probs, thresholds, folder)
+    write_report(folder, table, targets, probs, thresholds, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures and tables
+# ---------------------------------------------------------------------------------------------
 
 
 def training_curves_png(rows: list[dict], best_metric: str) -> bytes:
@@ -119,15 +206,15 @@ def confusion_png(targets: np.ndarray, predicted: np.ndarray) -> bytes:
     return png_bytes(fig)
 
 
-def write_report(out: Path, table: pd.DataFrame, targets: np.ndarray, probs: np.ndarray,
+def write_report(folder: Path, table: pd.DataFrame, targets: np.ndarray, probs: np.ndarray,
                  thresholds: np.ndarray, meta: dict) -> None:
     """metrics.csv/.json and the four figures of a labelled evaluation."""
-    atomic_write_text(table.to_csv(index_label="row"), out / "metrics.csv")
-    atomic_write_text(metrics_json(table, **meta), out / "metrics.json")
-    atomic_write_bytes(heatmap_png(table), out / "metrics_heatmap.png")
-    atomic_write_bytes(class_curves_png(targets, probs, thresholds, "pr"), out / "pr_curves.png")
-    atomic_write_bytes(class_curves_png(targets, probs, thresholds, "roc"), out / "roc_curves.png")
-    atomic_write_bytes(confusion_png(targets, (probs >= thresholds).astype(int)), out / "confusion_matrices.png")
+    atomic_write_text(table.to_csv(index_label="row"), folder / "metrics.csv")
+    atomic_write_text(metrics_json(table, **meta), folder / "metrics.json")
+    atomic_write_bytes(heatmap_png(table), folder / "metrics_heatmap.png")
+    atomic_write_bytes(class_curves_png(targets, probs, thresholds, "pr"), folder / "pr_curves.png")
+    atomic_write_bytes(class_curves_png(targets, probs, thresholds, "roc"), folder / "roc_curves.png")
+    atomic_write_bytes(confusion_png(targets, (probs >= thresholds).astype(int)), folder / "confusion_matrices.png")
 
 
 # ---------------------------------------------------------------------------------------------

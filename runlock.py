@@ -22,7 +22,7 @@ from typing import Iterator
 
 from termcolor import colored
 
-from utils import RunError
+from cli import RunError
 
 LOCK_NAME = ".lock"
 

@@ -14,7 +14,7 @@ the checkpoint's, else 0.5 with a warning.
 Labelled mode writes to ``<run>/test_<split>/`` (or ``--output``): metrics.csv/.json, predictions.csv,
 submission.csv and plots. Unlabelled mode (``--images``) writes predictions.csv and submission.csv to
 ``<run>/predict/``. ``predictions.csv``'s ``predicted`` column is plain thresholding (what metrics.csv
-scores); ``submission.csv`` applies Kaggle's rules on top (see ``inference.submission_labels``).
+scores); ``submission.csv`` applies Kaggle's rules on top (see ``reports.submission_labels``).
 
 ``--backend onnx`` computes the logits with ONNX Runtime (an ``.onnx`` as --checkpoint, or the
 checkpoint exported in memory); ``auto`` (the default) picks ONNX Runtime on the CPU when export.py
@@ -30,15 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from checkpoint import find_checkpoint
+from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from deploy.backends import BACKENDS, load_predictor
-from inference import (
-    evaluate_split, predict_files, resolve_thresholds, write_file_predictions, write_split_results, write_thresholds,
-)
-from metrics import tune_thresholds
-from reports import coloured_table
+from evaluation import evaluate_split, predict_files
+from log import create_logger
+from reports import coloured_table, write_file_predictions
+from rundir import RunDir
 from runtime import keep_freed_memory, select_device
-from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
+from thresholds import resolve_thresholds, tune_thresholds, write_thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -68,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--tune-thresholds needs a labelled split, not --images")
     device = select_device(args.device)
     keep_freed_memory()
-    path = find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag)
-    run = path.parent
-    out = args.output or (run / "predict" if args.images else run / f"test_{args.split}")
-    logger = create_logger(out, name="test")
+    path = find_checkpoint(args)
+    run = RunDir.of_checkpoint(path)
+    results = args.output or (run.predictions if args.images else run.split_results(args.split))
+    logger = create_logger(results, name="test")
     predictor = load_predictor(path, args.backend, device, logger)
     info = predictor.info
     logger.info(f"model {info.describe()} from {path} on {predictor.backend} ({predictor.device})"
@@ -81,24 +80,25 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.num_workers if args.num_workers is not None else min(info.num_workers, os.cpu_count() or 1)
     if args.images:
         frame = predict_files(predictor, args.images, thresholds, batch_size, workers, logger, args.tta)
-        write_file_predictions(frame, thresholds, out)
+        write_file_predictions(frame, thresholds, results)
     else:
         split_dir = (args.data_path or Path(info.data_path)) / args.split
         result = evaluate_split(predictor, split_dir, thresholds, batch_size, workers, args.tta)
         logger.info(f"{len(result.names)} images in {split_dir}")
         meta = dict(checkpoint=str(path), backend=predictor.backend, split_dir=str(split_dir),
                     num_images=len(result.names), tta=args.tta)
-        write_split_results(result, thresholds, out, meta)
+        result.write(results, thresholds, meta)
         logger.info(f"{args.split} split, thresholds {np.round(thresholds, 4).tolist()}:\n"
                     f"{coloured_table(result.table)}")
         if args.tune_thresholds:
             if args.split == "test":
                 logger.warning("tuning thresholds on the test split: report test metrics with validation thresholds")
-            tune_file = (args.output or run) / f"thresholds_{args.split}.json"
+            tune_file = (args.output / f"thresholds_{args.split}.json" if args.output
+                         else run.split_thresholds(args.split))
             write_thresholds(tune_thresholds(result.targets, result.probs), tune_file)
             logger.info(f"wrote per-class F1-optimal thresholds of the {args.split} split to {tune_file} "
                         f"(use with --thresholds on another split)")
-    logger.info(f"results in {out}")
+    logger.info(f"results in {results}")
     return EXIT_OK
 
 

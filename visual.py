@@ -16,15 +16,24 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
-from checkpoint import find_checkpoint
+from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import collect_images
 from data.images import image_failure, load_image
 from explain import (
-    MAX_SIDE, METHODS, SWIN_TARGET_LAYER, build_cam, class_indices, default_target_layer, explain_image, unique_stem,
+    MAX_SIDE,
+    METHODS,
+    SWIN_TARGET_LAYER,
+    build_cam,
+    class_indices,
+    default_target_layer,
+    explain_image,
+    unique_stem,
 )
-from inference import Predictor, resolve_thresholds
+from inference import Predictor
+from log import create_logger
+from rundir import RunDir
 from runtime import select_device
-from utils import EXIT_OK, add_run_arguments, create_logger, run_cli
+from thresholds import resolve_thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -48,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     classes = class_indices(args.classes)
     device = select_device(args.device)
-    predictor = Predictor.from_checkpoint(find_checkpoint(args.checkpoint, args.cfg, args.opts, args.tag), device)
-    run = predictor.path.parent
-    out = args.output or run / "cam"
-    logger = create_logger(out, name="visual")
+    predictor = Predictor.from_checkpoint(find_checkpoint(args), device)
+    run = RunDir.of_checkpoint(predictor.path)
+    cam_folder = args.output or run.cam
+    logger = create_logger(cam_folder, name="visual")
     thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
     cam = build_cam(predictor.model, args.method, args.target_layer)
     transform = predictor.transform
@@ -64,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.max_side:
             image.thumbnail((args.max_side, args.max_side))
-        files = explain_image(cam, image, unique_stem(path, stems), transform, classes, thresholds, out, args.gif)
+        stem = unique_stem(path, stems)
+        files = explain_image(cam, image, stem, transform, classes, thresholds, cam_folder, args.gif)
         written.extend(files)
         logger.info(f"{path}: " + " ".join(f.name for f in files))
     logger.info(f"{args.method} at {args.target_layer or default_target_layer(predictor.model)}: "
-                f"wrote {len(written)} files to {out}")
+                f"wrote {len(written)} files to {cam_folder}")
     return EXIT_OK
 
 

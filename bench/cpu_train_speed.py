@@ -36,7 +36,7 @@ VARIANTS = {  # name: (keep freed memory, channels-last)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cfg", default="configs/effnet_lite0_cpu.yaml", help="config whose model is measured")
-    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per measurement (after one warm-up)")
+    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per measurement (after a warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each variant")
     parser.add_argument("--opts", nargs="+", default=[], help="KEY VALUE config overrides")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # one measurement, in a child

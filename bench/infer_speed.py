@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-
 import numpy as np
 import torch
 from PIL import Image
@@ -29,11 +28,14 @@ from PIL import Image
 from config import get_config
 from data.images import load_image
 from data.labels import CLASSES
-from data.transforms import decode_size
+from data.transforms import decode_size, resolve_normalization
+from evaluation import predict_files
+from inference import Predictor, sigmoid
 from models import build_model
 from process.synthesize import parse_size, synthesize
-from inference import Predictor, predict_files, sigmoid
+from rundir import RunDir
 from runtime import select_device
+from thresholds import DEFAULT_THRESHOLD
 
 ACCEPTANCE = 3.0
 
@@ -54,11 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def make_checkpoint(cfg: str, opts: list[str] | None, folder: Path) -> Path:
     """A checkpoint of the config's model (seeded random weights) in the format main.py writes."""
-    config = get_config(argparse.Namespace(cfg=cfg, opts=opts))
+    config = resolve_normalization(get_config(argparse.Namespace(cfg=cfg, opts=opts)))
     torch.manual_seed(0)
-    path = folder / "ckpt_best.pth"
-    torch.save({"model": build_model(config).state_dict(), "ema": None, "thresholds": [0.5] * len(CLASSES),
-                "classes": list(CLASSES), "config": config.dump()}, path)
+    path = RunDir(folder).best_checkpoint
+    torch.save({"model": build_model(config).state_dict(), "ema": None,
+                "thresholds": [DEFAULT_THRESHOLD] * len(CLASSES), "classes": list(CLASSES),
+                "config": config.dump()}, path)
     return path
 
 

@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from termcolor import colored
 
+from cli import run_cli
 from process.synthesize import synthesize
 from process.tree import RESAMPLE, load_resized, target_size
-from utils import run_cli
 
 FULL_SIZE = (4000, 2672)
 MIN_RATIO, MIN_PSNR = 5.0, 32.0

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import LATEST, load_checkpoint_file
+from checkpoint import load_checkpoint_file
+from cli import EXIT_INTERRUPTED
 from process.synthesize import synthesize
 from process.tree import prepare
-from utils import EXIT_INTERRUPTED
+from rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = (signal.SIGTERM, signal.SIGKILL)
@@ -52,10 +53,10 @@ def command(args: argparse.Namespace, data: Path, tag: str) -> list[str]:
             str(args.batch_size), "--output", str(args.work / "output"), "--tag", tag, "--opts", *args.opts]
 
 
-def run_dir(args: argparse.Namespace, data: Path, tag: str) -> Path:
+def run_dir(args: argparse.Namespace, data: Path, tag: str) -> RunDir:
     printed = subprocess.run([*command(args, data, tag), "--print-run-dir"], cwd=ROOT, capture_output=True,
                              text=True, check=True)
-    return Path(printed.stdout.strip().splitlines()[-1])  # after the config's "=> merge config from" line
+    return RunDir(Path(printed.stdout.strip().splitlines()[-1]))  # after the config's "=> merge config from" line
 
 
 def run_to_end(cmd: list[str]) -> None:
@@ -113,19 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     data = prepared_tree(args)
     shutil.rmtree(args.work / "output", ignore_errors=True)  # every run starts from nothing
     rng = random.Random(args.seed)
-    reference = run_dir(args, data, "whole") / LATEST
+    reference = run_dir(args, data, "whole").latest_checkpoint
     first, total = uninterrupted(command(args, data, "whole"), reference)
-    print(f"uninterrupted run: {total:.0f} s, first {LATEST} after {first:.0f} s ({args.work})")
+    print(f"uninterrupted run: {total:.0f} s, first {reference.name} after {first:.0f} s ({args.work})")
     identical = 0
     for i in range(args.runs):
         cmd, signum = command(args, data, f"stopped{i}"), rng.choice(SIGNALS)
         delay = rng.uniform(0, max(total - first, 1.0))
-        latest = run_dir(args, data, f"stopped{i}") / LATEST
+        latest = run_dir(args, data, f"stopped{i}").latest_checkpoint
         how = stop_once(cmd, latest, delay, signum, args.work / f"stopped{i}.log")
         run_to_end(cmd)  # the same command again
         same, count = identical_tensors(reference, latest)
         identical += same == count
-        print(f"run {i + 1}: {signal.Signals(signum).name} {delay:.1f} s after the first {LATEST}: {how}; "
+        print(f"run {i + 1}: {signal.Signals(signum).name} {delay:.1f} s after the first {reference.name}: {how}; "
               f"resumed: {same}/{count} tensors identical", flush=True)
     print(f"identical: {identical}/{args.runs} resumed runs")
 

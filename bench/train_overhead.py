@@ -13,19 +13,18 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
-
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from config import get_config
 from data.labels import NUM_CLASSES
+from log import create_logger
 from models import build_model
-from runtime import seed_everything, select_device
+from runtime import select_device
+from seeding import seed_everything
 from training.engine import build_optimizer, train_one_epoch
 from training.run import build_trainer
-from utils import create_logger
 
 ACCEPTANCE = 0.95
 
@@ -92,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     ratio = statistics.median(e / b for e, b in zip(rates["main.py engine"], rates["bare loop"]))
     print(f"model {config.MODEL.TYPE} ({config.MODEL.HEAD} head, PSA {config.MODEL.PSA.ENABLE}), "
           f"batch {batch}, {size}px, {device}, {args.steps} steps x {args.repeats} interleaved repeats")
-    print(f"main.py training : {engine_rate:8.2f} img/s   (runs: {', '.join(f'{r:.2f}' for r in rates['main.py engine'])})")
-    print(f"bare timm loop   : {bare_rate:8.2f} img/s   (runs: {', '.join(f'{r:.2f}' for r in rates['bare loop'])})")
+    runs = {name: ", ".join(f"{r:.2f}" for r in values) for name, values in rates.items()}
+    print(f"main.py training : {engine_rate:8.2f} img/s   (runs: {runs['main.py engine']})")
+    print(f"bare timm loop   : {bare_rate:8.2f} img/s   (runs: {runs['bare loop']})")
     print(f"ratio            : {ratio:.3f}  (median of paired runs; {'ok' if ratio >= ACCEPTANCE else 'BELOW'} "
           f"the {ACCEPTANCE} acceptance)")
 

@@ -8,8 +8,6 @@ workers. ``DATA.OVERSAMPLE`` only ever touches the training split.
 """
 from __future__ import annotations
 
-import contextlib
-import random
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -22,7 +20,8 @@ from yacs.config import CfgNode
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
 from data.transforms import build_transform
-from runtime import get_rank, get_world_size
+from distributed import get_rank, get_world_size
+from seeding import seeded
 
 # ---------------------------------------------------------------------------------------------
 # Oversampling (training split only)
@@ -99,21 +98,6 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-@contextlib.contextmanager
-def _seeded_rng(seed: int) -> Iterator[None]:
-    """Run the block under ``seed`` (Python, NumPy, torch CPU) and restore the previous states after."""
-    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-        torch.set_rng_state(saved[2])
-
-
 class SeededSamples(Dataset):
     """``dataset[(index, seed)]``: the sample transformed under its own seed (see EpochSampler)."""
 
@@ -122,7 +106,7 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        with _seeded_rng(seed):
+        with seeded(seed):
             return self.dataset[index]
 
     def __len__(self) -> int:

@@ -2,9 +2,10 @@
 
 Normalisation belongs to the backbone's weights, not to the code: timm's ``tf_efficientnet_lite*``
 were trained on inputs scaled to [-1, 1] (mean = std = 0.5), Swin on ImageNet's statistics.
-:func:`normalization` resolves them once from the timm model's ``pretrained_cfg`` (``DATA.MEAN``,
-``DATA.STD`` and ``DATA.INTERPOLATION`` override it); ``config.get_config`` writes the result into
-the run's config, so ``config.yaml`` and every checkpoint carry the values the model was trained with.
+:func:`normalization` resolves them from the timm model's ``pretrained_cfg`` (``DATA.MEAN``,
+``DATA.STD`` and ``DATA.INTERPOLATION`` override it); ``main.py`` writes the result into the run's
+config (:func:`resolve_normalization`), so ``config.yaml`` and every checkpoint carry the values the
+model was trained with.
 """
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def normalization(config: CfgNode) -> tuple[tuple[float, ...], tuple[float, ...]
     data = config.DATA
     return (tuple(data.MEAN) if data.MEAN else mean, tuple(data.STD) if data.STD else std,
             data.INTERPOLATION or interpolation)
+
+
+def resolve_normalization(config: CfgNode) -> CfgNode:
+    """A frozen copy of ``config`` with DATA.MEAN, DATA.STD and DATA.INTERPOLATION filled in (empty keys:
+    the backbone's), the values a run records."""
+    mean, std, interpolation = normalization(config)
+    resolved = config.clone()
+    resolved.defrost()
+    resolved.DATA.MEAN, resolved.DATA.STD = [float(v) for v in mean], [float(v) for v in std]
+    resolved.DATA.INTERPOLATION = interpolation
+    resolved.freeze()
+    return resolved
 
 
 @dataclass(frozen=True)

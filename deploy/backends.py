@@ -20,6 +20,7 @@ import torch
 from deploy.export import export_checked
 from deploy.onnx_backend import OnnxPredictor, open_session
 from inference import Backend, ModelInfo, Predictor
+from rundir import onnx_file
 
 BACKENDS = ("auto", "torch", "onnx")
 
@@ -56,7 +57,7 @@ def exported(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor:
 
 def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor | None:
     """export.py's default output for this checkpoint, when it is up to date and describes the same model."""
-    path = predictor.path.with_suffix(".onnx")
+    path = onnx_file(predictor.path)
     if not path.is_file() or path.stat().st_mtime < predictor.path.stat().st_mtime:
         return None
     candidate = OnnxPredictor.from_file(path)

@@ -1,9 +1,10 @@
 """The web page of ``app.py`` (Gradio): drop leaf photos, read each one's labels, probabilities and Grad-CAM.
 
-Per photo the page shows the labels under Kaggle's rules (``inference.submission_labels``), a bar
+Per photo the page shows the labels under Kaggle's rules (``reports.submission_labels``), a bar
 per class with its probability and a mark at its threshold, and (PyTorch backend) a Grad-CAM
-overlay for each predicted class. Probabilities come from ``inference.file_logits``, test.py's own
-path, so a photo scores the same in the page and on the command line. A refused or unreadable
+overlay for each predicted class. Probabilities come from ``evaluation.file_logits``, test.py's own
+path, so a photo scores the same in the page and on the command line, and its predictions.csv has
+test.py's columns (``reports.predictions_frame``). A refused or unreadable
 file gets a line saying why, and the others go on. Nothing leaves the machine: no analytics, system
 fonts, no CDN; uploads, examples and CSVs live in one temporary folder that the app removes.
 """
@@ -20,22 +21,21 @@ from typing import Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by gradio at import: no telemetry or update check
 
-import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
-from pytorch_grad_cam.base_cam import BaseCAM  # noqa: E402
+import gradio as gr
+import numpy as np
+from PIL import Image
+from pytorch_grad_cam.base_cam import BaseCAM
 
-from data.images import image_failure, load_image  # noqa: E402
-from data.labels import CLASS_INDEX, CLASSES  # noqa: E402
-from deploy.uploads import UploadError, UploadLimits, check_upload, display_name  # noqa: E402
-from explain import build_cam, class_maps, overlay  # noqa: E402
-from inference import Backend, file_logits, sigmoid, submission_labels  # noqa: E402
-from process.leaves import render_leaf  # noqa: E402
-from utils import atomic_write, atomic_write_text  # noqa: E402
+from data.images import image_failure, load_image
+from data.labels import CLASS_INDEX, CLASSES
+from deploy.uploads import UploadError, UploadLimits, check_upload, display_name
+from evaluation import file_logits
+from explain import build_cam, class_maps, overlay
+from inference import Backend, sigmoid
+from reports import PREDICTIONS_CSV, predictions_frame, submission_labels
+from utils import atomic_write_text
 
 PHOTO_SIDE = 448  # longer side of the photo and CAM pictures in the page
-EXAMPLE_LABELS = ("scab", "rust", "healthy", "frog_eye_leaf_spot complex")
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 CSS = """
@@ -142,14 +142,12 @@ class LeafPage:
             result.cams = [(CLASSES[c], overlay(photo, m)) for c, m in zip(classes, maps)]
 
     def write_csv(self, results: Sequence[LeafResult]) -> str | None:
-        """image, labels (Kaggle's rules) and the six probabilities of the scored files."""
+        """predictions.csv of the scored files, as test.py writes it: image, six probabilities, predicted."""
         scored = [r for r in results if r.probs is not None]
         if not scored:
             return None
-        frame = pd.DataFrame([r.probs for r in scored], columns=list(CLASSES))
-        frame.insert(0, "image", [r.name for r in scored])
-        frame.insert(1, "labels", [r.labels for r in scored])
-        path = self.workdir / uuid.uuid4().hex / "predictions.csv"
+        frame = predictions_frame([r.name for r in scored], np.stack([r.probs for r in scored]), self.thresholds)
+        path = self.workdir / uuid.uuid4().hex / PREDICTIONS_CSV
         atomic_write_text(frame.to_csv(index=False), path)
         return str(path)
 
@@ -204,16 +202,6 @@ def render_results(results: Sequence[LeafResult], thresholds: np.ndarray) -> str
 # ---------------------------------------------------------------------------------------------
 # The page and the server
 # ---------------------------------------------------------------------------------------------
-
-
-def write_examples(folder: Path, seed: int = 0) -> list[Path]:
-    """A few synthetic leaves (the demo's renderer), named after their true labels, for a first click."""
-    paths = []
-    for index, labels in enumerate(EXAMPLE_LABELS):
-        pixels = render_leaf(labels, np.random.default_rng([seed, index]), (600, 400))
-        paths.append(folder / f"{labels.replace(' ', '+')}.jpg")
-        atomic_write(paths[-1], lambda f: Image.fromarray(pixels).save(f, format="JPEG", quality=92))
-    return paths
 
 
 def build_blocks(page: LeafPage, examples: Sequence[Path], title: str) -> gr.Blocks:

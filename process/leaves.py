@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from data.labels import parse_labels
+from utils import atomic_write
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
@@ -423,3 +426,16 @@ def render_leaf(labels: str, rng: np.random.Generator, size: tuple[int, int]) ->
             paint(surface, leaf, symptoms)
     _blend(img, leaf_alpha, surface)
     return _camera(img, camera)
+
+
+EXAMPLE_LABELS = ("scab", "rust", "healthy", "frog_eye_leaf_spot complex")
+
+
+def write_example_leaves(folder: Path, seed: int = 0) -> list[Path]:
+    """A few synthetic leaves named after their true labels: the web page's examples for a first click."""
+    paths = []
+    for index, labels in enumerate(EXAMPLE_LABELS):
+        pixels = render_leaf(labels, np.random.default_rng([seed, index]), (600, 400))
+        paths.append(folder / f"{labels.replace(' ', '+')}.jpg")
+        atomic_write(paths[-1], lambda f, pixels=pixels: Image.fromarray(pixels).save(f, format="JPEG", quality=92))
+    return paths

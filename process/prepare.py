@@ -22,8 +22,8 @@ from pathlib import Path
 
 from termcolor import colored
 
+from cli import EXIT_FAILED, run_cli
 from process.tree import MAX_PIXELS, NoUsableImages, prepare
-from utils import EXIT_FAILED, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

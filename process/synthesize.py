@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,10 @@ from PIL import Image
 from termcolor import colored
 from tqdm import tqdm
 
+from cli import run_cli
 from process.leaves import render_leaf
-from utils import atomic_write, atomic_write_text, run_cli
+from process.tree import die_with_parent, largest_remainder
+from utils import atomic_write, atomic_write_text
 
 # Images per label combination in the full Kaggle train.csv (18,632 images), in Kaggle's spelling.
 COMBINATION_COUNTS: dict[str, int] = {
@@ -54,11 +58,8 @@ def allocate_counts(num: int) -> dict[str, int]:
     largest combination, so frequencies stay as close to Kaggle's as integers allow.
     """
     total = sum(COMBINATION_COUNTS.values())
-    exact = {c: num * n / total for c, n in COMBINATION_COUNTS.items()}
-    counts = {c: int(q) for c, q in exact.items()}
-    by_remainder = sorted(exact, key=lambda c: exact[c] - counts[c], reverse=True)
-    for combo in by_remainder[: num - sum(counts.values())]:
-        counts[combo] += 1
+    exact = np.array([num * n / total for n in COMBINATION_COUNTS.values()])
+    counts = dict(zip(COMBINATION_COUNTS, largest_remainder(exact)))
     if num >= len(counts):
         for combo in [c for c, n in counts.items() if n == 0]:
             counts[max(counts, key=counts.__getitem__)] -= 1
@@ -93,25 +94,41 @@ def _check_args(num: int, seed: int, size: tuple[int, int], quality: int) -> Non
         raise ValueError(f"quality must be in 1..100, got {quality}")
 
 
+def write_leaf(job: tuple[Path, int, int, str, tuple[int, int], int]) -> str:
+    """Render leaf ``index`` of ``seed`` (its own generator: any order, any process) and write it; its name."""
+    folder, seed, index, labels, size, quality = job
+    name = image_name(seed, index)
+    image = Image.fromarray(render_leaf(labels, np.random.default_rng([seed, index]), size), "RGB")
+    atomic_write(folder / name, lambda f: image.save(f, format="JPEG", quality=quality))  # never half a file
+    return name
+
+
+def write_leaves(jobs: list[tuple], workers: int) -> list[str]:
+    """:func:`write_leaf` of every job, on ``workers`` processes, with a progress bar; names in job order."""
+    bar = dict(total=len(jobs), desc="synthesize", unit="img")
+    if workers <= 1:
+        return [write_leaf(job) for job in tqdm(jobs, **bar)]
+    with ProcessPoolExecutor(workers, initializer=die_with_parent) as pool:
+        return list(tqdm(pool.map(write_leaf, jobs, chunksize=8), **bar))
+
+
 def synthesize(out: Path | str, num: int, seed: int = 0, size: tuple[int, int] = (600, 400),
-               quality: int = 90) -> pd.DataFrame:
+               quality: int = 90, workers: int | None = None) -> pd.DataFrame:
     """Write ``num`` synthetic leaf photos and their ``train.csv`` into ``out`` (Kaggle layout).
 
-    Returns the rows written (columns ``image``, ``labels``), sorted by image name like Kaggle's.
+    Returns the rows written (columns ``image``, ``labels``), sorted by image name like Kaggle's. Leaves
+    are rendered on ``workers`` processes (default: one per core); each has its own seed, so the files
+    are the same whatever the number.
     """
     _check_args(num, seed, size, quality)
     out = Path(out)
     images = out / "train_images"
     images.mkdir(parents=True, exist_ok=True)
     (out / "train.csv").unlink(missing_ok=True)  # a stale CSV must not vouch for a new, unfinished run
-    rows = []
-    for index, labels in enumerate(tqdm(assign_labels(num, seed), desc="synthesize", unit="img")):
-        name = image_name(seed, index)
-        rng = np.random.default_rng([seed, index])
-        image = Image.fromarray(render_leaf(labels, rng, size), "RGB")
-        atomic_write(images / name, lambda f: image.save(f, format="JPEG", quality=quality))  # never half a file
-        rows.append((name, labels))
-    frame = pd.DataFrame(rows, columns=["image", "labels"]).sort_values("image", ignore_index=True)
+    labels = assign_labels(num, seed)
+    jobs = [(images, seed, index, text, size, quality) for index, text in enumerate(labels)]
+    names = write_leaves(jobs, max(1, min(workers or os.cpu_count() or 1, num)))
+    frame = pd.DataFrame({"image": names, "labels": labels}).sort_values("image", ignore_index=True)
     # Last, so that its presence means the dataset is complete.
     atomic_write_text(frame.to_csv(index=False, lineterminator="\n"), out / "train.csv")
     return frame

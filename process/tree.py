@@ -33,8 +33,9 @@ from tqdm import tqdm
 from data.images import image_failure, load_image
 from data.labels import CLASSES, labels_to_codes
 from process.sources import KAGGLE, SPLITS, InputError, read_source
+from reports import png_bytes
 from runlock import LOCK_NAME, hold_run_lock
-from utils import atomic_write, atomic_write_bytes, atomic_write_text, png_bytes, remove_partial_writes
+from utils import atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
 
 MAX_PIXELS = 100_000_000  # a 4000x2672 photo has 10.7 MP; far beyond this is a decompression bomb
 JPEG_QUALITY = 95
@@ -50,13 +51,18 @@ class NoUsableImages(RuntimeError):
 # ----------------------------------------------------------------------------- splitting
 
 
-def allocate(n: int, fractions: tuple[float, ...]) -> list[int]:
-    """Split ``n`` items by ``fractions`` (summing to 1) with the largest-remainder method."""
-    exact = np.asarray(fractions) * n
+def largest_remainder(exact: np.ndarray) -> list[int]:
+    """Integer counts summing to ``round(exact.sum())``: each quota's floor, plus one for the largest
+    remainders (ties: in order)."""
     counts = np.floor(exact).astype(int)
     by_remainder = np.argsort(-(exact - counts), kind="stable")
-    counts[by_remainder[: n - counts.sum()]] += 1
+    counts[by_remainder[: int(round(exact.sum())) - counts.sum()]] += 1
     return counts.tolist()
+
+
+def allocate(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Split ``n`` items by ``fractions`` (summing to 1) with the largest-remainder method."""
+    return largest_remainder(np.asarray(fractions) * n)
 
 
 def assign_splits(rows: pd.DataFrame, val: float, test: float, seed: int) -> pd.Series:
@@ -131,7 +137,7 @@ def process_image(task: Task) -> tuple[str, bool, str]:
         return task.image, False, "empty file (0 bytes)"
     try:
         image = load_resized(source, task.size)
-    except Exception as error:  # Pillow raises many types on corrupt data; any of them means skip
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types on corrupt data; any means skip
         return task.image, False, image_failure(error)
     first, *others = map(Path, task.outputs)
     atomic_write(first, lambda f: image.save(f, format="JPEG", quality=JPEG_QUALITY))
@@ -147,11 +153,16 @@ def _exit_with(parent: int) -> None:
     os._exit(1)
 
 
+def die_with_parent() -> None:
+    """A pool worker's initializer: the worker ends within half a second of its parent (even a SIGKILLed one)."""
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
 def _init_worker(max_pixels: int) -> None:
     """Make an image over the pixel limit an error in this worker (Pillow only warns below 2x); die with prepare."""
     Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    die_with_parent()
 
 
 def run_tasks(tasks: list[Task], workers: int, max_pixels: int) -> list[tuple[str, bool, str]]:
@@ -245,7 +256,7 @@ def one_hot(rows: pd.DataFrame) -> pd.DataFrame:
     """``images`` + six 0/1 columns in CLASSES order, sorted by image name."""
     table = pd.DataFrame({"images": rows["output"].to_numpy()})
     for name in CLASSES:
-        table[name] = rows["labels"].str.split().map(lambda labels: int(name in labels)).to_numpy()
+        table[name] = rows["labels"].str.split().map(lambda labels, name=name: int(name in labels)).to_numpy()
     return table.sort_values("images", ignore_index=True)
 
 

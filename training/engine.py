@@ -1,4 +1,4 @@
-"""The loops: one epoch of training, one pass of evaluation, optimizer and schedule, throughput."""
+"""The loops: one epoch of training, validation, the optimizer and its schedule."""
 from __future__ import annotations
 
 import contextlib
@@ -12,14 +12,16 @@ from typing import Any, Callable, ContextManager, Iterable
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from runtime import all_gather_objects, get_rank, get_world_size, is_distributed
+from data.labels import NUM_CLASSES
+from distributed import get_rank, get_world_size, is_distributed
+from inference import forward_batches
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,8 +96,9 @@ def param_groups(config: CfgNode, model: nn.Module) -> list[dict]:
     else:
         backbone_groups = param_groups_weight_decay(model.backbone, train.WEIGHT_DECAY,
                                                     no_weight_decay_list=backbone_no_decay)
+    scale = train.BACKBONE_LR_SCALE
     return ([{**group, "lr_scale": 1.0} for group in groups]
-            + [{**group, "lr_scale": group.get("lr_scale", 1.0) * train.BACKBONE_LR_SCALE} for group in backbone_groups])
+            + [{**group, "lr_scale": group.get("lr_scale", 1.0) * scale} for group in backbone_groups])
 
 
 def build_optimizer(config: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
@@ -179,6 +182,26 @@ def _optimizer_step(trainer: Trainer, log_grad_norm: bool) -> float:
     return grad_norm
 
 
+def _backward(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, sync: bool,
+              where: tuple[int, int]) -> float:
+    """Forward and backward of one micro-batch (its loss divided by the accumulation steps); returns the loss.
+
+    Only the last micro-batch of an accumulation group (``sync``) all-reduces gradients under DDP.
+    """
+    model = trainer.model
+    no_sync = isinstance(model, DistributedDataParallel) and not sync
+    with model.no_sync() if no_sync else contextlib.nullcontext():
+        with trainer.autocast():
+            # Targets reach the model in training only: the ArcFace head puts its margin at positives.
+            loss = trainer.criterion(model(images, targets), targets)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(*where, loss_value)
+        loss = loss / trainer.accumulation_steps
+        (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
+    return loss_value
+
+
 def train_one_epoch(
     trainer: Trainer,
     loader: Iterable,
@@ -212,17 +235,7 @@ def train_one_epoch(
             if trainer.mixup_fn is not None:
                 images, targets = trainer.mixup_fn(images, targets)
             update = (step + 1) % accum == 0 or step + 1 == total_steps
-            # Only the last micro-batch of an accumulation group all-reduces gradients.
-            no_sync = isinstance(model, DistributedDataParallel) and not update
-            with model.no_sync() if no_sync else contextlib.nullcontext():
-                with trainer.autocast():
-                    # Targets reach the model in training only: the ArcFace head puts its margin at positives.
-                    loss = trainer.criterion(model(images, targets), targets)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(epoch, step, loss_value)
-                loss = loss / accum
-                (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
+            loss_value = _backward(trainer, images, targets, sync=update, where=(epoch, step))
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
             log_now = (step + 1) % trainer.print_freq == 0 or step + 1 == total_steps
             if update:
@@ -251,66 +264,16 @@ class Evaluation:
     probs: np.ndarray  # (N, 6) sigmoid probabilities, in dataset order
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Any,
     criterion: nn.Module,
     device: torch.device,
     autocast: Callable[[], ContextManager] = contextlib.nullcontext,
-    desc: str = "val",
 ) -> Evaluation:
-    """Validation loss and probabilities of every image exactly once, gathered from all ranks.
-
-    ``model`` must be the unwrapped module (or the EMA copy): ranks hold different numbers of
-    batches, so no collective may run per batch. It is called without labels, in eval mode.
-    """
-    model.eval()
-    logits, targets = [], []
-    for images, batch_targets in tqdm(loader, desc=desc, leave=False, disable=get_rank() != 0, dynamic_ncols=True):
-        with autocast():
-            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
-        targets.append(batch_targets.float())
-    indices = list(loader.sampler)
-    local = (indices, torch.cat(logits) if logits else torch.empty(0, 0), torch.cat(targets) if targets else torch.empty(0, 0))
-    parts = [part for part in all_gather_objects(local) if len(part[0])]
-    order = np.argsort(np.concatenate([part[0] for part in parts]), kind="stable")
-    all_logits = torch.cat([part[1] for part in parts])[order]
-    all_targets = torch.cat([part[2] for part in parts])[order]
-    loss = criterion(all_logits, all_targets).item()
-    return Evaluation(loss, all_targets.numpy(), torch.sigmoid(all_logits).numpy())
-
-
-@torch.inference_mode()
-def throughput(model: nn.Module, images: torch.Tensor, autocast: Callable[[], ContextManager],
-               warmup: int = 5, iterations: int = 20) -> float:
-    """Model-only inference images/s on a fixed batch (no data loading)."""
-    model.eval()
-    for _ in range(warmup):
-        with autocast():
-            model(images)
-    _synchronize(images.device)
-    start = time.perf_counter()
-    for _ in range(iterations):
-        with autocast():
-            model(images)
-    _synchronize(images.device)
-    return iterations * len(images) / (time.perf_counter() - start)
-
-
-def loader_throughput(loader: Iterable, max_batches: int = 50) -> float:
-    """Loader-only images/s (decode + augmentation), timed from the second batch on (after worker start-up)."""
-    counts, times = [], [time.perf_counter()]
-    for images, _ in loader:
-        counts.append(len(images))
-        times.append(time.perf_counter())
-        if len(counts) >= max_batches:
-            break
-    if len(counts) > 1:
-        return sum(counts[1:]) / max(times[-1] - times[1], 1e-9)
-    return sum(counts) / max(times[-1] - times[0], 1e-9)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """Validation loss and probabilities of every image exactly once, gathered from all ranks
+    (``inference.forward_batches``: the loop every prediction runs through)."""
+    logits, targets = forward_batches(model, loader, device, autocast=autocast, desc="val", gather=True)
+    targets = torch.stack(targets).float() if targets else torch.empty(0, NUM_CLASSES)
+    loss = criterion(logits, targets).item()
+    return Evaluation(loss, targets.numpy(), torch.sigmoid(logits).numpy())

@@ -1,11 +1,6 @@
 """One training run: build it from the config, resume it, run its epochs, save and report.
 
-Everything goes to ``run_dir(config)`` = OUTPUT/MODEL.NAME/TAG: ``config.yaml``, ``log.txt``,
-``history.csv``, ``curves.png``, ``ckpt_latest.pth`` (every epoch, and mid-epoch on a stop; the one it
-replaced stays as ``ckpt_latest.prev.pth``),
-``ckpt_best.pth`` + ``thresholds.json`` (best TRAIN.BEST_METRIC on validation),
-``thresholds_tta.json`` (the best checkpoint's, tuned on validation with TTA, written at the end) and
-``ckpt_epoch_N.pth`` every SAVE_FREQ epochs.
+Everything goes to the run dir OUTPUT/MODEL.NAME/TAG (its files: ``rundir.RunDir``).
 """
 from __future__ import annotations
 
@@ -24,24 +19,30 @@ from torch.nn.parallel import DistributedDataParallel
 from yacs.config import CfgNode
 
 from checkpoint import (
-    LATEST, load_pretrained, load_resume_checkpoint, restore_training, save_checkpoint, save_latest, training_state,
+    load_pretrained,
+    load_resume_checkpoint,
+    restore_training,
+    save_checkpoint,
+    save_latest,
+    training_state,
 )
+from cli import EXIT_INTERRUPTED, EXIT_OK
 from data.labels import CLASSES
 from data.loader import build_loader
+from evaluation import evaluate_checkpoint
 from faults import pause_at
-from inference import TTA_THRESHOLDS, evaluate_checkpoint, write_thresholds
-from metrics import summarize, tune_thresholds
+from log import short_list
+from metrics import summarize
 from models import build_loss, build_model
 from reports import coloured_table, training_curves_png
-from runtime import amp_dtype, autocast_factory, place_model, seed_epoch, seed_everything, set_rng_state
-from training.engine import (
-    Trainer, build_optimizer, build_scheduler, evaluate, loader_throughput, throughput, train_one_epoch,
-)
+from rundir import RunDir
+from runtime import amp_dtype, autocast_factory, place_model
+from seeding import seed_epoch, seed_everything, set_rng_state
+from thresholds import DEFAULT_THRESHOLD, tune_thresholds, write_thresholds
+from training.engine import Trainer, build_optimizer, build_scheduler, evaluate, train_one_epoch
 from training.history import read_history, write_history
 from training.stop import GracefulStop
-from utils import (
-    EXIT_INTERRUPTED, EXIT_OK, atomic_write_bytes, atomic_write_text, remove_partial_writes, run_dir, short_list,
-)
+from utils import atomic_write_bytes, atomic_write_text, remove_partial_writes
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Best:
 
     value: float = -math.inf
     epoch: int = -1
-    thresholds: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
+    thresholds: list[float] = field(default_factory=lambda: [DEFAULT_THRESHOLD] * len(CLASSES))
 
     def improves(self, value: float) -> bool:
         return not math.isnan(value) and value > self.value
@@ -99,8 +100,8 @@ class Run:
     metrics: dict = field(default_factory=dict)  # validation summary of the last completed epoch
 
     @property
-    def out(self) -> Path:
-        return run_dir(self.config)
+    def dir(self) -> RunDir:
+        return RunDir.of(self.config)
 
     def eval_model(self) -> torch.nn.Module:
         """EMA weights when MODEL.EMA.EVAL, else the raw module: the weights that are selected and saved as best."""
@@ -126,7 +127,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
 
     if rank == 0:
         remove_killed_writes(run)
-    resume_file, ckpt = load_resume_checkpoint(config, run.out, logger) or (None, None)
+    resume_file, ckpt = load_resume_checkpoint(config, run.dir, logger) or (None, None)
     if ckpt is not None:
         restore_training(ckpt, trainer)
     elif config.MODEL.PRETRAINED:
@@ -148,7 +149,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
         logger.info(f"resumed from {resume_file}: epoch {start_epoch} step {start_step} "
                     f"(best {config.TRAIN.BEST_METRIC} {run.best.value:.4f} at epoch {run.best.epoch})")
     if rank == 0:
-        atomic_write_text(config.dump(), run.out / "config.yaml")
+        atomic_write_text(config.dump(), run.dir.config_file)
 
     with GracefulStop() as stop:
         code = train_epochs(run, start_epoch, start_step, stop)
@@ -159,7 +160,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
 
 def remove_killed_writes(run: Run) -> None:
     """Delete the temp files of writes a kill cut short (the run dir's lock says no other writer runs)."""
-    removed = remove_partial_writes(run.out)
+    removed = remove_partial_writes(run.dir.path)
     if removed:
         run.logger.warning(f"removed {len(removed)} partial file(s) of a killed run: "
                            f"{short_list([path.name for path in removed])}")
@@ -170,7 +171,7 @@ def resume_from(run: Run, ckpt: dict, updates_per_epoch: int) -> None:
     config, trainer = run.config, run.trainer
     run.best = Best(ckpt["best_metric"], ckpt["best_epoch"], list(ckpt["thresholds"]))
     run.metrics = dict(ckpt.get("metrics") or {})
-    run.history = read_history(run.out / "history.csv", ckpt["epoch"])
+    run.history = read_history(run.dir.history, ckpt["epoch"])
     trainer.num_updates = ((ckpt["epoch"] + 1) * updates_per_epoch
                            + math.ceil(ckpt["step"] / config.TRAIN.ACCUMULATION_STEPS))
     if dist.is_initialized():  # exact replay is a single-process promise; keep the ranks decorrelated
@@ -213,7 +214,7 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
             return EXIT_INTERRUPTED
     if best.epoch >= 0:
         logger.info(f"done: best {config.TRAIN.BEST_METRIC} {best.value:.4f} at epoch {best.epoch} "
-                    f"({run.out / 'ckpt_best.pth'})")
+                    f"({run.dir.best_checkpoint})")
     return EXIT_OK
 
 
@@ -248,25 +249,25 @@ def log_epoch(run: Run, epoch: int, train_loss: float, improved: bool) -> None:
 
 def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     """History, curves, then checkpoints: a crash in between only makes the resumed run redo this epoch."""
-    out, config = run.out, run.config
-    write_history(run.history, out / "history.csv")
-    atomic_write_bytes(training_curves_png(run.history, config.TRAIN.BEST_METRIC), out / "curves.png")
+    folder, config = run.dir, run.config
+    write_history(run.history, folder.history)
+    atomic_write_bytes(training_curves_png(run.history, config.TRAIN.BEST_METRIC), folder.curves)
     state = training_state(config, run.trainer, epoch, 0, run.best, run.metrics)
     if improved:
-        (out / TTA_THRESHOLDS).unlink(missing_ok=True)  # those of the checkpoint being replaced
-        save_checkpoint(state, out / "ckpt_best.pth")
-        write_thresholds(run.best.thresholds, out / "thresholds.json")
+        folder.thresholds(tta=True).unlink(missing_ok=True)  # those of the checkpoint being replaced
+        save_checkpoint(state, folder.best_checkpoint)
+        write_thresholds(run.best.thresholds, folder.thresholds())
     if config.SAVE_FREQ and (epoch + 1) % config.SAVE_FREQ == 0:
-        save_checkpoint(state, out / f"ckpt_epoch_{epoch}.pth")
-    save_latest(state, out)
+        save_checkpoint(state, folder.epoch_checkpoint(epoch))
+    save_latest(state, folder)
     pause_at("saved")
 
 
 def save_interrupted(run: Run, epoch: int, steps_done: int, stop: GracefulStop) -> int:
     """Mid-epoch ckpt_latest.pth: the last completed epoch plus the steps done in this one."""
     if run.rank == 0:
-        save_latest(training_state(run.config, run.trainer, epoch - 1, steps_done, run.best, run.metrics), run.out)
-    run.logger.warning(f"{stop.requested}: saved {run.out / LATEST} at epoch {epoch} step {steps_done}; "
+        save_latest(training_state(run.config, run.trainer, epoch - 1, steps_done, run.best, run.metrics), run.dir)
+    run.logger.warning(f"{stop.requested}: saved {run.dir.latest_checkpoint} at epoch {epoch} step {steps_done}; "
                        "run the same command to resume")
     return EXIT_INTERRUPTED
 
@@ -274,7 +275,7 @@ def save_interrupted(run: Run, epoch: int, steps_done: int, stop: GracefulStop) 
 def report_best(run: Run) -> None:
     """Score ckpt_best.pth on validation again, from the file, and log its per-class table; then tune
     its thresholds for TTA (``test.py --tta``) on validation predictions averaged over flips."""
-    best_file = run.out / "ckpt_best.pth"
+    best_file = run.dir.best_checkpoint
     if not best_file.is_file():
         return
     config = run.config
@@ -285,21 +286,8 @@ def report_best(run: Run) -> None:
                     + coloured_table(result.table))
     flipped, _, _ = evaluate_checkpoint(best_file, split_dir, device, batch_size, workers, tta=True)
     tta_thresholds = tune_thresholds(flipped.targets, flipped.probs)
-    write_thresholds(tta_thresholds, run.out / TTA_THRESHOLDS)
+    write_thresholds(tta_thresholds, run.dir.thresholds(tta=True))
     plain, tta = result.summary(thresholds), flipped.summary(tta_thresholds)
     run.logger.info(f"validation with TTA (flips), thresholds tuned on it: macro-F1 {tta['macro_f1']:.4f}, mAP "
                     f"{tta['mAP']:.4f} (without TTA {plain['macro_f1']:.4f}, {plain['mAP']:.4f}); "
-                    f"test.py --tta uses {run.out / TTA_THRESHOLDS}")
-
-
-def measure_throughput(config: CfgNode, device: torch.device, logger: logging.Logger) -> None:
-    """Model-only img/s on a synthetic batch, then loader-only img/s, reported separately."""
-    model = place_model(build_model(config), config, device)
-    images = torch.randn(config.DATA.BATCH_SIZE, 3, config.DATA.IMG_SIZE, config.DATA.IMG_SIZE, device=device)
-    model_rate = throughput(model, images, autocast_factory(device, amp_dtype(config, device, logger)))
-    logger.info(f"model throughput: {model_rate:.1f} img/s (batch {len(images)}, {config.DATA.IMG_SIZE}px, "
-                f"{device}, inference)")
-    _, _, loader_train, _, _ = build_loader(config)
-    loader_rate = loader_throughput(loader_train)
-    logger.info(f"loader throughput: {loader_rate:.1f} img/s ({config.DATA.NUM_WORKERS} workers, "
-                "training transforms)")
+                    f"test.py --tta uses {run.dir.thresholds(tta=True)}")

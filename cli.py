@@ -1,0 +1,61 @@
+"""Command-line plumbing every script shares: exit codes, ``run_cli``, the options that find a run.
+
+Exit codes of every command: 0 done, 1 the run failed (e.g. a non-finite loss, a full disk, a run
+dir in use by another process: one ``error:`` line), 2 bad input (a one-line
+``error: <file>: <problem>`` on stderr, like argparse's own usage errors), 130 interrupted
+(SIGINT/SIGTERM; the run saved what it had and the same command resumes it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from argparse import Namespace
+from pathlib import Path
+from typing import Callable
+
+from termcolor import colored
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason outside its input: one ``error:`` line, exit code 1."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Exit with ``main()``'s code; bad input (ValueError, FileNotFoundError) is one line and code 2,
+    a :class:`RunError` one line and code 1, a KeyboardInterrupt (a second Ctrl-C) one line and 130."""
+    try:
+        code = main()
+    except (ValueError, FileNotFoundError) as error:
+        print(colored(f"error: {error}", "red"), file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except RunError as error:
+        print(colored(f"error: {error}", "red"), file=sys.stderr)
+        sys.exit(EXIT_FAILED)
+    except KeyboardInterrupt:
+        print(colored("interrupted", "yellow"), file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code or EXIT_OK)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that find a trained run and its checkpoint (test.py, visual.py, export.py, app.py)."""
+    parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
+    parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
+    parser.add_argument("--tag", help="run tag (default: the config's TAG)")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's ckpt_best.pth)")
+
+
+def find_checkpoint(args: Namespace) -> Path:
+    """``args.checkpoint``, else the best checkpoint of the run named by ``args.cfg``/``opts``/``tag``."""
+    from config import get_config
+    from rundir import RunDir
+
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    config = get_config(Namespace(cfg=args.cfg, opts=args.opts, tag=args.tag))
+    path = RunDir.of(config).best_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (train with main.py first, or give --checkpoint FILE)")
+    return path

@@ -1,0 +1,104 @@
+"""Scoring a model: a labelled split of the prepared tree, or loose photos, through any backend.
+
+``main.py --eval``, the end-of-training report, ``test.py``, the web page and the benchmarks all go
+through here, so a model file is scored the same way everywhere.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from data.dataset import ImageFiles, MultiLabelImageFolder, collect_images
+from data.labels import CLASSES
+from data.loader import build_inference_loader
+from inference import Backend, Predictor, sigmoid
+from metrics import multilabel_metrics, summarize
+from models import build_loss
+from reports import predictions_frame, write_split_results
+from thresholds import as_thresholds
+
+
+@dataclass
+class SplitEvaluation:
+    """A checkpoint scored on a labelled split: per-class table, truth, probabilities, logits."""
+
+    table: pd.DataFrame
+    names: list[str]
+    targets: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def probs(self) -> np.ndarray:
+        return sigmoid(self.logits)
+
+    def summary(self, thresholds: np.ndarray) -> dict:
+        """The averaged metrics of the per-epoch validation summary (metrics.summarize)."""
+        return summarize(self.targets, self.probs, thresholds)
+
+    def write(self, folder: Path, thresholds: np.ndarray, meta: dict) -> None:
+        """predictions.csv, submission.csv, metrics.csv/.json and the figures, in ``folder``."""
+        write_split_results(folder, self.table, self.names, self.targets, self.probs, thresholds, meta)
+
+
+def evaluate_split(predictor: Backend, split_dir: Path, thresholds: np.ndarray, batch_size: int,
+                   num_workers: int, tta: bool = False) -> SplitEvaluation:
+    """Every image of ``split_dir`` (a prepared tree's split) once, in name order, scored at ``thresholds``."""
+    dataset = MultiLabelImageFolder(split_dir, predictor.transform)
+    loader = build_inference_loader(dataset, batch_size, num_workers, predictor.device)
+    logits, _ = predictor.logits(loader, tta)
+    targets = dataset.targets.astype(int)
+    names = [Path(path).name for path, _ in dataset.samples]
+    return SplitEvaluation(multilabel_metrics(targets, sigmoid(logits), thresholds), names, targets, logits)
+
+
+def evaluate_checkpoint(path: Path, split_dir: Path, device: torch.device, batch_size: int, num_workers: int,
+                        tta: bool = False) -> tuple[SplitEvaluation, np.ndarray, float]:
+    """(evaluation, thresholds, loss) of checkpoint ``path`` on ``split_dir`` at the checkpoint's own thresholds.
+
+    The one way a saved checkpoint is scored on a split without threshold files: ``main.py --eval``
+    and the end-of-training report use it; ``test.py`` adds threshold files on top.
+    """
+    predictor = Predictor.from_checkpoint(path, device)
+    thresholds = as_thresholds(predictor.thresholds, len(CLASSES))
+    result = evaluate_split(predictor, split_dir, thresholds, batch_size, num_workers, tta)
+    criterion = build_loss(predictor.config)
+    loss = criterion(torch.from_numpy(result.logits).float(), torch.from_numpy(result.targets).float()).item()
+    return result, thresholds, loss
+
+
+def file_logits(predictor: Backend, paths: Sequence[Path], batch_size: int, num_workers: int, tta: bool = False
+                ) -> tuple[np.ndarray, list[str]]:
+    """Logits of each file (zeros where unreadable) and why each could not be read ('' when it could).
+
+    Large JPEGs are decoded at reduced size (never below what the transform needs); the web app
+    goes through here too, so a photo gets the same probabilities there as with ``test.py``.
+    """
+    preprocessing = predictor.info.preprocessing
+    dataset = ImageFiles(paths, predictor.transform, preprocessing.img_size, preprocessing.decode_size)
+    return predictor.logits(build_inference_loader(dataset, batch_size, num_workers, predictor.device), tta)
+
+
+def predict_files(predictor: Backend, patterns: Sequence[str], thresholds: np.ndarray, batch_size: int,
+                  num_workers: int, logger: logging.Logger, tta: bool = False) -> pd.DataFrame:
+    """Predictions of the readable images among ``patterns`` (files, folders, globs); bad ones are logged."""
+    paths = collect_images(patterns, logger)
+    logits, errors = file_logits(predictor, paths, batch_size, num_workers, tta)
+    for path, error in zip(paths, errors):
+        if error:
+            logger.warning(f"{path}: skipped ({error})")
+    good = np.array([not error for error in errors])
+    if not good.any():
+        raise ValueError(f"none of the {len(paths)} images could be read")
+    kept = [p for p, ok in zip(paths, good) if ok]
+    frame = predictions_frame([p.name for p in kept], sigmoid(logits[good]), thresholds)
+    frame.insert(1, "path", [str(p) for p in kept])
+    logger.info(f"predicted {len(kept)} images ({len(paths) - len(kept)} skipped)")
+    return frame
+
+

@@ -1,0 +1,95 @@
+"""The run directory, OUTPUT/MODEL.NAME/TAG: the name of every file a run and its commands write.
+
+``main.py`` writes ``config.yaml``, ``log.txt``, ``history.csv``, ``curves.png``, ``ckpt_latest.pth``
+(every epoch, and mid-epoch on a stop; the one it replaced stays as ``ckpt_latest.prev.pth``),
+``ckpt_best.pth`` + ``thresholds.json`` (best TRAIN.BEST_METRIC on validation), ``thresholds_tta.json``
+(the best checkpoint's, tuned on validation with TTA, at the end) and ``ckpt_epoch_N.pth`` every
+SAVE_FREQ epochs. The other commands put their results in folders of it: ``test_<split>/``
+(test.py on a split), ``predict/`` (test.py --images), ``cam/`` (visual.py); export.py writes the
+checkpoint's ``.onnx`` beside it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run; ``path`` is the folder itself."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, config: Any) -> "RunDir":
+        """The run dir of a config: OUTPUT/MODEL.NAME/TAG."""
+        return cls(Path(config.OUTPUT) / config.MODEL.NAME / config.TAG)
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Path) -> "RunDir":
+        """The run a model file (checkpoint or .onnx) belongs to: its folder."""
+        return cls(Path(checkpoint).parent)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.path / "ckpt_latest.pth"
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        """The ckpt_latest.pth that the current one replaced: the fallback should it be unreadable."""
+        return self.path / "ckpt_latest.prev.pth"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "ckpt_best.pth"
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.path / f"ckpt_epoch_{epoch}.pth"
+
+    def epoch_checkpoints(self) -> list[Path]:
+        return [path for path in self.path.glob("ckpt_epoch_*.pth") if path.is_file()]
+
+    def thresholds(self, tta: bool = False) -> Path:
+        """The best checkpoint's thresholds tuned on validation (with TTA: on flip-averaged predictions)."""
+        return self.path / ("thresholds_tta.json" if tta else "thresholds.json")
+
+    def split_thresholds(self, split: str) -> Path:
+        """Thresholds tuned on ``split`` by ``test.py --tune-thresholds``."""
+        return self.path / f"thresholds_{split}.json"
+
+    @property
+    def eval_metrics(self) -> Path:
+        """``main.py --eval``'s summary."""
+        return self.path / "eval_metrics.json"
+
+    def split_results(self, split: str) -> Path:
+        """test.py's folder for a labelled split."""
+        return self.path / f"test_{split}"
+
+    @property
+    def predictions(self) -> Path:
+        """test.py's folder for ``--images``."""
+        return self.path / "predict"
+
+    @property
+    def cam(self) -> Path:
+        """visual.py's folder."""
+        return self.path / "cam"
+
+
+def onnx_file(checkpoint: Path) -> Path:
+    """export.py's default output for a checkpoint: the same path as ``.onnx``."""
+    return Path(checkpoint).with_suffix(".onnx")

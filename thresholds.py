@@ -1,0 +1,113 @@
+"""Decision thresholds, in one place: the default, the tuning grid and rule, and threshold files.
+
+A model's probabilities become labels by one threshold per class. They are tuned on validation
+(per class, for that class's F1) and stored as ``{class: threshold}`` JSON in the run dir
+(``thresholds.json``; ``thresholds_tta.json`` for flip-averaged predictions), in checkpoints and
+in exported files. Without any, every class uses :data:`DEFAULT_THRESHOLD`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from data.labels import CLASSES
+from utils import atomic_write_text
+
+if TYPE_CHECKING:
+    from inference import Backend
+    from rundir import RunDir
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def _threshold_grid() -> np.ndarray:
+    """0.01 ... 0.99, then steps of 0.5 in logit space out to 1e-6 from 0 and 1.
+
+    A cosine head's probability, sigmoid(SCALE * cos), crowds against 0 and 1 (with ArcFace's 30,
+    most validation scores of a trained model are above 0.99 or below 0.01), so its best thresholds
+    lie beyond the linear grid.
+    """
+    linear = np.round(np.linspace(0.01, 0.99, 99), 2)
+    tail = 1.0 / (1.0 + np.exp(-np.arange(5.0, 14.0, 0.5)))  # 0.9933 ... 0.9999986
+    return np.concatenate([1.0 - tail[::-1], linear, tail])
+
+
+THRESHOLD_GRID = _threshold_grid()
+
+
+def as_thresholds(thresholds: float | Sequence[float] | np.ndarray | None, num_classes: int) -> np.ndarray:
+    """One float64 threshold per class: a scalar is broadcast, None is the default."""
+    if thresholds is None:
+        thresholds = DEFAULT_THRESHOLD
+    return np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (num_classes,)).copy()
+
+
+def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
+    """Per-class thresholds maximising that class's F1 on (validation) data.
+
+    Where several grid points tie, the middle one is taken, which is the least sensitive to the
+    exact scores; a class with no positives keeps the default.
+    """
+    y_true = np.asarray(y_true) > 0.5
+    probs = np.asarray(probs)
+    grid = np.asarray(grid, dtype=np.float64)
+    best = np.full(y_true.shape[1], DEFAULT_THRESHOLD)
+    for c in range(y_true.shape[1]):
+        if not y_true[:, c].any():
+            continue
+        pred = probs[None, :, c] >= grid[:, None]  # (G, N)
+        tp = (pred & y_true[None, :, c]).sum(1)
+        fp = (pred & ~y_true[None, :, c]).sum(1)
+        fn = (~pred & y_true[None, :, c]).sum(1)
+        f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+        ties = np.flatnonzero(f1 == f1.max())
+        best[c] = grid[ties[len(ties) // 2]]
+    return best
+
+
+def read_thresholds(path: Path) -> np.ndarray:
+    """``{class: threshold}`` with every class, each in [0, 1], in CLASSES order."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable thresholds JSON ({err})") from None
+    if not isinstance(values, dict) or set(values) != set(CLASSES):
+        raise ValueError(f"{path}: thresholds must map exactly the classes {list(CLASSES)}")
+    thresholds = np.array([values[name] for name in CLASSES], dtype=np.float64)
+    if not ((thresholds >= 0) & (thresholds <= 1)).all():
+        raise ValueError(f"{path}: thresholds must lie in [0, 1]")
+    return thresholds
+
+
+def write_thresholds(thresholds: Sequence[float], path: Path) -> None:
+    atomic_write_text(json.dumps(dict(zip(CLASSES, map(float, thresholds))), indent=2) + "\n", path)
+
+
+def resolve_thresholds(file: Path | None, run: RunDir, predictor: Backend, logger: logging.Logger,
+                       tta: bool = False) -> np.ndarray:
+    """``file``, else the run's (``thresholds_tta.json`` with ``tta``, else ``thresholds.json``), else the
+    model file's (checkpoint or .onnx), else the default (warned).
+
+    Averaging over flips changes the probabilities, so TTA predictions take the thresholds tuned on
+    validation with TTA (main.py writes them at the end of training); without them the plain ones are used, warned.
+    """
+    if file is None and tta:
+        if run.thresholds(tta=True).is_file():
+            file = run.thresholds(tta=True)
+        else:
+            logger.warning(f"no {run.thresholds(tta=True).name} in {run.path}: TTA with thresholds tuned without it")
+    if file is None and run.thresholds().is_file():
+        file = run.thresholds()
+    if file is not None:
+        logger.info(f"thresholds from {file}")
+        return read_thresholds(file)
+    if predictor.thresholds is not None:
+        logger.info(f"thresholds from the model file {predictor.path}")
+        return np.asarray(predictor.thresholds, dtype=np.float64)
+    logger.warning(f"no {run.thresholds().name} in {run.path} and none in the model file: "
+                   f"using {DEFAULT_THRESHOLD} for every class")
+    return np.full(len(CLASSES), DEFAULT_THRESHOLD)
