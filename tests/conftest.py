@@ -1,8 +1,9 @@
-"""Shared fixtures: the real-data folder when PP_REAL_DATA is set."""
+"""Shared fixtures: the real-data folder when PP_REAL_DATA is set; every test that uses it is marked real_data."""
 import os
 from pathlib import Path
 
 import pytest
+
 
 @pytest.fixture
 def real_data() -> Path:
@@ -11,3 +12,11 @@ def real_data() -> Path:
     if not path:
         pytest.skip("PP_REAL_DATA not set: no real data")
     return Path(path)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``real_data`` every test that asks for the real_data fixture, directly or through another fixture."""
+    for item in items:
+        if "real_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)

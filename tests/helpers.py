@@ -1,4 +1,5 @@
-"""Tiny prepared trees for the tests: coloured leaves whose spots a tiny model can learn in seconds."""
+"""Shared test helpers: tiny prepared trees of coloured leaves whose spots a tiny model learns in seconds,
+tiny saved runs, main.py command lines, and processes driven from outside."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,10 +11,18 @@ from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
+import torch
 from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
 
+import inference
+from config import get_default_config
+from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES, labels_to_codes, labels_to_vector
+from data.transforms import build_transform
 from faults import PAUSE_ENV, PAUSED
+from models import build_model
+from thresholds import tune_thresholds, write_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +71,15 @@ def make_tree(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
 def load_script(name: str) -> ModuleType:
     """A top-level script (``main.py``, ``test.py``, ...) as a module, to drive it through ``main(argv)``.
 
-    Loaded by path under another name, so ``test.py`` never shadows the standard library's ``test``.
+    Loaded by path under another name, so ``test.py`` never shadows the standard library's ``test``;
+    registered in ``sys.modules`` under that name, as an imported module is (dataclasses need it).
     """
-    spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", ROOT / name)
+    module_name = f"script_{Path(name).with_suffix('').as_posix().replace('/', '_')}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / name)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -117,3 +131,103 @@ def has_ended(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny saved runs (what test.py, visual.py, export.py and app.py read), trained here in a few steps
+# ---------------------------------------------------------------------------------------------
+
+# The design's tiny Swin at 64 px.
+TINY_SWIN = [
+    "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
+    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
+    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "DATA.BATCH_SIZE", "8", "SEED", "0",
+]
+# A tiny CNN instead (the Swin keys emptied): opts to put after TINY_SWIN.
+CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
+       "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
+
+
+def tiny_swin_config(output: Path, tag: str, data_path: Path | str = "dataset", *opts: str):
+    """The tiny Swin's frozen config, with its run dir at output/<MODEL.NAME>/<tag>."""
+    config = get_default_config()
+    config.merge_from_list([*TINY_SWIN, "OUTPUT", str(output), "TAG", tag, "DATA.DATA_PATH", str(data_path), *opts])
+    config.freeze()
+    return config
+
+
+def train_a_little(model: torch.nn.Module, train_dir: Path, config, steps: int) -> torch.nn.Module:
+    """A few AdamW steps of BCE on the (un-augmented) training images: weights that mean something."""
+    torch.manual_seed(0)
+    loader = DataLoader(MultiLabelImageFolder(train_dir, build_transform(False, config)), batch_size=8, shuffle=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    done = 0
+    while done < steps:
+        for images, targets in loader:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images, targets), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == steps:
+                break
+    return model.eval()
+
+
+def save_run(config, model: torch.nn.Module, thresholds: list[float] | None) -> Path:
+    """ckpt_best.pth (checkpoint contract), thresholds.json and config.yaml as main.py leaves them."""
+    run = Path(config.OUTPUT) / config.MODEL.NAME / config.TAG
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "model": model.state_dict(), "ema": None, "optimizer": {}, "lr_scheduler": {}, "scaler": None,
+        "epoch": 0, "step": 1, "best_metric": 0.0, "best_epoch": 0, "rng": {}, "thresholds": thresholds,
+        "classes": list(CLASSES), "config": config.dump(), "metrics": {},
+    }
+    torch.save(ckpt, run / "ckpt_best.pth")
+    (run / "config.yaml").write_text(config.dump())
+    if thresholds is not None:
+        write_thresholds(thresholds, run / "thresholds.json")
+    return run
+
+
+def tiny_runs(output: Path, tree: Path, models: dict[str, tuple[tuple[str, ...], int]],
+              thresholds: list[float] | None) -> dict[str, Path]:
+    """One saved run per ``name -> (opts, training steps)`` of ``models`` (seeded), tagged ``name``."""
+    found = {}
+    for name, (opts, steps) in models.items():
+        config = tiny_swin_config(output, name, tree, *opts)
+        torch.manual_seed(0)
+        found[name] = save_run(config, train_a_little(build_model(config), tree / "train", config, steps), thresholds)
+    return found
+
+
+def val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> list[float]:
+    """Per-class F1-optimal thresholds on validation, as main.py keeps them."""
+    dataset = MultiLabelImageFolder(val_dir, build_transform(False, config))
+    logits, _ = inference.predict_logits(model, DataLoader(dataset, batch_size=8), torch.device("cpu"))
+    return [float(t) for t in tune_thresholds(dataset.targets, inference.sigmoid(logits))]
+
+
+# ---------------------------------------------------------------------------------------------
+# main.py on the tiny Swin
+# ---------------------------------------------------------------------------------------------
+
+# The tiny Swin as main.py trains it: two epochs, one of them warm-up.
+TINY_TRAINING = [
+    "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
+    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
+    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1",
+    "PRINT_FREQ", "2", "SEED", "0",
+]
+
+
+def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """main.py's arguments for the tiny Swin on ``tree``, batch 4 on the CPU; ``opts`` after TINY_TRAINING."""
+    return ["--data-path", str(tree), "--output", str(output), "--tag", tag, "--batch-size", "4",
+            "--device", "cpu", *extra, "--opts", *TINY_TRAINING, *opts]
+
+
+def run_dir(output: Path, tag: str) -> Path:
+    """The run dir of ``cli(tree, output, tag, ...)``."""
+    return output / "swin_tiny_patch4_window7_224" / tag

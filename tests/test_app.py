@@ -27,9 +27,11 @@ from data.images import load_image
 from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.uploads import UploadError, UploadLimits, check_upload
+from helpers import ROOT, load_script, make_tree, tiny_runs
 from process.leaves import render_leaf
-from test_eval import tiny_runs
-from helpers import ROOT, load_script, make_tree
+
+# The first test of a selection waits for training, the server (START_SECONDS) and Chromium; uploads wait 120 s each.
+pytestmark = pytest.mark.timeout(900)
 
 test_script = load_script("test.py")
 
@@ -106,6 +108,7 @@ def app_run(tmp_path_factory) -> Path:
     return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 10)}, thresholds)["app"]
 
 
+@pytest.mark.slow
 def test_page_on_the_onnx_backend_predicts_without_cams_and_escapes_names(app_run, uploads, tmp_path):
     """An .onnx serves the same labels (no Grad-CAM); an upload's name is shown as text, never as markup."""
     from deploy.web import LeafPage
@@ -123,7 +126,8 @@ def test_page_on_the_onnx_backend_predicts_without_cams_and_escapes_names(app_ru
     assert "<img src=x" not in onnx_html and REFUSALS["text.jpg"] in onnx_html
     torch_frame, onnx_frame = pd.read_csv(torch_csv), pd.read_csv(onnx_csv)
     assert Path(onnx_csv).is_relative_to(tmp_path / "onnx") and len(onnx_frame) == 2
-    assert onnx_frame["labels"].tolist() == torch_frame["labels"].tolist()
+    assert list(onnx_frame.columns) == list(torch_frame.columns) == ["image", *CLASSES, "predicted"]
+    assert onnx_frame["predicted"].tolist() == torch_frame["predicted"].tolist()
     np.testing.assert_allclose(onnx_frame[list(CLASSES)], torch_frame[list(CLASSES)], atol=1e-4)
 
 
@@ -217,10 +221,12 @@ def upload(page, *files: Path) -> None:
 
 
 def shown(page, name: str) -> dict:
-    """What the page shows for one file: labels, per-class probability text, CAM pictures, message."""
+    """What the page shows for one file: labels, classes over their threshold, per-class probability text,
+    CAM pictures, message."""
     card = page.locator(f".leaf-card[data-name='{name}']")
     return {
         "labels": card.locator(".leaf-label").all_inner_texts(),
+        "passed": [row.get_attribute("data-class") for row in card.locator("tr.passed[data-class]").all()],
         "probs": {row.get_attribute("data-class"): float(row.locator(".prob").inner_text())
                   for row in card.locator("tr[data-class]").all()},
         "cams": card.locator("img.leaf-cam").evaluate_all("imgs => imgs.map(i => i.naturalWidth)"),
@@ -229,6 +235,7 @@ def shown(page, name: str) -> dict:
     }
 
 
+@pytest.mark.browser
 def test_page_shows_test_py_labels_probabilities_and_cams(page, app_run, uploads, tmp_path):
     upload(page, uploads["leaf.jpg"])
     seen = shown(page, "leaf.jpg")
@@ -244,19 +251,22 @@ def test_page_shows_test_py_labels_probabilities_and_cams(page, app_run, uploads
     assert len(seen["cams"]) == len(seen["labels"]) and all(width > 0 for width in seen["cams"])
 
 
+@pytest.mark.browser
 def test_csv_download_holds_the_shown_predictions(page, uploads):
     upload(page, uploads["leaf.jpg"], uploads["leaf2.png"])
     link = page.locator("a[download='predictions.csv']")
     response = page.request.get(link.first.get_attribute("href"))
     assert response.ok
     frame = pd.read_csv(io.StringIO(response.text()), keep_default_na=False)
+    assert list(frame.columns) == ["image", *CLASSES, "predicted"]  # test.py's predictions.csv
     assert frame["image"].tolist() == ["leaf.jpg", "leaf2.png"]
     for row in frame.itertuples():
         seen = shown(page, row.image)
-        assert row.labels.split() == seen["labels"]
+        assert row.predicted.split() == seen["passed"]
         np.testing.assert_allclose([getattr(row, c) for c in CLASSES], list(seen["probs"].values()), atol=5.1e-5)
 
 
+@pytest.mark.browser
 def test_a_text_file_named_jpg_is_refused_then_a_photo_works(page, server, uploads):
     upload(page, uploads["text.jpg"])
     assert REFUSALS["text.jpg"] in shown(page, "text.jpg")["error"]
@@ -264,6 +274,7 @@ def test_a_text_file_named_jpg_is_refused_then_a_photo_works(page, server, uploa
     assert shown(page, "leaf.jpg")["labels"] and server.process.poll() is None
 
 
+@pytest.mark.browser
 def test_every_bad_file_gets_its_message_and_the_others_go_on(page, server, uploads):
     names = [*REFUSALS, *CONVERTED, "leaf.jpg"]
     upload(page, *(uploads[name] for name in names))
@@ -275,6 +286,7 @@ def test_every_bad_file_gets_its_message_and_the_others_go_on(page, server, uplo
     assert shown(page, "leaf.jpg")["labels"] and server.process.poll() is None
 
 
+@pytest.mark.browser
 def test_an_oversized_file_is_refused_in_the_page(page, server, uploads):
     page.get_by_role("button", name="Clear").first.click()
     page.locator("input[type=file]").first.set_input_files(str(uploads["huge.jpg"]))
@@ -285,6 +297,7 @@ def test_an_oversized_file_is_refused_in_the_page(page, server, uploads):
     assert shown(page, "leaf.jpg")["labels"] and server.process.poll() is None
 
 
+@pytest.mark.browser
 def test_an_example_leaf_is_one_click_away(page):
     page.get_by_role("button", name="Clear").first.click()
     page.get_by_text("rust.jpg", exact=True).first.click()  # a synthetic leaf named after its true label
@@ -292,11 +305,13 @@ def test_an_example_leaf_is_one_click_away(page):
     assert shown(page, "rust.jpg")["labels"]
 
 
+@pytest.mark.browser
 def test_no_request_leaves_the_machine(page):
     assert page.requested and all(url.startswith(("http://127.0.0.1:", "data:", "blob:")) for url in page.requested), \
         [url for url in page.requested if not url.startswith("http://127.0.0.1:")]
 
 
+@pytest.mark.browser
 def test_stopping_leaves_nothing_behind(page, server, app_run):
     """After SIGTERM: exit 0, the temporary folder gone, nothing in the working folder, HOME or the run."""
     before = sorted(p.name for p in app_run.iterdir())

@@ -1,13 +1,22 @@
 """Config merging: defaults <- yaml (with BASE includes) <- --opts <- flags; strict keys; 6 classes."""
+import os
+import subprocess
+import sys
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from config import config_from_string, get_config, get_default_config
+from config import REMOVED_KEYS, _update_config_from_file, config_from_string, get_config, get_default_config
 from data.labels import CLASSES
+from data.transforms import resolve_normalization
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+# The configs the README and the docs name: each must be there and load (any other shipped yaml must load too).
+SHIPPED = ("swin_tiny_patch4_window7_224.yaml", "swin_tiny_focal.yaml", "arcpsa_swin.yaml", "arcpsa_swin_base_384.yaml",
+           "demo_cpu.yaml", "effnet_lite0_cpu.yaml", "arcpsa_effnet_lite0_cpu.yaml", "effnet_lite2_gpu.yaml")
 
 
 def write(path: Path, text: str) -> Path:
@@ -91,28 +100,22 @@ def test_upstream_swin_yaml_loads(tmp_path: Path):
     assert config.MODEL.TYPE == "swin" and list(config.MODEL.SWIN.DEPTHS) == [2, 2, 6, 2]
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_loads(path: Path):
-    config = get_config(Namespace(cfg=str(path)))
+@pytest.mark.parametrize("name", sorted({*SHIPPED, *(p.name for p in CONFIGS)}))
+def test_every_shipped_config_loads(name: str):
+    """A named config that is missing fails here (no such config file), as does one that does not load."""
+    config = get_config(Namespace(cfg=str(CONFIG_DIR / name)))
     assert config.MODEL.NUM_CLASSES == len(CLASSES) and list(config.CLASSES) == list(CLASSES)
-    assert config.MODEL.NAME
-
-
-def test_shipped_configs_exist():
-    names = {p.name for p in CONFIGS}
-    assert {"swin_tiny_patch4_window7_224.yaml", "swin_tiny_focal.yaml", "arcpsa_swin.yaml",
-            "arcpsa_swin_base_384.yaml", "demo_cpu.yaml", "effnet_lite0_cpu.yaml", "arcpsa_effnet_lite0_cpu.yaml",
-            "effnet_lite2_gpu.yaml"} <= names
+    assert config.MODEL.NAME and config_from_string(config.dump()) == config
 
 
 def test_headline_configs():
-    arc = get_config(Namespace(cfg=str(CONFIGS[0].parent / "arcpsa_swin.yaml")))
+    arc = get_config(Namespace(cfg=str(CONFIG_DIR / "arcpsa_swin.yaml")))
     assert (arc.MODEL.NAME, arc.MODEL.HEAD, arc.MODEL.PSA.ENABLE) == ("arcpsa_swin_tiny", "arcface", True)
-    base = get_config(Namespace(cfg=str(CONFIGS[0].parent / "arcpsa_swin_base_384.yaml")))
+    base = get_config(Namespace(cfg=str(CONFIG_DIR / "arcpsa_swin_base_384.yaml")))
     assert (base.MODEL.TYPE, base.MODEL.SWIN.WINDOW_SIZE, base.DATA.IMG_SIZE) == (
         "swin_base_patch4_window12_384", 12, 384)
     assert base.MODEL.HEAD == "arcface" and base.MODEL.PSA.ENABLE
-    focal = get_config(Namespace(cfg=str(CONFIGS[0].parent / "swin_tiny_focal.yaml")))
+    focal = get_config(Namespace(cfg=str(CONFIG_DIR / "swin_tiny_focal.yaml")))
     assert focal.LOSS.NAME == "focal" and focal.MODEL.TYPE == "swin_tiny_patch4_window7_224"
 
 
@@ -136,15 +139,15 @@ HALF = ([0.5] * 3, [0.5] * 3)
                                                   ("swin_tiny_patch4_window7_224", IMAGENET), ("swin", IMAGENET),
                                                   ("efficientnet_lite0", IMAGENET)])
 def test_normalisation_is_resolved_from_the_backbone_into_the_config(model_type, expected):
-    config = get_config(Namespace(opts=["MODEL.TYPE", model_type]))
+    config = resolve_normalization(get_config(Namespace(opts=["MODEL.TYPE", model_type])))
     assert [*config.DATA.MEAN, *config.DATA.STD] == pytest.approx([*expected[0], *expected[1]])
     assert config.DATA.INTERPOLATION == "bicubic"
     assert config_from_string(config.dump()) == config  # the resolved values travel in the dump
 
 
 def test_normalisation_keys_override_the_backbone_one_by_one():
-    config = get_config(Namespace(opts=["MODEL.TYPE", "tf_efficientnet_lite0", "DATA.MEAN", "[0.4, 0.45, 0.5]",
-                                        "DATA.INTERPOLATION", "bilinear"]))
+    config = resolve_normalization(get_config(Namespace(opts=[
+        "MODEL.TYPE", "tf_efficientnet_lite0", "DATA.MEAN", "[0.4, 0.45, 0.5]", "DATA.INTERPOLATION", "bilinear"])))
     assert config.DATA.MEAN == pytest.approx([0.4, 0.45, 0.5])
     assert config.DATA.STD == pytest.approx(HALF[1])
     assert config.DATA.INTERPOLATION == "bilinear"
@@ -161,7 +164,7 @@ def test_transform_normalises_an_unresolved_config_like_a_resolved_one():
 
 def test_checkpoint_config_from_before_the_normalisation_keys_keeps_imagenet():
     """Runs saved before DATA.MEAN existed were all normalised with ImageNet's statistics."""
-    config = get_config(Namespace(opts=["MODEL.TYPE", "tf_efficientnet_lite0"]))
+    config = resolve_normalization(get_config(Namespace(opts=["MODEL.TYPE", "tf_efficientnet_lite0"])))
     lines = config.dump().splitlines()
     for key in ("  MEAN:", "  STD:"):  # drop the key and its three items
         start = lines.index(key)
@@ -175,7 +178,7 @@ def test_checkpoint_config_from_before_the_normalisation_keys_keeps_imagenet():
 
 def test_effnet_recipes():
     """The CPU recipes: packaged Lite0 weights, its normalisation, a frozen first epoch; four heads, four run dirs."""
-    recipes = {name: get_config(Namespace(cfg=str(CONFIGS[0].parent / f"{name}.yaml"))) for name in (
+    recipes = {name: resolve_normalization(get_config(Namespace(cfg=str(CONFIG_DIR / f"{name}.yaml")))) for name in (
         "effnet_lite0_cpu", "focal_effnet_lite0_cpu", "arcface_effnet_lite0_cpu", "arcpsa_effnet_lite0_cpu")}
     heads = {name: (c.MODEL.HEAD, c.MODEL.PSA.ENABLE, c.LOSS.NAME) for name, c in recipes.items()}
     assert heads == {"effnet_lite0_cpu": ("linear", False, "bce"), "focal_effnet_lite0_cpu": ("linear", False, "focal"),
@@ -185,5 +188,65 @@ def test_effnet_recipes():
     for config in recipes.values():
         assert (config.MODEL.TYPE, config.MODEL.PRETRAINED) == ("tf_efficientnet_lite0", "efficientnet_lite0")
         assert config.DATA.MEAN == config.DATA.STD == [0.5] * 3 and config.TRAIN.FREEZE_BACKBONE_EPOCHS == 1
-    gpu = get_config(Namespace(cfg=str(CONFIGS[0].parent / "effnet_lite2_gpu.yaml")))
-    assert (gpu.MODEL.TYPE, gpu.MODEL.PRETRAINED, gpu.DATA.IMG_SIZE) == ("tf_efficientnet_lite2", "efficientnet_lite2", 260)
+    gpu = get_config(Namespace(cfg=str(CONFIG_DIR / "effnet_lite2_gpu.yaml")))
+    assert (gpu.MODEL.TYPE, gpu.MODEL.PRETRAINED, gpu.DATA.IMG_SIZE) == (
+        "tf_efficientnet_lite2", "efficientnet_lite2", 260)
+    assert gpu.BASE == ["effnet_lite_finetune.yaml"]  # a shared base, not the CPU recipe's CPU-specific keys
+    assert (gpu.DATA.NUM_WORKERS, gpu.AMP_ENABLE, gpu.AUG.AUTO_AUGMENT) == (8, True, "rand-m9-mstd0.5-inc1")
+
+
+def test_a_config_loads_without_torch_timm_models_or_data_loading():
+    """Reading a config (what finding a run dir needs) must not pay for torch or timm's model registry."""
+    code = ("import sys; from argparse import Namespace; from config import get_config; "
+            f"get_config(Namespace(cfg={str(CONFIG_DIR / 'arcpsa_swin.yaml')!r})); "
+            "heavy = ('torch', 'timm', 'models', 'data.transforms', 'data.dataset'); "
+            "print(sorted(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=CONFIG_DIR.parent, env={**os.environ, "PYTHONPATH": str(CONFIG_DIR.parent)})
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("key", sorted(REMOVED_KEYS))
+def test_removed_keys_are_a_clear_error_in_yaml_and_opts(tmp_path: Path, key: str):
+    *parents, leaf = key.split(".")
+    text = "".join(f"{'  ' * i}{part}:\n" for i, part in enumerate(parents)) + f"{'  ' * len(parents)}{leaf}: 1\n"
+    old = write(tmp_path / "old.yaml", text)
+    with pytest.raises(ValueError, match=rf"old\.yaml: config key {key} was removed \(.+\); delete it"):
+        get_config(Namespace(cfg=str(old)))
+    with pytest.raises(ValueError, match=rf"--opts: config key {key} was removed"):
+        get_config(Namespace(opts=[key, "1"]))
+
+
+def test_checkpoint_configs_with_removed_keys_still_load():
+    dump = get_default_config().dump()
+    old = dump.replace("DATA:\n", "DATA:\n  DATASET: plant_pathology_2021\n").replace(
+        "TEST:\n", "TEST:\n  SEQUENTIAL: true\n  SHUFFLE: false\n  THRESHOLD: 0.5\n") + "THROUGHPUT_MODE: false\n"
+    assert "DATASET" in old and config_from_string(old).dump() == config_from_string(dump).dump()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "OVERSAMPLE":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_each_yaml_states_only_what_differs_from_its_base(path: Path):
+    """A key restated at its base's value is noise a reader must check; the base is config.py's defaults
+    plus the yaml's BASE files."""
+    raw = yaml.safe_load(path.read_text())
+    base = get_default_config()
+    for name in raw.get("BASE", []):
+        _update_config_from_file(base, str(path.parent / name))
+    restated = []
+    for key, value in _flat({k: v for k, v in raw.items() if k != "BASE"}).items():
+        node = base
+        for part in key.split("."):
+            node = node[part]
+        if list(node) == list(value) if isinstance(node, (list, tuple)) else node == value:
+            restated.append(key)
+    assert not restated, f"{path.name} restates its base's values: {restated}"

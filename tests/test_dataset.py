@@ -8,8 +8,8 @@ from torchvision.transforms import ToTensor
 
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
-from process.tree import SPLITS, prepare
 from process.synthesize import synthesize
+from process.tree import SPLITS, prepare
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,12 @@ import deploy.export
 from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.onnx_backend import OnnxPredictor, info_from_metadata, info_to_metadata
-from inference import Predictor, read_thresholds
+from helpers import CNN, ROOT, load_script, make_tree, tiny_runs
+from inference import Predictor
 from process.leaves import render_leaf
-from test_eval import tiny_runs
-from test_visual import CNN
-from helpers import ROOT, load_script, make_tree
+from thresholds import read_thresholds
+
+pytestmark = pytest.mark.slow  # ONNX export of every model (the Swin's takes the longest), test.py in processes
 
 export_script = load_script("export.py")
 test_script = load_script("test.py")
@@ -210,3 +211,12 @@ def test_onnx_file_predicts_real_leaves_like_the_checkpoint(real_data, exported,
     assert len(frames[0]) == len(photos) == 12
     np.testing.assert_allclose(frames[1][list(CLASSES)], frames[0][list(CLASSES)], atol=1e-4, rtol=0)
     assert frames[1]["predicted"].tolist() == frames[0]["predicted"].tolist()
+
+
+def test_deployment_does_not_import_the_synthetic_leaf_renderer():
+    """Exporting and serving a model needs no part of the data synthesis (process/)."""
+    code = ("import sys; import deploy.export, deploy.backends, deploy.onnx_backend; "
+            "print(sorted(m for m in sys.modules if m == 'process' or m.startswith('process.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -13,93 +13,26 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 import inference
-from config import get_default_config
-from data.dataset import MultiLabelImageFolder
+import reports
 from data.images import load_image
 from data.labels import CLASSES, labels_to_vector
 from data.transforms import build_transform
-from metrics import multilabel_metrics, tune_thresholds
+from helpers import ROOT, draw_leaf, load_script, make_tree, save_run, tiny_swin_config, train_a_little, val_thresholds
+from metrics import multilabel_metrics
 from models import build_model
-from helpers import ROOT, draw_leaf, load_script, make_tree
+from thresholds import read_thresholds, tune_thresholds, write_thresholds
 
 test_script = load_script("test.py")
 
-TINY = [
-    "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
-    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
-    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "DATA.BATCH_SIZE", "8", "SEED", "0",
-]
 REPORT_FILES = ("metrics.csv", "metrics.json", "predictions.csv", "submission.csv", "metrics_heatmap.png",
                 "pr_curves.png", "roc_curves.png", "confusion_matrices.png")
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers (also used by test_visual.py)
+# Helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def tiny_config(output: Path, tag: str, data_path: Path | str = "dataset", *opts: str):
-    """The design's tiny Swin, with its run dir at output/<MODEL.NAME>/<tag>."""
-    config = get_default_config()
-    config.merge_from_list([*TINY, "OUTPUT", str(output), "TAG", tag, "DATA.DATA_PATH", str(data_path), *opts])
-    config.freeze()
-    return config
-
-
-def train_a_little(model: torch.nn.Module, train_dir: Path, config, steps: int) -> torch.nn.Module:
-    """A few AdamW steps of BCE on the (un-augmented) training images: weights that mean something."""
-    torch.manual_seed(0)
-    loader = DataLoader(MultiLabelImageFolder(train_dir, build_transform(False, config)), batch_size=8, shuffle=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    done = 0
-    while done < steps:
-        for images, targets in loader:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(images, targets), targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            done += 1
-            if done == steps:
-                break
-    return model.eval()
-
-
-def save_run(config, model: torch.nn.Module, thresholds: list[float] | None) -> Path:
-    """ckpt_best.pth (checkpoint contract), thresholds.json and config.yaml as main.py leaves them."""
-    run = Path(config.OUTPUT) / config.MODEL.NAME / config.TAG
-    run.mkdir(parents=True, exist_ok=True)
-    ckpt = {
-        "model": model.state_dict(), "ema": None, "optimizer": {}, "lr_scheduler": {}, "scaler": None,
-        "epoch": 0, "step": 1, "best_metric": 0.0, "best_epoch": 0, "rng": {}, "thresholds": thresholds,
-        "classes": list(CLASSES), "config": config.dump(), "metrics": {},
-    }
-    torch.save(ckpt, run / "ckpt_best.pth")
-    (run / "config.yaml").write_text(config.dump())
-    if thresholds is not None:
-        inference.write_thresholds(thresholds, run / "thresholds.json")
-    return run
-
-
-def tiny_runs(output: Path, tree: Path, models: dict[str, tuple[tuple[str, ...], int]],
-              thresholds: list[float] | None) -> dict[str, Path]:
-    """One saved run per ``name -> (opts, training steps)`` of ``models`` (seeded), tagged ``name``."""
-    found = {}
-    for name, (opts, steps) in models.items():
-        config = tiny_config(output, name, tree, *opts)
-        torch.manual_seed(0)
-        found[name] = save_run(config, train_a_little(build_model(config), tree / "train", config, steps), thresholds)
-    return found
-
-
-def val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> list[float]:
-    """Per-class F1-optimal thresholds on validation, as main.py keeps them."""
-    dataset = MultiLabelImageFolder(val_dir, build_transform(False, config))
-    logits, _ = inference.predict_logits(model, DataLoader(dataset, batch_size=8), torch.device("cpu"))
-    return [float(t) for t in tune_thresholds(dataset.targets, inference.sigmoid(logits))]
 
 
 def eval_logits(model: torch.nn.Module, images: list[Image.Image], config) -> torch.Tensor:
@@ -122,7 +55,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run(tmp_path_factory, tree) -> Path:
     """A tiny linear-head Swin trained a few steps, saved like main.py's best checkpoint."""
-    config = tiny_config(tmp_path_factory.mktemp("output"), "tiny", tree)
+    config = tiny_swin_config(tmp_path_factory.mktemp("output"), "tiny", tree)
     torch.manual_seed(0)  # the same weights every run
     model = train_a_little(build_model(config), tree / "train", config, steps=15)
     return save_run(config, model, val_thresholds(model, tree / "val", config))
@@ -160,13 +93,22 @@ def photos(tmp_path) -> Path:
 
 
 def test_labelled_mode_writes_every_file(evaluated):
+    """Each file is what its name says: tables of the 16 test images, the metrics JSON, PNG figures."""
     for name in REPORT_FILES:
-        assert (evaluated / name).is_file() and (evaluated / name).stat().st_size > 0, name
+        path = evaluated / name
+        if name.endswith(".png"):
+            with Image.open(path) as figure:
+                assert figure.format == "PNG" and min(figure.size) >= 100, name
+        elif name.endswith(".json"):
+            assert json.loads(path.read_text())["num_images"] == 16
+        else:
+            table = pd.read_csv(path)
+            assert len(table) == (len(CLASSES) + 4 if name == "metrics.csv" else 16), name
 
 
 def test_metrics_csv_equals_metrics_recomputed_from_predictions_csv(evaluated, run):
     predictions = pd.read_csv(evaluated / "predictions.csv", keep_default_na=False)
-    thresholds = inference.read_thresholds(run / "thresholds.json")
+    thresholds = read_thresholds(run / "thresholds.json")
     truth = np.stack([labels_to_vector(labels) for labels in predictions["true"]])
     probs = predictions[list(CLASSES)].to_numpy()
     expected = multilabel_metrics(truth, probs, thresholds)
@@ -174,7 +116,7 @@ def test_metrics_csv_equals_metrics_recomputed_from_predictions_csv(evaluated, r
     assert list(written.index) == [*CLASSES, "macro", "micro", "samples", "exact_match"]
     assert list(written.columns) == ["threshold", "precision", "recall", "f1", "ap", "auc", "accuracy", "support"]
     pd.testing.assert_frame_equal(written, expected, check_dtype=False, check_names=False)
-    assert predictions["predicted"].tolist() == [" ".join(l for l, on in zip(CLASSES, row) if on)
+    assert predictions["predicted"].tolist() == [" ".join(c for c, on in zip(CLASSES, row) if on)
                                                  for row in probs >= thresholds]
     report = json.loads((evaluated / "metrics.json").read_text())
     assert report["num_images"] == len(predictions) == 16
@@ -197,8 +139,8 @@ def test_submission_csv_is_the_submission_rule_on_the_predicted_probabilities(ev
     predictions = pd.read_csv(evaluated / "predictions.csv", keep_default_na=False)
     submission = pd.read_csv(evaluated / "submission.csv", keep_default_na=False)
     assert submission["image"].tolist() == predictions["image"].tolist()
-    thresholds = inference.read_thresholds(run / "thresholds.json")
-    expected = inference.submission_labels(predictions[list(CLASSES)].to_numpy(), thresholds)
+    thresholds = read_thresholds(run / "thresholds.json")
+    expected = reports.submission_labels(predictions[list(CLASSES)].to_numpy(), thresholds)
     assert submission["labels"].tolist() == expected
 
 
@@ -211,11 +153,12 @@ def test_submission_is_kaggle_format_never_empty_and_healthy_alone(evaluated):
         assert "healthy" not in names or names == ["healthy"]
 
 
+@pytest.mark.slow
 def test_thresholds_follow_the_runs_thresholds_json(run, tmp_path, capsys):
     other = tmp_path / "copy"
     shutil.copytree(run, other, ignore=shutil.ignore_patterns("test_*"))
     edited = [0.3, 0.35, 0.4, 0.45, 0.5, 0.55]
-    inference.write_thresholds(edited, other / "thresholds.json")
+    write_thresholds(edited, other / "thresholds.json")
     args = ["--checkpoint", str(other / "ckpt_best.pth"), "--device", "cpu", "--split", "val"]
     assert test_script.main(args) == 0
     table = pd.read_csv(other / "test_val" / "metrics.csv", index_col="row")
@@ -243,7 +186,7 @@ def test_tune_thresholds_writes_f1_optimal_thresholds_of_the_split(run, tmp_path
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     truth = np.stack([labels_to_vector(labels) for labels in predictions["true"]])
     expected = tune_thresholds(truth, predictions[list(CLASSES)].to_numpy())
-    np.testing.assert_allclose(inference.read_thresholds(out / "thresholds_val.json"), expected)
+    np.testing.assert_allclose(read_thresholds(out / "thresholds_val.json"), expected)
     assert not (run / "thresholds_val.json").exists()
 
 
@@ -330,7 +273,7 @@ def test_submission_rules():
         [0.1, 0.55, 0.95, 0.1, 0.1, 0.1],  # healthy +0.35 > frog_eye +0.05 -> healthy alone
         [0.9, 0.1, 0.1, 0.1, 0.8, 0.41],  # plain multi-label
     ])
-    assert inference.submission_labels(probs, thresholds) == [
+    assert reports.submission_labels(probs, thresholds) == [
         "rust", "frog_eye_leaf_spot scab", "healthy", "complex rust scab"]
 
 
@@ -338,7 +281,7 @@ def test_read_thresholds_rejects_incomplete_files(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"scab": 0.3}))
     with pytest.raises(ValueError, match="t.json: thresholds must map exactly"):
-        inference.read_thresholds(path)
+        read_thresholds(path)
 
 
 @pytest.fixture
@@ -361,6 +304,7 @@ def test_bad_checkpoint_is_a_clear_error_naming_the_file(bad_checkpoints, name, 
         inference.Predictor.from_checkpoint(bad_checkpoints[name], torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_cli_bad_checkpoint_is_one_line(bad_checkpoints):
     result = subprocess.run([sys.executable, "test.py", "--checkpoint", str(bad_checkpoints["classes"])],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)

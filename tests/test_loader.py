@@ -15,6 +15,7 @@ from data.loader import EpochSampler, MultiHotMixup, SeededSamples, ShardSampler
 from data.transforms import build_transform
 from helpers import make_tree
 
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("tree"), {"train": 24, "val": 10})
@@ -36,6 +37,15 @@ def test_transforms_give_normalised_tensors_of_img_size(tree):
     assert train(image).shape == (3, 64, 64)
     assert evaluation(image).shape == (3, 64, 64)
     assert torch.equal(evaluation(image), evaluation(image))
+    torch.manual_seed(0)
+    augmented = train(image)
+    torch.manual_seed(1)
+    assert not torch.equal(augmented, train(image))  # training draws its augmentation
+    # One colour, any size: every pixel (value / 255 - mean) / std, with the Swin backbone's ImageNet statistics.
+    colour, mean, std = (200, 100, 50), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    solid = evaluation(Image.new("RGB", (90, 70), colour))
+    expected = torch.tensor([(c / 255 - m) / s for c, m, s in zip(colour, mean, std)])
+    torch.testing.assert_close(solid, expected[:, None, None].expand(3, 64, 64), atol=1e-5, rtol=0)
     config.merge_from_list(["TEST.CROP", True, "AUG.AUTO_AUGMENT", "none", "AUG.COLOR_JITTER", 0.0])
     assert build_transform(False, config)(image).shape == (3, 64, 64)
     assert build_transform(True, config)(image).shape == (3, 64, 64)

@@ -2,10 +2,16 @@
 import numpy as np
 import pytest
 from sklearn.metrics import (
-    accuracy_score, average_precision_score, f1_score, precision_score, recall_score, roc_auc_score,
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
 )
 
 import metrics
+import thresholds
 from data.labels import CLASSES
 
 
@@ -64,12 +70,12 @@ def test_all_predictions_negative():
 
 def test_tuned_thresholds_are_f1_optimal(arrays):
     y, p = arrays
-    thr = metrics.tune_thresholds(y, p)
+    thr = thresholds.tune_thresholds(y, p)
     for c in range(6):
         if not y[:, c].any():
             assert thr[c] == 0.5
             continue
-        scores = [f1_score(y[:, c], p[:, c] >= t, zero_division=0) for t in metrics.THRESHOLD_GRID]
+        scores = [f1_score(y[:, c], p[:, c] >= t, zero_division=0) for t in thresholds.THRESHOLD_GRID]
         assert f1_score(y[:, c], p[:, c] >= thr[c]) == pytest.approx(max(scores))
 
 
@@ -79,11 +85,11 @@ def test_saturated_cosine_scores_get_thresholds_beyond_0_99():
     y[:20, 0] = 1
     p = np.full((40, 6), 0.5)
     p[:, 0] = np.where(y[:, 0] == 1, 0.9999, 0.995)
-    thr = metrics.tune_thresholds(y, p)
+    thr = thresholds.tune_thresholds(y, p)
     assert 0.995 < thr[0] <= 0.9999
     assert f1_score(y[:, 0], p[:, 0] >= thr[0]) == 1.0
     assert f1_score(y[:, 0], p[:, 0] >= 0.99) == pytest.approx(2 / 3)  # the old grid's best: everything positive
-    low = metrics.tune_thresholds(1 - y, 1 - p)[0]  # the same near 0: positives at 0.005, negatives at 0.0001
+    low = thresholds.tune_thresholds(1 - y, 1 - p)[0]  # the same near 0: positives at 0.005, negatives at 0.0001
     assert 0.0001 < low <= 0.005 and f1_score(1 - y[:, 0], 1 - p[:, 0] >= low) == 1.0
 
 
@@ -122,7 +128,7 @@ def test_every_averaged_cell_equals_sklearn(arrays):
 def test_tuned_thresholds_match_a_brute_force_search_with_middle_ties(arrays):
     y, p = arrays
     grid = np.round(np.linspace(0.05, 0.95, 19), 2)
-    thr = metrics.tune_thresholds(y, p, grid)
+    thr = thresholds.tune_thresholds(y, p, grid)
     for c in np.flatnonzero(y.any(0)):
         scores = np.array([f1_score(y[:, c], p[:, c] >= t, zero_division=0) for t in grid])
         best = np.flatnonzero(np.isclose(scores, scores.max()))

