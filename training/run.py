@@ -288,6 +288,6 @@ def report_best(run: Run) -> None:
     tta_thresholds = tune_thresholds(flipped.targets, flipped.probs)
     write_thresholds(tta_thresholds, run.dir.thresholds(tta=True))
     plain, tta = result.summary(thresholds), flipped.summary(tta_thresholds)
-    run.logger.info(f"validation with TTA (flips), thresholds tuned on it: macro-F1 {tta['macro_f1']:.4f}, mAP "
-                    f"{tta['mAP']:.4f} (without TTA {plain['macro_f1']:.4f}, {plain['mAP']:.4f}); "
+    run.logger.info(f"validation with TTA (flips), thresholds tuned on it: macro-F1 {tta['macro_f1_tuned']:.4f}, "
+                    f"mAP {tta['mAP']:.4f} (without TTA {plain['macro_f1_tuned']:.4f}, {plain['mAP']:.4f}); "
                     f"test.py --tta uses {run.dir.thresholds(tta=True)}")
