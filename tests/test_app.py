@@ -124,7 +124,8 @@ def test_page_on_the_onnx_backend_predicts_without_cams_and_escapes_names(app_ru
     assert "leaf-cam" in torch_html and "leaf-cam" not in onnx_html
     assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in onnx_html
     assert "<img src=x" not in onnx_html and REFUSALS["text.jpg"] in onnx_html
-    torch_frame, onnx_frame = (pd.read_csv(csv, keep_default_na=False) for csv in (torch_csv, onnx_csv))  # "" = no label
+    # keep_default_na=False: an empty "predicted" (no label over its threshold) stays "", not NaN
+    torch_frame, onnx_frame = (pd.read_csv(csv, keep_default_na=False) for csv in (torch_csv, onnx_csv))
     assert Path(onnx_csv).is_relative_to(tmp_path / "onnx") and len(onnx_frame) == 2
     assert list(onnx_frame.columns) == list(torch_frame.columns) == ["image", *CLASSES, "predicted"]
     assert onnx_frame["predicted"].tolist() == torch_frame["predicted"].tolist()
