@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from cli import run_cli
 from process.leaves import render_leaf
-from process.tree import die_with_parent, largest_remainder
+from process.splits import largest_remainder
+from process.tree import die_with_parent
 from utils import atomic_write, atomic_write_text
 
 # Images per label combination in the full Kaggle train.csv (18,632 images), in Kaggle's spelling.

@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,23 @@ from tqdm import tqdm
 
 from data.images import image_failure, load_image
 from data.labels import CLASSES, labels_to_codes
+from process.duplicates import (
+    DEFAULT_DISTANCE,
+    HASH_BITS,
+    POLICIES,
+    apply_policy,
+    contact_sheet,
+    duplicate_stats,
+    image_hash,
+    leak_pairs,
+    mark_groups,
+    move_leaks,
+    no_groups,
+    report_frame,
+    summary_line,
+)
 from process.sources import KAGGLE, SPLITS, InputError, read_source
+from process.splits import assign_folds, assign_splits, fold_stats, folds_frame
 from reports import png_bytes
 from runlock import LOCK_NAME, hold_run_lock
 from utils import atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
@@ -40,44 +56,14 @@ from utils import atomic_write, atomic_write_bytes, atomic_write_text, remove_pa
 MAX_PIXELS = 100_000_000  # a 4000x2672 photo has 10.7 MP; far beyond this is a decompression bomb
 JPEG_QUALITY = 95
 RESAMPLE = Image.Resampling.LANCZOS
-FORMAT_VERSION = 1  # part of the fingerprint: bump when the output of the same inputs changes
+FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 IN_PROGRESS = ".prepare-in-progress"  # holds the fingerprint of a run that has not finished
+STAGING = ".staged"  # resized JPEGs before the split is known (every hash is needed first)
+REPORTS = ("label_distribution.png", "duplicates.csv", "duplicates.png", "folds.csv")
 
 
 class NoUsableImages(RuntimeError):
     """Every image was skipped: there is nothing to train on."""
-
-
-# ----------------------------------------------------------------------------- splitting
-
-
-def largest_remainder(exact: np.ndarray) -> list[int]:
-    """Integer counts summing to ``round(exact.sum())``: each quota's floor, plus one for the largest
-    remainders (ties: in order)."""
-    counts = np.floor(exact).astype(int)
-    by_remainder = np.argsort(-(exact - counts), kind="stable")
-    counts[by_remainder[: int(round(exact.sum())) - counts.sum()]] += 1
-    return counts.tolist()
-
-
-def allocate(n: int, fractions: tuple[float, ...]) -> list[int]:
-    """Split ``n`` items by ``fractions`` (summing to 1) with the largest-remainder method."""
-    return largest_remainder(np.asarray(fractions) * n)
-
-
-def assign_splits(rows: pd.DataFrame, val: float, test: float, seed: int) -> pd.Series:
-    """Split each label combination by itself, so rare combinations reach val and test too.
-
-    Deterministic in ``seed`` and independent of the CSV's row order.
-    """
-    rng = np.random.default_rng(seed)
-    split = pd.Series("", index=rows.index)
-    for _, group in rows.sort_values("output").groupby("labels", sort=True):
-        shuffled = group.index[rng.permutation(len(group))]
-        counts = allocate(len(group), (1 - val - test, val, test))
-        for name, start, count in zip(SPLITS, np.cumsum([0] + counts[:-1]), counts):
-            split.loc[shuffled[start:start + count]] = name
-    return split
 
 
 # ----------------------------------------------------------------------------- one image
@@ -105,12 +91,13 @@ def load_resized(path: str | Path, shorter: int) -> Image.Image:
 
 @dataclass(frozen=True)
 class Task:
-    """One image to convert: its source and every output path (one per label)."""
+    """One image to convert: its source, where the resized JPEG is staged, and whether to hash it."""
 
     image: str
     source: str
-    outputs: tuple[str, ...]
+    staged: str
     size: int
+    find_duplicates: bool = True
 
 
 def _link_or_copy(first: Path, other: Path) -> None:
@@ -128,22 +115,19 @@ def _link_or_copy(first: Path, other: Path) -> None:
     os.replace(temp, other)
 
 
-def process_image(task: Task) -> tuple[str, bool, str]:
-    """Convert one image into all its outputs; returns (image, ok, reason it was skipped)."""
+def process_image(task: Task) -> tuple[str, bool, str, str]:
+    """Convert one image into its staged JPEG; returns (image, ok, reason it was skipped, its hash)."""
     source = Path(task.source)
     if not source.is_file():
-        return task.image, False, "missing file"
+        return task.image, False, "missing file", ""
     if source.stat().st_size == 0:
-        return task.image, False, "empty file (0 bytes)"
+        return task.image, False, "empty file (0 bytes)", ""
     try:
         image = load_resized(source, task.size)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types on corrupt data; any means skip
-        return task.image, False, image_failure(error)
-    first, *others = map(Path, task.outputs)
-    atomic_write(first, lambda f: image.save(f, format="JPEG", quality=JPEG_QUALITY))
-    for other in others:
-        _link_or_copy(first, other)
-    return task.image, True, ""
+        return task.image, False, image_failure(error), ""
+    atomic_write(Path(task.staged), lambda f: image.save(f, format="JPEG", quality=JPEG_QUALITY))
+    return task.image, True, "", image_hash(image) if task.find_duplicates else ""
 
 
 def _exit_with(parent: int) -> None:
@@ -165,7 +149,7 @@ def _init_worker(max_pixels: int) -> None:
     die_with_parent()
 
 
-def run_tasks(tasks: list[Task], workers: int, max_pixels: int) -> list[tuple[str, bool, str]]:
+def run_tasks(tasks: list[Task], workers: int, max_pixels: int) -> list[tuple[str, bool, str, str]]:
     """All tasks on ``workers`` processes, in order, with a progress bar."""
     workers = max(1, min(workers, len(tasks)))
     chunk = max(1, min(32, len(tasks) // (workers * 4)))
@@ -210,10 +194,10 @@ def clear_outputs(dst: Path) -> None:
     """Remove what an earlier run wrote, stats.json first so a half-cleared DST never looks finished."""
     (dst / "stats.json").unlink(missing_ok=True)
     remove_partial_writes(dst)
-    for split in SPLITS:
-        shutil.rmtree(dst / split, ignore_errors=True)
-        (dst / f"{split}.csv").unlink(missing_ok=True)
-    (dst / "label_distribution.png").unlink(missing_ok=True)
+    for folder in (*SPLITS, STAGING):
+        shutil.rmtree(dst / folder, ignore_errors=True)
+    for name in (*(f"{split}.csv" for split in SPLITS), *REPORTS):
+        (dst / name).unlink(missing_ok=True)
 
 
 def claim(dst: Path, key: str, force: bool) -> None:
@@ -230,26 +214,33 @@ def claim(dst: Path, key: str, force: bool) -> None:
     clear_outputs(dst)
 
 
-def make_tasks(rows: pd.DataFrame, dst: Path, size: int) -> list[Task]:
-    """One task per row; creates the code folders first so workers never race on mkdir."""
-    tasks = []
-    for row in rows.itertuples():
-        outputs = tuple(dst / row.split / code / row.output for code in labels_to_codes(row.labels))
-        for output in outputs:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        tasks.append(Task(row.image, row.source, tuple(map(str, outputs)), size))
-    return tasks
+def stage(rows: pd.DataFrame, dst: Path, size: int, workers: int, max_pixels: int, find_duplicates: bool
+          ) -> tuple[pd.DataFrame, list[dict]]:
+    """Decode and resize every row's image once into DST/STAGING, hashing it on the way.
 
-
-def convert(rows: pd.DataFrame, dst: Path, size: int, workers: int, max_pixels: int
-            ) -> tuple[pd.DataFrame, list[dict]]:
-    """Write every row's image into the tree; returns the rows kept and the skipped ones (reported)."""
-    results = run_tasks(make_tasks(rows, dst, size), workers, max_pixels)
-    ok = np.array([good for _, good, _ in results])
+    Returns the rows kept (with their ``hash``) and the skipped ones (reported). The tree itself is
+    written by ``place`` once the splits are known, which needs every hash.
+    """
+    (dst / STAGING).mkdir(parents=True, exist_ok=True)
+    tasks = [Task(row.image, row.source, str(dst / STAGING / row.output), size, find_duplicates)
+             for row in rows.itertuples()]
+    results = run_tasks(tasks, workers, max_pixels)
+    ok = np.array([good for _, good, _, _ in results], dtype=bool)
     skipped = [{"image": r.image, "split": r.split, "source": r.source, "reason": reason}
-               for r, (_, good, reason) in zip(rows.itertuples(), results) if not good]
+               for r, (_, good, reason, _) in zip(rows.itertuples(), results) if not good]
     report_skipped(skipped)
-    return rows[ok], skipped
+    return rows[ok].assign(hash=[h for _, good, _, h in results if good]), skipped
+
+
+def place(rows: pd.DataFrame, dst: Path) -> None:
+    """Move each staged JPEG into the folder of its split and first label, hard-linked into the others."""
+    for row in tqdm(rows.itertuples(), total=len(rows), desc="place", unit="img", leave=False):
+        first, *others = (dst / row.split / code / row.output for code in labels_to_codes(row.labels))
+        first.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(dst / STAGING / row.output, first)
+        for other in others:
+            other.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(first, other)
 
 
 def one_hot(rows: pd.DataFrame) -> pd.DataFrame:
@@ -291,6 +282,7 @@ def summary_table(stats: dict) -> str:
     table = pd.DataFrame({split: {"images": s["images"], **s["labels"], "skipped": skipped.get(split, 0)}
                           for split, s in stats["splits"].items()}).T
     table.loc["total"] = table.sum()
+    table.loc["total", "skipped"] = len(stats["skipped"])  # a Kaggle layout's skipped photos had no split yet
     header, *body = table.to_string().splitlines()
     return "\n".join([colored(header, "cyan", attrs=["bold"]), *body])
 
@@ -306,19 +298,35 @@ def report_skipped(skipped: list[dict], limit: int = 10) -> None:
         print(f"  ... and {len(skipped) - limit} more (see stats.json)")
 
 
-def write_outputs(dst: Path, rows: pd.DataFrame, stats: dict) -> None:
-    """CSVs and the chart, then stats.json: its presence means the tree is complete."""
+def write_outputs(dst: Path, rows: pd.DataFrame, stats: dict, reports: dict[str, str | bytes]) -> None:
+    """CSVs, the chart and the duplicate and fold reports, then stats.json: its presence means the tree
+    is complete."""
     for split in SPLITS:
         atomic_write_text(one_hot(rows[rows["split"] == split]).to_csv(index=False), dst / f"{split}.csv")
     atomic_write_bytes(plot_distribution(stats), dst / "label_distribution.png")
+    for name, content in reports.items():
+        (atomic_write_bytes if isinstance(content, bytes) else atomic_write_text)(content, dst / name)
     atomic_write_text(json.dumps(stats, indent=2), dst / "stats.json")
+    shutil.rmtree(dst / STAGING, ignore_errors=True)
     (dst / IN_PROGRESS).unlink()
 
 
 # ----------------------------------------------------------------------------- entry points
 
 
-def check_settings(size: int, val: float, test: float, workers: int | None, max_pixels: int) -> None:
+@dataclass(frozen=True)
+class DataOptions:
+    """What prepare does about duplicates and folds (see process/prepare.py's options)."""
+
+    duplicates: str = "keep"
+    max_distance: int = DEFAULT_DISTANCE
+    move_leaks: bool = False
+    folds: int = 0
+    fold_pool: tuple[str, ...] = ("train", "val")
+
+
+def check_settings(size: int, val: float, test: float, workers: int | None, max_pixels: int,
+                   options: DataOptions) -> None:
     """InputError on settings that cannot work."""
     if size < 1:
         raise InputError(f"--size must be positive, got {size}")
@@ -328,24 +336,64 @@ def check_settings(size: int, val: float, test: float, workers: int | None, max_
         raise InputError(f"--workers must be positive, got {workers}")
     if max_pixels < 1:
         raise InputError(f"--max-pixels must be positive, got {max_pixels}")
+    if options.duplicates not in POLICIES:
+        raise InputError(f"--duplicates must be one of {', '.join(POLICIES)}, got {options.duplicates!r}")
+    if not 0 <= options.max_distance < HASH_BITS:
+        raise InputError(f"--duplicate-distance must be in 0..{HASH_BITS - 1} bits, got {options.max_distance}")
+    if options.folds == 1 or options.folds < 0:
+        raise InputError(f"--folds must be 0 (none) or at least 2, got {options.folds}")
+    unknown = sorted(set(options.fold_pool) - set(SPLITS))
+    if unknown or not options.fold_pool:
+        raise InputError(f"--fold-pool takes splits among {', '.join(SPLITS)}, got {','.join(options.fold_pool)}")
+
+
+def resolve_duplicates(rows: pd.DataFrame, layout: str, split: tuple[float, float, int], options: DataOptions,
+                       staged: Path) -> tuple[pd.DataFrame, dict, dict[str, str | bytes]]:
+    """Group near-copies, apply the label policy, split (Kaggle layout) or check the given split for leaks.
+
+    Returns the rows to write (with ``split``), stats.json's ``duplicates`` entry and the report files.
+    """
+    finding = options.duplicates != "off"
+    rows = mark_groups(rows, options.max_distance) if finding else no_groups(rows)
+    kept, action = apply_policy(rows, options.duplicates)
+    if layout == KAGGLE:
+        kept = kept.assign(split=assign_splits(kept, *split))
+    leaks = leak_pairs(kept if layout == KAGGLE else rows)
+    if leaks and options.move_leaks:
+        kept = move_leaks(kept, SPLITS)
+    if not finding:
+        return kept, {"policy": "off"}, {}
+    where = rows["split"].mask(rows.index.isin(kept.index), kept["split"].reindex(rows.index))
+    report = report_frame(rows.assign(split=where), action)
+    stats = duplicate_stats(report, leaks, options.duplicates, options.max_distance, options.move_leaks)
+    files: dict[str, str | bytes] = {"duplicates.csv": report.to_csv(index=False)}
+    if len(report):
+        files["duplicates.png"] = contact_sheet(report, {name: staged / name for name in report["image"]})
+    return kept, stats, files
+
+
+def make_folds(rows: pd.DataFrame, options: DataOptions, seed: int) -> tuple[dict, dict[str, str]]:
+    """stats.json's ``folds`` entry and folds.csv, when --folds asks for them."""
+    if not options.folds:
+        return {}, {}
+    folds = assign_folds(rows, options.folds, seed, options.fold_pool)
+    return fold_stats(rows, folds, seed, options.fold_pool), {"folds.csv": folds_frame(rows, folds).to_csv(index=False)}
 
 
 def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15, test: float = 0.15,
             seed: int = 0, workers: int | None = None, force: bool = False,
-            max_pixels: int = MAX_PIXELS) -> dict:
+            max_pixels: int = MAX_PIXELS, options: DataOptions = DataOptions()) -> dict:
     """Build the one-hot tree of SRC in DST and return its stats (see the module docstring).
 
     Raises InputError before writing anything on bad input, NoUsableImages when every image fails.
     """
     src, dst = Path(src), Path(dst)
-    check_settings(size, val, test, workers, max_pixels)
+    check_settings(size, val, test, workers, max_pixels, options)
     rows, layout = read_source(src)
     split_here = layout == KAGGLE
-    if split_here:
-        rows["split"] = assign_splits(rows, val, test, seed)
     settings = {"layout": layout, "size": size, "quality": JPEG_QUALITY, "max_pixels": max_pixels,
                 "val": val if split_here else None, "test": test if split_here else None,
-                "seed": seed if split_here else None}
+                "seed": seed if split_here or options.folds else None, **asdict(options)}
     key = fingerprint(rows, settings, src)
     finished = read_stats(dst)
     if not force and finished and finished.get("fingerprint") == key and not (dst / IN_PROGRESS).exists():
@@ -353,13 +401,20 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
         return finished
     with hold_run_lock(dst, "prepare.py"):  # one writer per DST; a second start fails, naming this one
         claim(dst, key, force)
-        kept, skipped = convert(rows, dst, size, workers or os.cpu_count() or 1, max_pixels)
-        if kept.empty:
+        staged, skipped = stage(rows, dst, size, workers or os.cpu_count() or 1, max_pixels,
+                                options.duplicates != "off")
+        if staged.empty:
             raise NoUsableImages(f"no usable image: all {len(rows)} images of {src} were skipped")
+        kept, duplicates, reports = resolve_duplicates(staged, layout, (val, test, seed), options, dst / STAGING)
+        folds, fold_files = make_folds(kept, options, seed)
+        place(kept, dst)
         stats = {"fingerprint": key, "settings": {"src": str(src.resolve()), **settings},
                  "splits": {split: split_stats(kept[kept["split"] == split]) for split in SPLITS},
-                 "total": split_stats(kept), "skipped": skipped}
-        write_outputs(dst, kept, stats)
+                 "total": split_stats(kept), "skipped": skipped, "duplicates": duplicates}
+        stats.update({"folds": folds} if folds else {})
+        write_outputs(dst, kept.drop(columns="hash"), stats, {**reports, **fold_files})
     print(summary_table(stats))
+    if duplicates["policy"] != "off":
+        print(colored(summary_line(duplicates), "yellow" if duplicates["groups"] else "green"))
     print(colored(f"wrote {len(kept)} images to {dst} ({len(skipped)} skipped)", "green"))
     return stats

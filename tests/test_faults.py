@@ -339,8 +339,8 @@ def test_prepare_killed_while_writing_then_rerun_equals_a_clean_run(raw, clean, 
     args = ["--src", str(raw), "--dst", str(dst), *PREPARE]
     image = pd.read_csv(clean / "train.csv")["images"].iloc[0]
 
-    kill_prepare(args, f"writing:{image}")  # in a worker, the JPEG complete under its temp name
-    assert list(dst.glob(f"train/*/.{image}.*.tmp"))
+    kill_prepare(args, f"writing:{image}")  # in a worker, the staged JPEG complete under its temp name
+    assert list(dst.glob(f".staged/.{image}.*.tmp"))
     assert not list(dst.rglob(image))
 
     live = start_script("process/prepare.py", args, pause_at="writing:train.csv")  # every image written

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,9 @@ from data.images import image_failure
 from data.labels import CLASSES, labels_to_codes, labels_to_string, labels_to_vector
 from helpers import snapshot
 from process.sources import InputError
+from process.splits import allocate, assign_splits
 from process.synthesize import synthesize
-from process.tree import SPLITS, NoUsableImages, Task, allocate, assign_splits, prepare, process_image
+from process.tree import SPLITS, NoUsableImages, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -39,14 +41,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "process/prepare.py", *args], cwd=ROOT, capture_output=True, text=True)
 
 
-def jpeg(path: Path, size=(60, 40), color=(40, 160, 60), mode="RGB") -> Path:
+def jpeg(path: Path, size=(60, 40)) -> Path:
+    """A small JPEG of coloured blocks drawn from its name: distinct files never look like copies."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new(mode, size, color).save(path, "JPEG", quality=90)
+    blocks = np.random.default_rng(zlib.crc32(path.name.encode())).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    Image.fromarray(blocks).resize(size, Image.Resampling.NEAREST).save(path, "JPEG", quality=90)
     return path
 
 
 def kaggle(src: Path, labels: dict[str, str], images: bool = True) -> Path:
-    """A Kaggle-layout folder with the given ``image -> labels`` rows and small solid JPEGs."""
+    """A Kaggle-layout folder with the given ``image -> labels`` rows and small distinct JPEGs."""
     (src / "train_images").mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"image": list(labels), "labels": list(labels.values())}).to_csv(src / "train.csv", index=False)
     for name in labels if images else []:
@@ -80,7 +84,7 @@ def test_tree_holds_every_image_in_one_split_with_exactly_its_labels(generated):
         assert len(splits) == 1, f"{name} in {splits}"
         assert codes == set(labels_to_codes(labels)), name
     assert sorted(p.name for p in dst.iterdir()) == sorted(
-        [*SPLITS, *(f"{s}.csv" for s in SPLITS), "stats.json", "label_distribution.png"])
+        [*SPLITS, *(f"{s}.csv" for s in SPLITS), "stats.json", "label_distribution.png", "duplicates.csv"])
     assert stats["total"]["images"] == 240 and stats["skipped"] == []
 
 
@@ -153,14 +157,11 @@ def test_without_hard_links_the_other_label_folders_get_whole_copies(tmp_path, m
         raise OSError("hard links not supported")
 
     monkeypatch.setattr(os, "link", no_links)
-    source = jpeg(tmp_path / "src" / "a.jpg")
-    outputs = [tmp_path / "ds" / code / "a.jpg" for code in ("000001", "100000")]
-    for output in outputs:
-        output.parent.mkdir(parents=True)
-    assert process_image(Task("a.jpg", str(source), tuple(map(str, outputs)), 32)) == ("a.jpg", True, "")
-    first, copy = outputs
+    src = kaggle(tmp_path / "src", {"a.jpg": "scab complex"})
+    prepare(src, tmp_path / "ds", size=32, val=0, test=0, workers=1)
+    first, copy = (tmp_path / "ds" / "train" / code / "a.jpg" for code in ("100000", "000001"))
     assert copy.read_bytes() == first.read_bytes() and copy.stat().st_ino != first.stat().st_ino
-    assert sorted(p.name for p in (tmp_path / "ds").rglob("*")) == ["000001", "100000", "a.jpg", "a.jpg"]
+    assert sorted(p.name for p in (tmp_path / "ds" / "train").rglob("*")) == ["000001", "100000", "a.jpg", "a.jpg"]
 
 
 def test_force_rebuilds_and_a_killed_run_is_redone(tmp_path):
