@@ -1,4 +1,5 @@
-"""Command-line plumbing every script shares: exit codes, ``run_cli``, the options that find a run.
+"""Command-line plumbing every script shares: exit codes, ``run_cli``, the options that find a run,
+child commands that pass a stop on.
 
 Exit codes of every command: 0 done, 1 the run failed (e.g. a non-finite loss, a full disk, a run
 dir in use by another process: one ``error:`` line), 2 bad input (a one-line
@@ -8,10 +9,13 @@ dir in use by another process: one ``error:`` line), 2 bad input (a one-line
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import subprocess
 import sys
 from argparse import Namespace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from termcolor import colored
 
@@ -59,3 +63,25 @@ def find_checkpoint(args: Namespace) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint (train with main.py first, or give --checkpoint FILE)")
     return path
+
+
+def run_child(command: list[str], stop: Any, logger: logging.Logger, env: dict | None = None) -> int:
+    """Run ``command`` and return its exit code; a stop request is passed on to it as SIGTERM.
+
+    main.py saves its position on SIGTERM and exits 130; a stop before the child started returns 130.
+    ``stop`` is a ``training.stop.GracefulStop`` (anything with ``requested``).
+    """
+    if stop.requested:
+        return EXIT_INTERRUPTED
+    logger.info("$ " + " ".join(command))
+    with subprocess.Popen(command, env=env) as child:
+        forwarded = False
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop.requested and not forwarded:
+                    child.send_signal(signal.SIGTERM)
+                    forwarded = True
+    return EXIT_INTERRUPTED if stop.requested and code != EXIT_OK else code

@@ -44,6 +44,9 @@ _C.DATA.NUM_WORKERS = 8
 # (or --opts DATA.OVERSAMPLE.complex 5). An image is repeated as often as the largest factor
 # among its labels; validation and test are never touched.
 _C.DATA.OVERSAMPLE = CN({name: 1 for name in CLASSES})
+# Ours: K-fold training (main.py --fold k): train on every fold of DATA_PATH/folds.csv but k, validate on
+# fold k (process/prepare.py --folds K writes the file); the run dir's tag gets "-fold<k>". -1: train/ and val/
+_C.DATA.FOLD = -1
 
 # -----------------------------------------------------------------------------
 # Model settings
@@ -318,6 +321,7 @@ def _update_config_from_file(config: CN, cfg_file: str) -> None:
 _ARG_KEYS = (
     ("batch_size", "DATA.BATCH_SIZE"),
     ("data_path", "DATA.DATA_PATH"),
+    ("fold", "DATA.FOLD"),
     ("pretrained", "MODEL.PRETRAINED"),
     ("resume", "MODEL.RESUME"),
     ("accumulation_steps", "TRAIN.ACCUMULATION_STEPS"),
@@ -378,6 +382,8 @@ def _check_config(config: CN) -> None:
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
     if config.LOSS.NAME not in ("bce", "focal"):
         raise ValueError(f"LOSS.NAME must be 'bce' or 'focal', got {config.LOSS.NAME!r}")
+    if config.DATA.FOLD < -1:
+        raise ValueError(f"DATA.FOLD must be a fold number >= 0, or -1 for the train/val split; got {config.DATA.FOLD}")
     low = [k for k, v in config.DATA.OVERSAMPLE.items() if v < 1]
     if low:
         raise ValueError(f"DATA.OVERSAMPLE.{low[0]} must be an integer >= 1")

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data.dataset import ImageFiles, MultiLabelImageFolder, collect_images
+from data.dataset import ImageFiles, MultiLabelImageFolder, TreeSplit, collect_images
 from data.labels import CLASSES
 from data.loader import build_inference_loader
+from ensemble import EnsemblePredictor
 from inference import Backend, Predictor, sigmoid
 from metrics import multilabel_metrics, summarize
 from models import build_loss
@@ -46,46 +47,57 @@ class SplitEvaluation:
         write_split_results(folder, self.table, self.names, self.targets, self.probs, thresholds, meta)
 
 
-def evaluate_split(predictor: Backend, split_dir: Path, thresholds: np.ndarray, batch_size: int,
-                   num_workers: int, tta: bool = False) -> SplitEvaluation:
-    """Every image of ``split_dir`` (a prepared tree's split) once, in name order, scored at ``thresholds``."""
-    dataset = MultiLabelImageFolder(split_dir, predictor.transform)
-    loader = build_inference_loader(dataset, batch_size, num_workers, predictor.device)
-    logits, _ = predictor.logits(loader, tta)
-    targets = dataset.targets.astype(int)
-    names = [Path(path).name for path, _ in dataset.samples]
+def evaluate_split(predictor: Backend | EnsemblePredictor, split: TreeSplit | Path, thresholds: np.ndarray,
+                   batch_size: int, num_workers: int, tta: bool = False) -> SplitEvaluation:
+    """Every image of ``split`` (a prepared tree's split folder, or a fold) once, in name order, scored at
+    ``thresholds``. An ensemble runs each member with its own preprocessing and averages probabilities."""
+    if isinstance(predictor, EnsemblePredictor):
+        tta = tta or predictor.ensemble.tta
+        parts = [evaluate_split(m, split, thresholds, batch_size, num_workers, tta) for m in predictor.members]
+        logits = predictor.combine([part.logits for part in parts])
+        names, targets = parts[0].names, parts[0].targets
+    else:
+        dataset = MultiLabelImageFolder(split, predictor.transform)
+        loader = build_inference_loader(dataset, batch_size, num_workers, predictor.device)
+        logits, _ = predictor.logits(loader, tta)
+        targets = dataset.targets.astype(int)
+        names = [Path(path).name for path, _ in dataset.samples]
     return SplitEvaluation(multilabel_metrics(targets, sigmoid(logits), thresholds), names, targets, logits)
 
 
-def evaluate_checkpoint(path: Path, split_dir: Path, device: torch.device, batch_size: int, num_workers: int,
-                        tta: bool = False) -> tuple[SplitEvaluation, np.ndarray, float]:
-    """(evaluation, thresholds, loss) of checkpoint ``path`` on ``split_dir`` at the checkpoint's own thresholds.
+def evaluate_checkpoint(path: Path, split: TreeSplit | Path, device: torch.device, batch_size: int,
+                        num_workers: int, tta: bool = False) -> tuple[SplitEvaluation, np.ndarray, float]:
+    """(evaluation, thresholds, loss) of checkpoint ``path`` on ``split`` at the checkpoint's own thresholds.
 
     The one way a saved checkpoint is scored on a split without threshold files: ``main.py --eval``
     and the end-of-training report use it; ``test.py`` adds threshold files on top.
     """
     predictor = Predictor.from_checkpoint(path, device)
     thresholds = as_thresholds(predictor.thresholds, len(CLASSES))
-    result = evaluate_split(predictor, split_dir, thresholds, batch_size, num_workers, tta)
+    result = evaluate_split(predictor, split, thresholds, batch_size, num_workers, tta)
     criterion = build_loss(predictor.config)
     loss = criterion(torch.from_numpy(result.logits).float(), torch.from_numpy(result.targets).float()).item()
     return result, thresholds, loss
 
 
-def file_logits(predictor: Backend, paths: Sequence[Path], batch_size: int, num_workers: int, tta: bool = False
-                ) -> tuple[np.ndarray, list[str]]:
+def file_logits(predictor: Backend | EnsemblePredictor, paths: Sequence[Path], batch_size: int, num_workers: int,
+                tta: bool = False) -> tuple[np.ndarray, list[str]]:
     """Logits of each file (zeros where unreadable) and why each could not be read ('' when it could).
 
     Large JPEGs are decoded at reduced size (never below what the transform needs); the web app
     goes through here too, so a photo gets the same probabilities there as with ``test.py``.
     """
+    if isinstance(predictor, EnsemblePredictor):
+        tta = tta or predictor.ensemble.tta
+        parts = [file_logits(m, paths, batch_size, num_workers, tta) for m in predictor.members]
+        return predictor.combine([logits for logits, _ in parts]), parts[0][1]
     preprocessing = predictor.info.preprocessing
     dataset = ImageFiles(paths, predictor.transform, preprocessing.img_size, preprocessing.decode_size)
     return predictor.logits(build_inference_loader(dataset, batch_size, num_workers, predictor.device), tta)
 
 
-def predict_files(predictor: Backend, patterns: Sequence[str], thresholds: np.ndarray, batch_size: int,
-                  num_workers: int, logger: logging.Logger, tta: bool = False) -> pd.DataFrame:
+def predict_files(predictor: Backend | EnsemblePredictor, patterns: Sequence[str], thresholds: np.ndarray,
+                  batch_size: int, num_workers: int, logger: logging.Logger, tta: bool = False) -> pd.DataFrame:
     """Predictions of the readable images among ``patterns`` (files, folders, globs); bad ones are logged."""
     paths = collect_images(patterns, logger)
     logits, errors = file_logits(predictor, paths, batch_size, num_workers, tta)

@@ -50,12 +50,13 @@ class ModelInfo:
     data_path: str = "dataset"
     batch_size: int = 32
     num_workers: int = 8
+    fold: int = -1  # DATA.FOLD: the fold a K-fold member was validated on (its out-of-fold split)
 
     @classmethod
     def from_config(cls, config: CfgNode, thresholds: Sequence[float] | None) -> "ModelInfo":
         return cls(config.MODEL.NAME, config.MODEL.TYPE, config.MODEL.HEAD, EvalPreprocessing.from_config(config),
                    tuple(map(float, thresholds)) if thresholds else None, tuple(config.CLASSES),
-                   config.DATA.DATA_PATH, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS)
+                   config.DATA.DATA_PATH, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS, config.DATA.FOLD)
 
     def describe(self) -> str:
         return f"{self.name} ({self.model_type}, {self.head} head, {self.preprocessing.img_size} px)"

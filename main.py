@@ -3,8 +3,9 @@
     python main.py --cfg configs/arcpsa_swin.yaml --data-path dataset --batch-size 32
     torchrun --nproc_per_node=2 main.py --cfg configs/arcpsa_swin.yaml --data-path dataset
     python main.py --cfg ... --eval [--resume FILE]      # validation table of a checkpoint
+    python main.py --cfg ... --data-path dataset --fold 2  # K-fold: validate on fold 2 of folds.csv
 
-Everything goes to OUTPUT/MODEL.NAME/TAG/. Running the same command again resumes from its
+Everything goes to OUTPUT/MODEL.NAME/TAG/ (TAG-fold<k>/ with --fold k). Running the same command again resumes from its
 ckpt_latest.pth. SIGINT/SIGTERM finish the current optimizer step, save ckpt_latest.pth (mid-epoch
 position included) and exit with code 130; a second Ctrl-C aborts at once. While a run trains, its
 run dir is locked: a second start on it exits with code 1, naming the process that holds it.
@@ -24,6 +25,7 @@ from yacs.config import CfgNode
 
 from cli import EXIT_FAILED, EXIT_OK, run_cli
 from config import get_config
+from data.dataset import TreeSplit
 from data.transforms import resolve_normalization
 from distributed import init_distributed, lost_ranks_message
 from evaluation import evaluate_checkpoint
@@ -43,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding the config")
     parser.add_argument("--batch-size", type=int, help="batch size per process")
     parser.add_argument("--data-path", help="prepared tree with train/ and val/ (process/prepare.py)")
+    parser.add_argument("--fold", type=int, help="K-fold: train on the other folds of folds.csv, validate on this one")
     parser.add_argument("--pretrained", help="official Microsoft .pth, timm .pth/.bin/.safetensors, or packaged "
                                              "weights by name: efficientnet_lite0 (1, 2)")
     parser.add_argument("--resume", help="checkpoint to resume from (ckpt_latest.pth of the run dir wins)")
@@ -66,8 +69,9 @@ def run_eval(config: CfgNode, device: torch.device, rank: int, logger: logging.L
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise FileNotFoundError(f"--eval: no checkpoint at {candidates[0]} (train first or give --resume FILE)")
-    result, thresholds, loss = evaluate_checkpoint(path, Path(config.DATA.DATA_PATH) / "val", device,
-                                                   config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS)
+    split = TreeSplit(Path(config.DATA.DATA_PATH), "val", config.DATA.FOLD)
+    result, thresholds, loss = evaluate_checkpoint(path, split, device, config.DATA.BATCH_SIZE,
+                                                   config.DATA.NUM_WORKERS)
     if rank == 0:
         logger.info(f"{path} on {len(result.targets)} val images (thresholds of the checkpoint):\n"
                     + coloured_table(result.table))

@@ -23,8 +23,9 @@ class RunDir:
 
     @classmethod
     def of(cls, config: Any) -> "RunDir":
-        """The run dir of a config: OUTPUT/MODEL.NAME/TAG."""
-        return cls(Path(config.OUTPUT) / config.MODEL.NAME / config.TAG)
+        """The run dir of a config: OUTPUT/MODEL.NAME/TAG, or OUTPUT/MODEL.NAME/TAG-fold<k> for fold k."""
+        fold = config.DATA.FOLD
+        return cls(Path(config.OUTPUT) / config.MODEL.NAME / (config.TAG + (f"-fold{fold}" if fold >= 0 else "")))
 
     @classmethod
     def of_checkpoint(cls, checkpoint: Path) -> "RunDir":

@@ -4,6 +4,8 @@
     python test.py --checkpoint RUN/ckpt_best.pth --images photos/ extra/*.jpg  # new photos
     python test.py --cfg ... --split val --tune-thresholds                      # retune on validation
     python test.py --checkpoint RUN/ckpt_best.onnx --images photos/             # an export.py file
+    python test.py --checkpoint RUN-fold2/ckpt_best.pth --split val --tta       # a K-fold member's own fold
+    python test.py --checkpoint RUN-cv/ensemble.json --data-path dataset         # an ensemble (scripts/cv.py)
 
 The model, its preprocessing (the validation transform) and the class names come from the
 checkpoint's own config, so a checkpoint alone is enough. Decision thresholds come from
@@ -24,6 +26,7 @@ output are the same code for both.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from argparse import Namespace
 from pathlib import Path
@@ -31,13 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
+from data.dataset import TreeSplit
 from deploy.backends import BACKENDS, load_predictor
+from ensemble import EnsemblePredictor, is_ensemble_file
 from evaluation import evaluate_split, predict_files
 from log import create_logger
 from reports import coloured_table, write_file_predictions
 from rundir import RunDir
 from runtime import keep_freed_memory, select_device
-from thresholds import resolve_thresholds, tune_thresholds, write_thresholds
+from thresholds import read_thresholds, resolve_thresholds, tune_thresholds, write_thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -61,6 +66,17 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     return parser.parse_args(argv)
 
 
+def ensemble_thresholds(file: Path | None, predictor: EnsemblePredictor, logger: logging.Logger) -> np.ndarray:
+    """``--thresholds FILE``, else the ensemble file's own (tuned on its out-of-fold probabilities)."""
+    if file is not None:
+        logger.info(f"thresholds from {file}")
+        return read_thresholds(file)
+    if predictor.thresholds is None:
+        raise ValueError(f"{predictor.path}: the ensemble has no thresholds; give --thresholds FILE")
+    logger.info(f"thresholds of the ensemble file ({predictor.ensemble.thresholds_from or 'as written'})")
+    return np.asarray(predictor.thresholds, dtype=np.float64)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.images and args.tune_thresholds:
@@ -71,18 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir.of_checkpoint(path)
     results = args.output or (run.predictions if args.images else run.split_results(args.split))
     logger = create_logger(results, name="test")
-    predictor = load_predictor(path, args.backend, device, logger)
+    if is_ensemble_file(path):
+        predictor = EnsemblePredictor.load(path, args.backend, device, logger)
+        logger.info(f"{predictor.describe()} from {path}")
+        thresholds = ensemble_thresholds(args.thresholds, predictor, logger)
+    else:
+        predictor = load_predictor(path, args.backend, device, logger)
+        logger.info(f"model {predictor.info.describe()} from {path} on {predictor.backend} ({predictor.device})"
+                    f"{', TTA' if args.tta else ''}")
+        thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, args.tta)
     info = predictor.info
-    logger.info(f"model {info.describe()} from {path} on {predictor.backend} ({predictor.device})"
-                f"{', TTA' if args.tta else ''}")
-    thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, args.tta)
     batch_size = args.batch_size or info.batch_size
     workers = args.num_workers if args.num_workers is not None else min(info.num_workers, os.cpu_count() or 1)
     if args.images:
         frame = predict_files(predictor, args.images, thresholds, batch_size, workers, logger, args.tta)
         write_file_predictions(frame, thresholds, results)
     else:
-        split_dir = (args.data_path or Path(info.data_path)) / args.split
+        split_dir = TreeSplit(args.data_path or Path(info.data_path), args.split, info.fold)
         result = evaluate_split(predictor, split_dir, thresholds, batch_size, workers, args.tta)
         logger.info(f"{len(result.names)} images in {split_dir}")
         meta = dict(checkpoint=str(path), backend=predictor.backend, split_dir=str(split_dir),

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import glob
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -41,14 +43,57 @@ def scan_tree(root: Path) -> list[tuple[str, np.ndarray]]:
     return [found[name] for name in sorted(found)]
 
 
-class MultiLabelImageFolder(Dataset):
-    """``samples`` [(path, multi-hot float32 target)], ``targets`` (N x 6) and ``classes``, from the tree."""
+FOLDS_FILE = "folds.csv"  # written by process/prepare.py --folds K: image, split, fold
+NO_FOLD = -1
 
-    def __init__(self, root: str | Path, transform: Callable | None = None):
-        self.root = Path(root)
+
+@dataclass(frozen=True)
+class TreeSplit:
+    """A split of a prepared tree: the folder ``data_path/name``, or, with ``fold`` >= 0, a fold of
+    ``data_path/folds.csv``: ``val`` is that fold and ``train`` the rest of the pool (K-fold training)."""
+
+    data_path: Path
+    name: str
+    fold: int = NO_FOLD
+
+    def __str__(self) -> str:
+        if self.fold == NO_FOLD or self.name not in ("train", "val"):
+            return str(Path(self.data_path) / self.name)
+        held_out = f"fold {self.fold}" if self.name == "val" else f"every fold but {self.fold}"
+        return f"{Path(self.data_path) / FOLDS_FILE} ({held_out})"
+
+    def samples(self) -> list[tuple[str, np.ndarray]]:
+        """(path, target) of every image, sorted by name."""
+        if self.fold == NO_FOLD or self.name not in ("train", "val"):
+            return scan_tree(Path(self.data_path) / self.name)
+        folds = read_folds(Path(self.data_path))
+        if self.fold not in set(folds["fold"]):
+            raise ValueError(f"{Path(self.data_path) / FOLDS_FILE}: no fold {self.fold} "
+                             f"(folds {sorted(set(folds['fold']))})")
+        wanted = set(folds.loc[(folds["fold"] == self.fold) == (self.name == "val"), "image"])
+        pool = [s for split in sorted(set(folds["split"])) for s in scan_tree(Path(self.data_path) / split)]
+        return sorted((s for s in pool if Path(s[0]).name in wanted), key=lambda s: Path(s[0]).name)
+
+
+def read_folds(data_path: Path) -> pd.DataFrame:
+    """``folds.csv`` of a prepared tree, or a FileNotFoundError saying how to make it."""
+    path = data_path / FOLDS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no folds (prepare the tree with process/prepare.py --folds K)")
+    return pd.read_csv(path)
+
+
+class MultiLabelImageFolder(Dataset):
+    """``samples`` [(path, multi-hot float32 target)], ``targets`` (N x 6) and ``classes``, from the tree
+    (a split folder, or a ``TreeSplit``)."""
+
+    def __init__(self, root: str | Path | TreeSplit, transform: Callable | None = None):
+        split = root if isinstance(root, TreeSplit) else TreeSplit(Path(root).parent, Path(root).name)
+        self.root = Path(split.data_path) / split.name
+        self.split = split
         self.transform = transform
         self.classes = list(CLASSES)
-        self.samples = scan_tree(self.root)
+        self.samples = split.samples()
         self.targets = np.stack([target for _, target in self.samples])
 
     def __len__(self) -> int:

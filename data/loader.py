@@ -17,7 +17,7 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
-from data.dataset import MultiLabelImageFolder
+from data.dataset import NO_FOLD, MultiLabelImageFolder, TreeSplit
 from data.labels import CLASSES
 from data.transforms import build_transform
 from distributed import get_rank, get_world_size
@@ -157,12 +157,13 @@ def build_mixup(config: CfgNode) -> MultiHotMixup | None:
 
 
 def _split(config: CfgNode, name: str, is_train: bool) -> MultiLabelImageFolder:
-    root = Path(config.DATA.DATA_PATH) / name
-    if not root.is_dir():
+    """A split of DATA.DATA_PATH; with DATA.FOLD >= 0, train and val are that fold's (folds.csv)."""
+    split = TreeSplit(Path(config.DATA.DATA_PATH), name, config.DATA.FOLD)
+    if split.fold == NO_FOLD and not (split.data_path / name).is_dir():
         raise FileNotFoundError(
-            f"{root}: no '{name}' split (DATA.DATA_PATH / --data-path must be a tree made by process/prepare.py)"
+            f"{split}: no '{name}' split (DATA.DATA_PATH / --data-path must be a tree made by process/prepare.py)"
         )
-    return MultiLabelImageFolder(root, transform=build_transform(is_train, config))
+    return MultiLabelImageFolder(split, transform=build_transform(is_train, config))
 
 
 def _loader_args(config: CfgNode) -> dict:

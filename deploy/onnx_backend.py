@@ -28,6 +28,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 FORMAT_KEY, FORMAT_VERSION = "leaf_swin_format", "1"
 _PREPROCESSING_KEYS = tuple(f.name for f in dataclasses.fields(EvalPreprocessing))
 _INFO_KEYS = tuple(f.name for f in dataclasses.fields(ModelInfo) if f.name != "preprocessing")
+_LATER_KEYS = ("fold",)  # added since FORMAT_VERSION 1: a file without them takes ModelInfo's default
 
 
 def info_to_metadata(info: ModelInfo) -> dict[str, str]:
@@ -41,11 +42,11 @@ def info_from_metadata(props: Mapping[str, str], path: Path) -> ModelInfo:
     """The inverse of :func:`info_to_metadata`; a file without it, or for other classes, is a ValueError."""
     if props.get(FORMAT_KEY) != FORMAT_VERSION:
         raise ValueError(f"{path}: not a model written by export.py (no {FORMAT_KEY}={FORMAT_VERSION} metadata)")
-    missing = [key for key in (*_PREPROCESSING_KEYS, *_INFO_KEYS) if key not in props]
+    missing = [key for key in (*_PREPROCESSING_KEYS, *_INFO_KEYS) if key not in props and key not in _LATER_KEYS]
     if missing:
         raise ValueError(f"{path}: its metadata lacks {', '.join(missing)}")
     try:
-        values = {key: json.loads(props[key]) for key in (*_PREPROCESSING_KEYS, *_INFO_KEYS)}
+        values = {key: json.loads(props[key]) for key in (*_PREPROCESSING_KEYS, *_INFO_KEYS) if key in props}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: unreadable metadata ({err})") from None
     preprocessing = EvalPreprocessing(**{key: _tuples(values.pop(key)) for key in _PREPROCESSING_KEYS})

@@ -17,8 +17,6 @@ import argparse
 import json
 import logging
 import shlex
-import signal
-import subprocess
 import sys
 from argparse import Namespace
 from dataclasses import dataclass
@@ -28,7 +26,7 @@ from typing import Sequence
 import pandas as pd
 
 from checkpoint import load_checkpoint_file
-from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_cli
+from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
 from log import create_logger
 from reports import markdown_table, seeds_markdown, seeds_png, seeds_summary
@@ -104,33 +102,12 @@ def test_command(experiment: Experiment, repo: Path, data_path: Path) -> list[st
             "--data-path", str(data_path), "--split", TEST_SPLIT]
 
 
-def run_command(command: list[str], stop: GracefulStop, logger: logging.Logger) -> int:
-    """Run ``command`` and return its exit code; a stop request is passed on to it as SIGTERM.
-
-    main.py saves its position on SIGTERM and exits 130; a stop before the child started returns 130.
-    """
-    if stop.requested:
-        return EXIT_INTERRUPTED
-    logger.info("$ " + " ".join(command))
-    with subprocess.Popen(command) as child:
-        forwarded = False
-        while True:
-            try:
-                code = child.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if stop.requested and not forwarded:
-                    child.send_signal(signal.SIGTERM)
-                    forwarded = True
-    return EXIT_INTERRUPTED if stop.requested and code != EXIT_OK else code
-
-
 def run_experiment(experiment: Experiment, repo: Path, data_path: Path, output: Path, opts: Sequence[str],
                    stop: GracefulStop, logger: logging.Logger) -> int:
     """Train (or resume) one run, score it on the test split, record its scores; returns the first non-zero exit."""
     for command in (train_command(experiment, repo, data_path, output, opts),
                     test_command(experiment, repo, data_path)):
-        code = run_command(command, stop, logger)
+        code = run_child(command, stop, logger)
         if code != EXIT_OK:
             return code
     record = {"config": experiment.name, "config_file": str(experiment.config_file), "seed": experiment.seed,

@@ -27,6 +27,7 @@ from checkpoint import (
     training_state,
 )
 from cli import EXIT_INTERRUPTED, EXIT_OK
+from data.dataset import TreeSplit
 from data.labels import CLASSES
 from data.loader import build_loader
 from evaluation import evaluate_checkpoint
@@ -279,7 +280,7 @@ def report_best(run: Run) -> None:
     if not best_file.is_file():
         return
     config = run.config
-    split_dir = Path(config.DATA.DATA_PATH) / "val"
+    split_dir = TreeSplit(Path(config.DATA.DATA_PATH), "val", config.DATA.FOLD)
     device, batch_size, workers = run.trainer.device, config.DATA.BATCH_SIZE, config.DATA.NUM_WORKERS
     result, thresholds, _ = evaluate_checkpoint(best_file, split_dir, device, batch_size, workers)
     run.logger.info(f"validation of the best epoch ({run.best.epoch}, thresholds tuned on val):\n"

@@ -1,0 +1,117 @@
+"""Ensembles: several checkpoints whose probabilities are averaged, with thresholds of their own.
+
+An ensemble file (``ensemble.json``, written by ``scripts/cv.py``) lists member checkpoints (paths
+relative to the file), their weights, whether each member is run with TTA, and the thresholds tuned
+on the ensemble's own out-of-fold (or validation) probabilities. Members may differ in backbone and
+input size: each is run with its own preprocessing, and their probabilities are averaged.
+
+Why probabilities and not logits: a member's logit scale depends on its head and loss (ArcFace's
+scale s = 30 against a linear head's), so averaging logits lets the most confident head decide;
+averaged probabilities weigh every member alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from data.labels import CLASSES
+from inference import Backend, sigmoid
+from thresholds import as_thresholds
+from utils import atomic_write_text
+
+ENSEMBLE_SUFFIX = ".json"
+PROB_EPS = 1e-7  # probabilities are kept inside (0, 1) when turned back into logits
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Member checkpoints with weights, TTA, and the ensemble's thresholds (None: not tuned)."""
+
+    path: Path
+    members: tuple[Path, ...]
+    weights: tuple[float, ...]
+    tta: bool
+    thresholds: np.ndarray | None
+    thresholds_from: str = ""
+
+    @classmethod
+    def read(cls, path: Path) -> "Ensemble":
+        """An ensemble file; bad content is a ValueError naming the file."""
+        try:
+            spec = json.loads(Path(path).read_text())
+            members = tuple(Path(path).parent / m["checkpoint"] for m in spec["members"])
+            weights = tuple(float(m.get("weight", 1.0)) for m in spec["members"])
+            thresholds = spec.get("thresholds")
+            values = None if thresholds is None else as_thresholds([thresholds[c] for c in CLASSES], len(CLASSES))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a readable ensemble file ({err!r})") from None
+        if not members or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f"{path}: an ensemble needs members with non-negative weights that sum above 0")
+        missing = [str(m) for m in members if not m.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path}: member checkpoint(s) not found: {', '.join(missing)}")
+        return cls(Path(path), members, weights, bool(spec.get("tta", False)), values,
+                   str(spec.get("thresholds_from", "")))
+
+    def write(self) -> None:
+        folder = self.path.parent.resolve()  # members relative to the file: a moved output folder still works
+        spec = {"members": [{"checkpoint": os.path.relpath(Path(m).resolve(), folder), "weight": w}
+                            for m, w in zip(self.members, self.weights)],
+                "tta": self.tta, "combine": "mean of probabilities",
+                "thresholds": None if self.thresholds is None else dict(zip(CLASSES, map(float, self.thresholds))),
+                "thresholds_from": self.thresholds_from}
+        atomic_write_text(json.dumps(spec, indent=2) + "\n", self.path)
+
+
+def is_ensemble_file(path: Path) -> bool:
+    return Path(path).suffix == ENSEMBLE_SUFFIX
+
+
+def average_probs(member_probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The weighted mean of the members' (N, C) probabilities."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return np.tensordot(weights / weights.sum(), np.stack(member_probs).astype(np.float64), axes=1)
+
+
+def probs_to_logits(probs: np.ndarray) -> np.ndarray:
+    """The logits whose sigmoid is ``probs`` (clipped into (0, 1)): an ensemble reports as one model."""
+    clipped = np.clip(probs, PROB_EPS, 1 - PROB_EPS)
+    return np.log(clipped / (1 - clipped))
+
+
+class EnsemblePredictor:
+    """The members of an ensemble file, loaded on one backend: what test.py scores as one model."""
+
+    backend = "ensemble"
+
+    def __init__(self, ensemble: Ensemble, members: Sequence[Backend]) -> None:
+        self.ensemble = ensemble
+        self.members = list(members)
+        self.path = ensemble.path
+        self.device = members[0].device
+        self.info = dataclasses.replace(members[0].info, name=f"ensemble of {len(members)}")
+        self.thresholds = None if ensemble.thresholds is None else tuple(ensemble.thresholds)
+
+    @classmethod
+    def load(cls, path: Path, backend: str, device: torch.device, logger: logging.Logger) -> "EnsemblePredictor":
+        from deploy.backends import load_predictor
+
+        ensemble = Ensemble.read(path)
+        return cls(ensemble, [load_predictor(m, backend, device, logger) for m in ensemble.members])
+
+    def describe(self) -> str:
+        kinds = ", ".join(f"{m.info.describe()} x{w:g} on {m.backend}"
+                          for m, w in zip(self.members, self.ensemble.weights))
+        return f"ensemble of {len(self.members)} ({kinds}){', TTA per member' if self.ensemble.tta else ''}"
+
+    def combine(self, member_logits: Sequence[np.ndarray]) -> np.ndarray:
+        """Logits of the weighted mean of the members' probabilities."""
+        return probs_to_logits(average_probs([sigmoid(x) for x in member_logits], self.ensemble.weights))

@@ -1,0 +1,172 @@
+"""K-fold cross-validation: train every fold of a prepared tree's folds.csv, then pool the out-of-fold predictions.
+
+    python scripts/cv.py configs/effnet_lite0_cpu.yaml --data-path dataset [--output output/cv]
+                         [--opts KEY VALUE ...] [--gpus 0,1,2,3]
+
+The tree must have been prepared with ``process/prepare.py --folds K``. Fold k is
+``main.py --cfg CONFIG --fold k`` (its run dir ``OUTPUT/MODEL.NAME/TAG-fold<k>``), then ``test.py`` on
+its own held-out fold with TTA: each leaf of the pool is predicted by the model that never saw it.
+A fold is finished once ``fold.json`` is in its run dir, so the same command after a stop skips the
+finished folds and resumes the interrupted one. With ``--gpus``, one fold runs on each listed GPU at a
+time; without, the folds run one after another.
+
+Then ``OUTPUT/MODEL.NAME/TAG-cv/`` gets ``oof.csv`` (every pooled leaf: its fold, six out-of-fold
+probabilities, its labels), ``thresholds.json`` (tuned on all of them), ``cv_metrics.json`` and
+``cv_metrics.md`` (per fold and pooled) and ``ensemble.json`` (the K best checkpoints, equal weights,
+TTA, the out-of-fold thresholds), which ``test.py --checkpoint`` scores like one model.
+Exit codes: 0 all folds done, 1 a fold failed, 2 bad input, 130 stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
+from config import get_config
+from data.dataset import read_folds
+from data.labels import CLASSES
+from ensemble import Ensemble
+from log import create_logger
+from metrics import summarize
+from reports import PREDICTIONS_CSV, markdown_table
+from rundir import RunDir
+from runlock import hold_run_lock
+from thresholds import tune_thresholds, write_thresholds
+from training.stop import GracefulStop
+from utils import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[1]
+FOLD_RESULT = "fold.json"
+SUMMARY_KEYS = ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", type=Path, help="config yaml of every fold")
+    parser.add_argument("--data-path", type=Path, required=True, help="tree prepared with --folds K")
+    parser.add_argument("--output", type=Path, default=Path("output/cv"), help="root of the runs (OUTPUT)")
+    parser.add_argument("--opts", nargs="+", default=[], help="KEY VALUE pairs for every fold")
+    parser.add_argument("--gpus", default="", help="comma-separated GPU ids: one fold on each at a time")
+    return parser.parse_args(argv)
+
+
+def fold_run(args: Namespace, fold: int) -> RunDir:
+    config = get_config(Namespace(cfg=str(args.config), opts=list(args.opts), output=str(args.output), fold=fold))
+    return RunDir.of(config)
+
+
+def fold_commands(args: Namespace, fold: int, run: RunDir) -> list[list[str]]:
+    """main.py for the fold (the same command resumes it), then test.py on its held-out fold with TTA."""
+    train = [sys.executable, str(REPO / "main.py"), "--cfg", str(args.config), "--data-path", str(args.data_path),
+             "--output", str(args.output), "--fold", str(fold), *(["--opts", *args.opts] if args.opts else [])]
+    oof = [sys.executable, str(REPO / "test.py"), "--checkpoint", str(run.best_checkpoint), "--data-path",
+           str(args.data_path), "--split", "val", "--tta", "--backend", "torch"]
+    return [train, oof]
+
+
+def run_fold(args: Namespace, fold: int, stop: GracefulStop, logger, gpu: str | None) -> int:
+    """Train and predict one fold unless finished earlier; returns the first non-zero exit code."""
+    run = fold_run(args, fold)
+    result = run.path / FOLD_RESULT
+    if result.is_file():
+        logger.info(f"fold {fold}: finished earlier, skipped ({result})")
+        return EXIT_OK
+    env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    for command in fold_commands(args, fold, run):
+        code = run_child(command, stop, logger, env)
+        if code != EXIT_OK:
+            return code
+    record = {"fold": fold, "opts": list(args.opts), "checkpoint": str(run.best_checkpoint),
+              "predictions": str(run.split_results("val") / PREDICTIONS_CSV)}
+    atomic_write_text(json.dumps(record, indent=2) + "\n", result)
+    return EXIT_OK
+
+
+def run_folds(args: Namespace, folds: list[int], logger) -> int:
+    """Every fold, one after another or one per GPU; 0 all done, 1 some failed, 130 stopped."""
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    with GracefulStop() as stop:
+        if not gpus:
+            codes = [run_fold(args, fold, stop, logger, None) for fold in folds]
+        else:
+            slots = {fold: gpus[i % len(gpus)] for i, fold in enumerate(folds)}
+            with ThreadPoolExecutor(len(gpus)) as pool:  # threads only wait on their child processes
+                codes = list(pool.map(lambda f: run_fold(args, f, stop, logger, slots[f]), folds))
+    if EXIT_INTERRUPTED in codes:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if any(codes) else EXIT_OK
+
+
+def out_of_fold(runs: dict[int, RunDir]) -> pd.DataFrame:
+    """Every pooled leaf once: image, fold, the six out-of-fold probabilities and its true labels."""
+    frames = []
+    for fold, run in runs.items():
+        frame = pd.read_csv(run.split_results("val") / PREDICTIONS_CSV, keep_default_na=False)
+        frames.append(frame[["image", *CLASSES, "true"]].assign(fold=fold))
+    oof = pd.concat(frames, ignore_index=True).sort_values("image", ignore_index=True)
+    if oof["image"].duplicated().any():
+        raise ValueError(f"images predicted by more than one fold: {oof['image'][oof['image'].duplicated()].head(3)}")
+    return oof[["image", "fold", *CLASSES, "true"]]
+
+
+def targets_of(oof: pd.DataFrame) -> np.ndarray:
+    return np.array([[int(c in labels.split()) for c in CLASSES] for labels in oof["true"]])
+
+
+def cv_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
+    """Per fold and pooled: F1s at the pooled out-of-fold thresholds, and mAP."""
+    rows = []
+    for name, part in [*((f"fold {f}", oof[oof["fold"] == f]) for f in sorted(oof["fold"].unique())), ("pooled", oof)]:
+        scores = summarize(targets_of(part), part[list(CLASSES)].to_numpy(), thresholds)
+        rows.append({"part": name, "images": len(part), **{k: round(scores[k], 4) for k in SUMMARY_KEYS}})
+    return pd.DataFrame(rows)
+
+
+def write_summary(args: Namespace, runs: dict[int, RunDir], logger) -> Path:
+    """oof.csv, thresholds.json, cv_metrics.json/.md and ensemble.json in the cv folder."""
+    folder = runs[min(runs)].path.with_name(runs[min(runs)].path.name.rsplit("-fold", 1)[0] + "-cv")
+    folder.mkdir(parents=True, exist_ok=True)
+    oof = out_of_fold(runs)
+    thresholds = tune_thresholds(targets_of(oof), oof[list(CLASSES)].to_numpy())
+    metrics = cv_metrics(oof, thresholds)
+    atomic_write_text(oof.to_csv(index=False), folder / "oof.csv")
+    write_thresholds(thresholds, folder / "thresholds.json")
+    atomic_write_text(json.dumps({"config": str(args.config), "opts": list(args.opts),
+                                  "thresholds": dict(zip(CLASSES, map(float, thresholds))),
+                                  "metrics": metrics.to_dict("records")}, indent=2) + "\n", folder / "cv_metrics.json")
+    atomic_write_text(f"Out-of-fold predictions (TTA) at thresholds tuned on all {len(oof)} of them:\n\n"
+                      + markdown_table(metrics), folder / "cv_metrics.md")
+    Ensemble(folder / "ensemble.json", tuple(run.best_checkpoint for run in runs.values()), (1.0,) * len(runs),
+             True, thresholds, f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(runs)} folds)").write()
+    logger.info(f"out-of-fold, {len(oof)} leaves:\n" + metrics.to_string(index=False))
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    folds = sorted(read_folds(args.data_path)["fold"].unique().tolist())
+    if not (args.data_path / "test").is_dir():
+        raise FileNotFoundError(f"{args.data_path / 'test'}: no test split (--data-path must be a prepared tree)")
+    runs = {fold: fold_run(args, fold) for fold in folds}
+    cv_folder = runs[folds[0]].path.with_name(runs[folds[0]].path.name.rsplit("-fold", 1)[0] + "-cv")
+    with hold_run_lock(cv_folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
+        logger = create_logger(cv_folder, name="cv")
+        logger.info(f"{len(folds)} folds of {args.data_path / 'folds.csv'}: {[str(r.path) for r in runs.values()]}")
+        code = run_folds(args, folds, logger)
+        if code != EXIT_OK:
+            return code
+        folder = write_summary(args, runs, logger)
+        logger.info(f"ensemble: {folder / 'ensemble.json'} (score it: test.py --checkpoint {folder / 'ensemble.json'})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_cli(main)
