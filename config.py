@@ -13,6 +13,8 @@ from yacs.config import CfgNode as CN
 
 from data.labels import CLASSES, NUM_CLASSES
 
+LOSSES = ("bce", "focal", "asl")
+
 _C = CN()
 
 # Base config files merged before this one (paths relative to the yaml that names them)
@@ -123,8 +125,18 @@ _C.MODEL.EMA.EVAL = True
 # Loss (ours)
 # -----------------------------------------------------------------------------
 _C.LOSS = CN()
-# 'bce' (BCE with logits) or 'focal' (multi-label sigmoid focal loss)
+# 'bce' (BCE with logits), 'focal' (multi-label sigmoid focal loss) or 'asl' (timm's asymmetric loss,
+# AsymmetricLossMultiLabel: summed over classes, averaged over the batch, computed in float32)
 _C.LOSS.NAME = "bce"
+# ASL: focusing of negatives and positives, and the probability margin shifted onto negatives
+_C.LOSS.ASL_GAMMA_NEG = 4.0
+_C.LOSS.ASL_GAMMA_POS = 1.0
+_C.LOSS.ASL_CLIP = 0.05
+# Weight of the positive term per class (bce, asl): [] = none, or six numbers in CLASSES order
+_C.LOSS.POS_WEIGHT = []
+# Set POS_WEIGHT from the training split: (negatives / positives) ** POS_WEIGHT_POWER per class
+_C.LOSS.POS_WEIGHT_AUTO = False
+_C.LOSS.POS_WEIGHT_POWER = 0.5
 # Focal loss alpha (weight of positives; < 0 disables the weighting)
 _C.LOSS.FOCAL_ALPHA = 0.25
 # Focal loss gamma (focusing parameter)
@@ -380,8 +392,12 @@ def _check_config(config: CN) -> None:
         )
     if config.MODEL.HEAD not in ("linear", "arcface"):
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
-    if config.LOSS.NAME not in ("bce", "focal"):
-        raise ValueError(f"LOSS.NAME must be 'bce' or 'focal', got {config.LOSS.NAME!r}")
+    if config.LOSS.NAME not in LOSSES:
+        raise ValueError(f"LOSS.NAME must be one of {', '.join(LOSSES)}, got {config.LOSS.NAME!r}")
+    weights = list(config.LOSS.POS_WEIGHT)
+    if weights and (len(weights) != NUM_CLASSES or min(weights) <= 0 or config.LOSS.NAME == "focal"):
+        raise ValueError(f"LOSS.POS_WEIGHT must be [] or {NUM_CLASSES} positive numbers (bce, asl); got {weights} "
+                         f"with LOSS.NAME {config.LOSS.NAME}")
     if config.DATA.FOLD < -1:
         raise ValueError(f"DATA.FOLD must be a fold number >= 0, or -1 for the train/val split; got {config.DATA.FOLD}")
     low = [k for k, v in config.DATA.OVERSAMPLE.items() if v < 1]

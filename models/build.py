@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import timm
 import torch
+from timm.loss import AsymmetricLossMultiLabel
 from torch import nn
 from yacs.config import CfgNode
 
@@ -160,10 +162,23 @@ def build_model(config: CfgNode) -> MultiLabelNet:
 
 
 def build_loss(config: CfgNode) -> nn.Module:
-    """The training loss on logits and multi-hot targets (LOSS.NAME)."""
+    """The training loss on logits and multi-hot targets (LOSS.NAME, LOSS.POS_WEIGHT)."""
     smoothing = config.MODEL.LABEL_SMOOTHING
+    pos_weight = torch.tensor(list(config.LOSS.POS_WEIGHT), dtype=torch.float32) if config.LOSS.POS_WEIGHT else None
     if config.LOSS.NAME == "bce":
-        return MultiLabelBCELoss(smoothing)
+        return MultiLabelBCELoss(smoothing, pos_weight)
     if config.LOSS.NAME == "focal":
         return MultiLabelFocalLoss(config.LOSS.FOCAL_ALPHA, config.LOSS.FOCAL_GAMMA, smoothing)
-    raise ValueError(f"LOSS.NAME must be 'bce' or 'focal', got {config.LOSS.NAME!r}")
+    if config.LOSS.NAME == "asl":
+        return AsymmetricLossMultiLabel(gamma_neg=config.LOSS.ASL_GAMMA_NEG, gamma_pos=config.LOSS.ASL_GAMMA_POS,
+                                        clip=config.LOSS.ASL_CLIP, smoothing=smoothing, reduction="batchmean",
+                                        pos_weight=pos_weight)
+    raise ValueError(f"LOSS.NAME must be 'bce', 'focal' or 'asl', got {config.LOSS.NAME!r}")
+
+
+def counted_pos_weight(targets: np.ndarray, power: float) -> list[float]:
+    """(negatives / positives) ** power of each class of the training targets (1 for a class without both)."""
+    positives = np.asarray(targets).sum(axis=0)
+    negatives = len(targets) - positives
+    ratio = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0)
+    return [round(float(v), 4) for v in ratio ** power]

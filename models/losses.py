@@ -13,15 +13,17 @@ def smooth_targets(targets: torch.Tensor, smoothing: float) -> torch.Tensor:
 
 
 class MultiLabelBCELoss(nn.Module):
-    """Mean BCE-with-logits over every (image, class) entry."""
+    """Mean BCE-with-logits over every (image, class) entry; ``pos_weight`` weighs each class's positives."""
 
-    def __init__(self, smoothing: float = 0.0):
+    def __init__(self, smoothing: float = 0.0, pos_weight: torch.Tensor | None = None):
         super().__init__()
         self.smoothing = smoothing
+        self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = smooth_targets(targets.to(logits.dtype), self.smoothing)
-        return F.binary_cross_entropy_with_logits(logits, targets)
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
 
 
 class MultiLabelFocalLoss(nn.Module):

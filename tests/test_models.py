@@ -16,7 +16,7 @@ from config import get_config
 from data.labels import NUM_CLASSES
 from data.loader import build_mixup
 from models import ArcFaceHead, MultiLabelNet, PolarizedSelfAttention, PSANeck, build_loss, build_model
-from models.build import is_swin
+from models.build import counted_pos_weight, is_swin
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -355,3 +355,39 @@ def test_arcface_logits_are_float32_under_autocast():
     assert logits.dtype == torch.float32
     expected = torch.tensor([expected_logits([1] * 6, 0.5, 30.0, False)])
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_asl_without_focusing_or_clipping_is_bce_summed_over_classes():
+    logits, targets = torch.tensor([[2.0, -1.0, 0.5], [0.3, 1.2, -2.0]]), torch.tensor([[1.0, 0, 1], [0, 0, 1]])
+    asl = build_loss(tiny_config("LOSS.NAME", "asl", "LOSS.ASL_GAMMA_NEG", 0.0, "LOSS.ASL_GAMMA_POS", 0.0,
+                                 "LOSS.ASL_CLIP", 0.0))
+    per_image = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1).mean()
+    torch.testing.assert_close(asl(logits, targets), per_image, atol=1e-6, rtol=1e-5)
+
+
+def test_asl_does_not_scale_with_the_batch_and_is_float32_under_autocast():
+    asl = build_loss(tiny_config("LOSS.NAME", "asl"))
+    logits, targets = torch.randn(4, 6), (torch.rand(4, 6) > 0.7).float()
+    torch.testing.assert_close(asl(logits.repeat(8, 1), targets.repeat(8, 1)), asl(logits, targets))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = asl(logits.bfloat16() * 20, targets)  # confident logits: float16/bfloat16 probabilities underflow
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+
+
+def test_positive_weights_weigh_each_class_positives():
+    logits, targets = torch.tensor([[0.5, -0.5, 1.0, 0, 0, 0]]), torch.tensor([[1.0, 1, 0, 0, 0, 0]])
+    weights = [2.0, 3.0, 1.0, 1.0, 1.0, 1.0]
+    bce = build_loss(tiny_config("LOSS.POS_WEIGHT", weights))
+    p = torch.sigmoid(logits[0])
+    by_hand = torch.stack([-2 * torch.log(p[0]), -3 * torch.log(p[1]), -torch.log(1 - p[2]),
+                           *(-torch.log(1 - p[3:]))]).mean()
+    torch.testing.assert_close(bce(logits, targets), by_hand)
+    with pytest.raises(ValueError, match="LOSS.POS_WEIGHT must be"):
+        tiny_config("LOSS.POS_WEIGHT", [1.0, 2.0])
+
+
+def test_positive_weights_counted_on_the_training_targets():
+    targets = np.array([[1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 1, 0, 0, 1]])
+    # complex 1 of 4: 3 negatives per positive; healthy 3 of 4: 1/3; no frog_eye_leaf_spot at all: 1
+    assert counted_pos_weight(targets, 1.0) == [3.0, 1.0, 0.3333, 1.0, 1.0, 3.0]
+    assert counted_pos_weight(targets, 0.5) == [1.7321, 1.0, 0.5774, 1.0, 1.0, 1.7321]

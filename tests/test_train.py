@@ -28,6 +28,7 @@ from data.transforms import build_transform
 from helpers import ROOT, TINY_TRAINING, cli, load_script, make_tree, run_dir, run_script, val_thresholds
 from log import create_logger
 from models import ArcFaceHead, build_model
+from models.build import counted_pos_weight
 from thresholds import read_thresholds, tune_thresholds
 from utils import atomic_save
 
@@ -373,3 +374,14 @@ def test_train_tmux_runs_detached_and_starting_it_again_resumes(tree, output):
 def test_train_tmux_usage_error():
     result = subprocess.run(["scripts/train_tmux.sh", "only-a-name"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "usage: scripts/train_tmux.sh SESSION -- <main.py arguments>" in result.stderr
+
+
+def test_counted_positive_weights_are_used_and_recorded(tree, output):
+    assert main.main(cli(tree, output, "posweight", "TRAIN.EPOCHS", "1", "LOSS.NAME", "asl",
+                         "LOSS.POS_WEIGHT_AUTO", "True")) == 0
+    folder = run_dir(output, "posweight")
+    recorded = config_from_string((folder / "config.yaml").read_text())
+    targets = MultiLabelImageFolder(tree / "train").targets
+    assert list(recorded.LOSS.POS_WEIGHT) == counted_pos_weight(targets, 0.5) != [1.0] * 6
+    saved = config_from_string(load_checkpoint_file(folder / "ckpt_best.pth")["config"])
+    assert list(saved.LOSS.POS_WEIGHT) == list(recorded.LOSS.POS_WEIGHT)

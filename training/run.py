@@ -35,6 +35,7 @@ from faults import pause_at
 from log import short_list
 from metrics import summarize
 from models import build_loss, build_model
+from models.build import counted_pos_weight
 from reports import coloured_table, training_curves_png
 from rundir import RunDir
 from runtime import amp_dtype, autocast_factory, place_model
@@ -110,11 +111,26 @@ class Run:
         return self.trainer.ema.module if use_ema else self.trainer.module
 
 
+def with_counted_pos_weight(config: CfgNode, targets: np.ndarray, logger: logging.Logger) -> CfgNode:
+    """LOSS.POS_WEIGHT_AUTO: the config with LOSS.POS_WEIGHT counted on the training split (before
+    DATA.OVERSAMPLE), so that config.yaml and every checkpoint carry the numbers used."""
+    if not config.LOSS.POS_WEIGHT_AUTO or config.LOSS.POS_WEIGHT:
+        return config
+    config = config.clone()
+    config.defrost()
+    config.LOSS.POS_WEIGHT = counted_pos_weight(targets, config.LOSS.POS_WEIGHT_POWER)
+    config.freeze()
+    logger.info(f"LOSS.POS_WEIGHT from the {len(targets)} training images: "
+                + ", ".join(f"{c} {w:g}" for c, w in zip(CLASSES, config.LOSS.POS_WEIGHT)))
+    return config
+
+
 def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logger) -> int:
     """Build everything, resume if there is a checkpoint, run the epochs; returns the exit code."""
     check_best_metric(config)
     seed_everything(config.SEED + rank)
     dataset_train, dataset_val, loader_train, loader_val, mixup_fn = build_loader(config)
+    config = with_counted_pos_weight(config, dataset_train.targets, logger)
     logger.info(
         f"data: {len(dataset_train)} train images ({len(loader_train.sampler.indices)} samples with "
         f"DATA.OVERSAMPLE), {len(dataset_val)} val images, {len(loader_train)} steps/epoch"
