@@ -231,3 +231,16 @@ def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] =
 def run_dir(output: Path, tag: str) -> Path:
     """The run dir of ``cli(tree, output, tag, ...)``."""
     return output / "swin_tiny_patch4_window7_224" / tag
+
+
+# The tiny Swin as a config file, for the scripts that take one (scripts/experiments.py, scripts/cv.py).
+TINY_YAML = """\
+MODEL:
+  TYPE: swin_tiny_patch4_window7_224
+  NAME: tiny
+  SWIN: {EMBED_DIM: 16, DEPTHS: [1, 1], NUM_HEADS: [1, 2], WINDOW_SIZE: 4}
+DATA: {IMG_SIZE: 64, NUM_WORKERS: 0, BATCH_SIZE: 4}
+TRAIN: {EPOCHS: 1, WARMUP_EPOCHS: 0}
+AUG: {AUTO_AUGMENT: none}
+DEVICE: cpu
+"""

@@ -17,7 +17,7 @@ from config import get_config
 from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.labels import CLASSES
 from ensemble import Ensemble, average_probs, probs_to_logits
-from helpers import ROOT, load_script
+from helpers import ROOT, TINY_YAML, load_script
 from inference import sigmoid
 from process.synthesize import synthesize
 from process.tree import DataOptions, prepare
@@ -25,16 +25,6 @@ from rundir import RunDir
 
 cv = load_script("scripts/cv.py")
 
-TINY_YAML = """\
-MODEL:
-  TYPE: swin_tiny_patch4_window7_224
-  NAME: tiny
-  SWIN: {EMBED_DIM: 16, DEPTHS: [1, 1], NUM_HEADS: [1, 2], WINDOW_SIZE: 4}
-DATA: {IMG_SIZE: 64, NUM_WORKERS: 0, BATCH_SIZE: 8}
-TRAIN: {EPOCHS: 1, WARMUP_EPOCHS: 0}
-AUG: {AUTO_AUGMENT: none}
-DEVICE: cpu
-"""
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,13 @@ import pandas as pd
 import pytest
 
 from cli import EXIT_INTERRUPTED
-from helpers import ROOT, load_script, make_tree
+from helpers import ROOT, TINY_YAML, load_script, make_tree
 from metrics import mean_confidence_interval
 from reports import seeds_markdown, seeds_png, seeds_summary
 from runlock import RunLockedError, hold_run_lock
 
 experiments = load_script("scripts/experiments.py")
 
-TINY_YAML = """\
-MODEL:
-  TYPE: swin_tiny_patch4_window7_224
-  NAME: tiny
-  SWIN: {EMBED_DIM: 16, DEPTHS: [1, 1], NUM_HEADS: [1, 2], WINDOW_SIZE: 4}
-DATA: {IMG_SIZE: 64, NUM_WORKERS: 0, BATCH_SIZE: 4}
-TRAIN: {EPOCHS: 1, WARMUP_EPOCHS: 0}
-AUG: {AUTO_AUGMENT: none}
-DEVICE: cpu
-"""
 OPTS = ["TRAIN.BASE_LR", "0.002"]
 
 
