@@ -46,6 +46,11 @@ _C.DATA.NUM_WORKERS = 8
 # (or --opts DATA.OVERSAMPLE.complex 5). An image is repeated as often as the largest factor
 # among its labels; validation and test are never touched.
 _C.DATA.OVERSAMPLE = CN({name: 1 for name in CLASSES})
+# Ours: class-balanced sampling of the training split: each epoch draws as many samples with replacement,
+# an image weighted by the largest 1 / count ** SAMPLER_POWER among its labels; 0 = a plain shuffle.
+# SAMPLER_UNTIL_EPOCH N: plain shuffles from epoch N on (-1: balanced throughout)
+_C.DATA.SAMPLER_POWER = 0.0
+_C.DATA.SAMPLER_UNTIL_EPOCH = -1
 # Ours: K-fold training (main.py --fold k): train on every fold of DATA_PATH/folds.csv but k, validate on
 # fold k (process/prepare.py --folds K writes the file); the run dir's tag gets "-fold<k>". -1: train/ and val/
 _C.DATA.FOLD = -1
@@ -400,6 +405,8 @@ def _check_config(config: CN) -> None:
                          f"with LOSS.NAME {config.LOSS.NAME}")
     if config.DATA.FOLD < -1:
         raise ValueError(f"DATA.FOLD must be a fold number >= 0, or -1 for the train/val split; got {config.DATA.FOLD}")
+    if config.DATA.SAMPLER_POWER < 0:
+        raise ValueError(f"DATA.SAMPLER_POWER must be >= 0 (0: a plain shuffle), got {config.DATA.SAMPLER_POWER}")
     low = [k for k, v in config.DATA.OVERSAMPLE.items() if v < 1]
     if low:
         raise ValueError(f"DATA.OVERSAMPLE.{low[0]} must be an integer >= 1")

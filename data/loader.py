@@ -35,6 +35,12 @@ def oversample_indices(targets: np.ndarray, factors: Mapping[str, int]) -> list[
     return np.repeat(np.arange(len(targets)), repeats).tolist()
 
 
+def balance_weights(targets: np.ndarray, power: float) -> np.ndarray:
+    """Each image's sampling weight: the largest 1 / count ** power among its labels (counts of ``targets``)."""
+    counts = np.maximum(targets.sum(axis=0), 1)
+    return np.where(targets > 0, counts.astype(np.float64) ** -power, 0).max(axis=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------------------------
@@ -55,8 +61,13 @@ class EpochSampler(Sampler):
     this rank, to resume mid-epoch.
     """
 
-    def __init__(self, indices: list[int], seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, indices: list[int], seed: int, rank: int = 0, world_size: int = 1,
+                 weights: np.ndarray | None = None, weighted_until: int = -1) -> None:
         self.indices = list(indices)
+        # with ``weights`` (one per entry of ``indices``), epochs before ``weighted_until`` (-1: every
+        # epoch) draw as many entries with replacement, in proportion to them, instead of a permutation
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        self.weighted_until = weighted_until
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -71,7 +82,10 @@ class EpochSampler(Sampler):
     def epoch_order(self) -> list[tuple[int, int]]:
         """This rank's full ``(index, seed)`` list for the current epoch (before ``skip``)."""
         generator = _epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(len(self.indices), generator=generator).tolist()
+        if self.weights is not None and (self.weighted_until < 0 or self.epoch < self.weighted_until):
+            order = torch.multinomial(self.weights, len(self.indices), replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(len(self.indices), generator=generator).tolist()
         seeds = torch.randint(0, 2**31 - 1, (len(order),), generator=generator).tolist()
         pairs = [(self.indices[i], s) for i, s in zip(order, seeds)]
         total = self.samples_per_rank * self.world_size
@@ -204,9 +218,11 @@ def build_loader(config: CfgNode) -> tuple[Dataset, Dataset, DataLoader, DataLoa
             f"{config.DATA.DATA_PATH}/train: {len(indices)} training samples over {world_size} process(es) "
             f"do not fill one batch of {batch_size} (lower --batch-size)"
         )
+    power = config.DATA.SAMPLER_POWER
+    weights = balance_weights(dataset_train.targets, power)[indices] if power > 0 else None
     loader_train = DataLoader(
         SeededSamples(dataset_train),
-        sampler=EpochSampler(indices, config.SEED, rank, world_size),
+        sampler=EpochSampler(indices, config.SEED, rank, world_size, weights, config.DATA.SAMPLER_UNTIL_EPOCH),
         drop_last=True,
         **_loader_args(config),
     )

@@ -11,7 +11,15 @@ from PIL import Image
 
 from config import get_default_config
 from data.labels import CLASSES, labels_to_vector
-from data.loader import EpochSampler, MultiHotMixup, SeededSamples, ShardSampler, build_loader, oversample_indices
+from data.loader import (
+    EpochSampler,
+    MultiHotMixup,
+    SeededSamples,
+    ShardSampler,
+    balance_weights,
+    build_loader,
+    oversample_indices,
+)
 from data.transforms import build_transform
 from helpers import make_tree
 
@@ -136,3 +144,35 @@ def test_mixup_mixes_multi_hot_targets(mode):
     assert mixed[:, CLASSES.index("healthy")].eq(0).all()  # in neither image
     if mode == "batch":
         assert torch.allclose(mixed_images, lam * images + (1 - lam) * images.flip(0))
+
+
+def test_balance_weights_on_known_counts():
+    targets = np.zeros((5, 6))
+    targets[:4, 5] = 1  # four scab
+    targets[4, [0, 5]] = 1  # one complex + scab: scab counted five times
+    np.testing.assert_allclose(balance_weights(targets, 1.0), [0.2, 0.2, 0.2, 0.2, 1.0])
+    np.testing.assert_allclose(balance_weights(targets, 0.5), [5 ** -0.5] * 4 + [1.0])
+
+
+def test_balanced_sampler_draws_rare_images_more_then_shuffles_after_its_last_epoch():
+    targets = np.zeros((100, 6))
+    targets[:90, 5] = 1  # 90 scab
+    targets[90:, 0] = 1  # 10 complex
+    weights = balance_weights(targets, 1.0)
+    sampler = EpochSampler(list(range(100)), seed=0, weights=weights, weighted_until=2)
+    sampler.set_epoch(1)
+    drawn = [index for index, _ in sampler]
+    assert len(drawn) == 100 and sum(i >= 90 for i in drawn) > 35  # about half, against 10 when shuffled
+    assert drawn == [index for index, _ in sampler]  # the same epoch again: the same draw (resumable)
+    sampler.set_epoch(2)
+    assert sorted(index for index, _ in sampler) == list(range(100))  # from epoch 2: a plain shuffle
+
+
+def test_sampler_power_balances_the_training_loader_only(tree):
+    _, _, loader_train, _, _ = build_loader(tiny_config(tree, "DATA.SAMPLER_POWER", 1.0,
+                                                        "DATA.OVERSAMPLE.complex", 2, "DATA.SAMPLER_UNTIL_EPOCH", 3))
+    sampler = loader_train.sampler
+    expected = balance_weights(loader_train.dataset.dataset.targets, 1.0)[sampler.indices]
+    np.testing.assert_allclose(sampler.weights.numpy(), expected)
+    assert sampler.weighted_until == 3
+    assert build_loader(tiny_config(tree))[2].sampler.weights is None
