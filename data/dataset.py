@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from data.folds import FOLDS_FILE, NO_FOLD, read_folds
 from data.images import image_failure, load_image
 from data.labels import CLASSES, NUM_CLASSES, code_to_vector, is_code
 
@@ -43,10 +43,6 @@ def scan_tree(root: Path) -> list[tuple[str, np.ndarray]]:
     return [found[name] for name in sorted(found)]
 
 
-FOLDS_FILE = "folds.csv"  # written by process/prepare.py --folds K: image, split, fold
-NO_FOLD = -1
-
-
 @dataclass(frozen=True)
 class TreeSplit:
     """A split of a prepared tree: the folder ``data_path/name``, or, with ``fold`` >= 0, a fold of
@@ -73,14 +69,6 @@ class TreeSplit:
         wanted = set(folds.loc[(folds["fold"] == self.fold) == (self.name == "val"), "image"])
         pool = [s for split in sorted(set(folds["split"])) for s in scan_tree(Path(self.data_path) / split)]
         return sorted((s for s in pool if Path(s[0]).name in wanted), key=lambda s: Path(s[0]).name)
-
-
-def read_folds(data_path: Path) -> pd.DataFrame:
-    """``folds.csv`` of a prepared tree, or a FileNotFoundError saying how to make it."""
-    path = data_path / FOLDS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no folds (prepare the tree with process/prepare.py --folds K)")
-    return pd.read_csv(path)
 
 
 class MultiLabelImageFolder(Dataset):

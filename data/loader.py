@@ -17,7 +17,8 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
-from data.dataset import NO_FOLD, MultiLabelImageFolder, TreeSplit
+from data.dataset import MultiLabelImageFolder, TreeSplit
+from data.folds import NO_FOLD
 from data.labels import CLASSES
 from data.transforms import build_transform
 from distributed import get_rank, get_world_size

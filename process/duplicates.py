@@ -33,6 +33,7 @@ HASH_BITS = 2 * HASH_SIZE * HASH_SIZE
 DEFAULT_DISTANCE = 128  # bits of HASH_BITS: between the edits above (<= 111) and distinct leaves (>= 163)
 POLICIES = ("keep", "union", "drop", "off")
 NO_GROUP = -1
+REPORT_CSV, SHEET_PNG = "duplicates.csv", "duplicates.png"  # in DST, beside stats.json
 PAIR_BLOCK = 2048  # rows of the distance matrix computed at once (2048 x N float32)
 
 
@@ -201,7 +202,7 @@ def summary_line(stats: dict) -> str:
     leaks = f"{stats['leaks']} pair(s) across splits" + (" (moved)" if stats["leaks_moved"] and stats["leaks"] else "")
     return (f"duplicates: {stats['groups']} group(s) of near-identical photos ({stats['images_in_groups']} images), "
             f"{stats['conflicting_groups']} with conflicting labels, {leaks}; policy {stats['policy']} "
-            f"(duplicates.csv, duplicates.png)")
+            f"({REPORT_CSV}, {SHEET_PNG})")
 
 
 SHEET_GROUPS = 40  # groups drawn in duplicates.png (conflicting ones first); duplicates.csv lists all

@@ -12,11 +12,10 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from data.labels import CLASSES, labels_to_vector
+from data.folds import NO_FOLD
+from data.labels import labels_to_vector
 from process.duplicates import NO_GROUP
 from process.sources import SPLITS, InputError
-
-NO_FOLD = -1
 
 
 def largest_remainder(exact: np.ndarray) -> list[int]:
@@ -78,16 +77,6 @@ def assign_folds(rows: pd.DataFrame, k: int, seed: int, pool: Sequence[str]) -> 
     for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(first)), per_unit)):
         fold_of.update(dict.fromkeys(first["unit"].to_numpy()[held_out], fold))
     return unit.map(fold_of).reindex(rows.index, fill_value=NO_FOLD).astype(int)
-
-
-def fold_stats(rows: pd.DataFrame, folds: pd.Series, seed: int, pool: Sequence[str]) -> dict:
-    """stats.json's ``folds`` entry: images and per-label counts of every fold."""
-    per_fold = {}
-    for fold in sorted(set(folds) - {NO_FOLD}):
-        labels = rows.loc[folds == fold, "labels"].str.split()
-        per_fold[str(fold)] = {"images": int(len(labels)),
-                               "labels": {name: int(labels.map(lambda ls, n=name: n in ls).sum()) for name in CLASSES}}
-    return {"k": len(per_fold), "seed": seed, "pool": list(pool), "folds": per_fold}
 
 
 def folds_frame(rows: pd.DataFrame, folds: pd.Series) -> pd.DataFrame:

@@ -30,12 +30,15 @@ from PIL import Image
 from termcolor import colored
 from tqdm import tqdm
 
+from data.folds import FOLDS_FILE, NO_FOLD
 from data.images import image_failure, load_image
 from data.labels import CLASSES, labels_to_codes
 from process.duplicates import (
     DEFAULT_DISTANCE,
     HASH_BITS,
     POLICIES,
+    REPORT_CSV,
+    SHEET_PNG,
     apply_policy,
     contact_sheet,
     duplicate_stats,
@@ -48,7 +51,7 @@ from process.duplicates import (
     summary_line,
 )
 from process.sources import KAGGLE, SPLITS, InputError, read_source
-from process.splits import assign_folds, assign_splits, fold_stats, folds_frame
+from process.splits import assign_folds, assign_splits, folds_frame
 from reports import png_bytes
 from runlock import LOCK_NAME, hold_run_lock
 from utils import atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
@@ -59,7 +62,7 @@ RESAMPLE = Image.Resampling.LANCZOS
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 IN_PROGRESS = ".prepare-in-progress"  # holds the fingerprint of a run that has not finished
 STAGING = ".staged"  # resized JPEGs before the split is known (every hash is needed first)
-REPORTS = ("label_distribution.png", "duplicates.csv", "duplicates.png", "folds.csv")
+REPORTS = ("label_distribution.png", REPORT_CSV, SHEET_PNG, FOLDS_FILE)
 
 
 class NoUsableImages(RuntimeError):
@@ -366,18 +369,20 @@ def resolve_duplicates(rows: pd.DataFrame, layout: str, split: tuple[float, floa
     where = rows["split"].mask(rows.index.isin(kept.index), kept["split"].reindex(rows.index))
     report = report_frame(rows.assign(split=where), action)
     stats = duplicate_stats(report, leaks, options.duplicates, options.max_distance, options.move_leaks)
-    files: dict[str, str | bytes] = {"duplicates.csv": report.to_csv(index=False)}
+    files: dict[str, str | bytes] = {REPORT_CSV: report.to_csv(index=False)}
     if len(report):
-        files["duplicates.png"] = contact_sheet(report, {name: staged / name for name in report["image"]})
+        files[SHEET_PNG] = contact_sheet(report, {name: staged / name for name in report["image"]})
     return kept, stats, files
 
 
 def make_folds(rows: pd.DataFrame, options: DataOptions, seed: int) -> tuple[dict, dict[str, str]]:
-    """stats.json's ``folds`` entry and folds.csv, when --folds asks for them."""
+    """stats.json's ``folds`` entry (images and label counts per fold) and folds.csv, when --folds asks."""
     if not options.folds:
         return {}, {}
     folds = assign_folds(rows, options.folds, seed, options.fold_pool)
-    return fold_stats(rows, folds, seed, options.fold_pool), {"folds.csv": folds_frame(rows, folds).to_csv(index=False)}
+    per_fold = {str(fold): split_stats(rows[folds == fold]) for fold in sorted(set(folds) - {NO_FOLD})}
+    stats = {"k": len(per_fold), "seed": seed, "pool": list(options.fold_pool), "folds": per_fold}
+    return stats, {FOLDS_FILE: folds_frame(rows, folds).to_csv(index=False)}
 
 
 def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15, test: float = 0.15,

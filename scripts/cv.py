@@ -31,7 +31,7 @@ import pandas as pd
 
 from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
-from data.dataset import read_folds
+from data.folds import FOLDS_FILE, read_folds
 from data.labels import CLASSES
 from ensemble import Ensemble
 from log import create_logger
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     cv_folder = runs[folds[0]].path.with_name(runs[folds[0]].path.name.rsplit("-fold", 1)[0] + "-cv")
     with hold_run_lock(cv_folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
         logger = create_logger(cv_folder, name="cv")
-        logger.info(f"{len(folds)} folds of {args.data_path / 'folds.csv'}: {[str(r.path) for r in runs.values()]}")
+        logger.info(f"{len(folds)} folds of {args.data_path / FOLDS_FILE}: {[str(r.path) for r in runs.values()]}")
         code = run_folds(args, folds, logger)
         if code != EXIT_OK:
             return code
