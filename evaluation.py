@@ -47,21 +47,26 @@ class SplitEvaluation:
         write_split_results(folder, self.table, self.names, self.targets, self.probs, thresholds, meta)
 
 
+def split_logits(predictor: Backend | EnsemblePredictor, split: TreeSplit | Path, batch_size: int,
+                 num_workers: int, tta: bool = False) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(names, targets, logits) of every image of ``split`` once, in name order. An ensemble runs each
+    member with its own preprocessing and averages their probabilities."""
+    if isinstance(predictor, EnsemblePredictor):
+        tta = tta or predictor.ensemble.tta
+        parts = [split_logits(m, split, batch_size, num_workers, tta) for m in predictor.members]
+        names, targets, _ = parts[0]
+        return names, targets, predictor.combine([logits for _, _, logits in parts])
+    dataset = MultiLabelImageFolder(split, predictor.transform)
+    loader = build_inference_loader(dataset, batch_size, num_workers, predictor.device)
+    logits, _ = predictor.logits(loader, tta)
+    return [Path(path).name for path, _ in dataset.samples], dataset.targets.astype(int), logits
+
+
 def evaluate_split(predictor: Backend | EnsemblePredictor, split: TreeSplit | Path, thresholds: np.ndarray,
                    batch_size: int, num_workers: int, tta: bool = False) -> SplitEvaluation:
     """Every image of ``split`` (a prepared tree's split folder, or a fold) once, in name order, scored at
-    ``thresholds``. An ensemble runs each member with its own preprocessing and averages probabilities."""
-    if isinstance(predictor, EnsemblePredictor):
-        tta = tta or predictor.ensemble.tta
-        parts = [evaluate_split(m, split, thresholds, batch_size, num_workers, tta) for m in predictor.members]
-        logits = predictor.combine([part.logits for part in parts])
-        names, targets = parts[0].names, parts[0].targets
-    else:
-        dataset = MultiLabelImageFolder(split, predictor.transform)
-        loader = build_inference_loader(dataset, batch_size, num_workers, predictor.device)
-        logits, _ = predictor.logits(loader, tta)
-        targets = dataset.targets.astype(int)
-        names = [Path(path).name for path, _ in dataset.samples]
+    ``thresholds``."""
+    names, targets, logits = split_logits(predictor, split, batch_size, num_workers, tta)
     return SplitEvaluation(multilabel_metrics(targets, sigmoid(logits), thresholds), names, targets, logits)
 
 
