@@ -31,8 +31,8 @@ import pandas as pd
 
 from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
-from data.folds import FOLDS_FILE, read_folds
-from data.labels import CLASSES
+from data.folds import FOLDS_FILE, NO_FOLD, read_folds
+from data.labels import CLASSES, labels_to_vector
 from ensemble import Ensemble
 from log import create_logger
 from metrics import summarize
@@ -118,7 +118,7 @@ def out_of_fold(runs: dict[int, RunDir]) -> pd.DataFrame:
 
 
 def targets_of(oof: pd.DataFrame) -> np.ndarray:
-    return np.array([[int(c in labels.split()) for c in CLASSES] for labels in oof["true"]])
+    return np.stack([labels_to_vector(labels) for labels in oof["true"]]).astype(int)
 
 
 def cv_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
@@ -130,10 +130,14 @@ def cv_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_summary(args: Namespace, runs: dict[int, RunDir], logger) -> Path:
+def cv_folder(args: Namespace) -> Path:
+    """OUTPUT/MODEL.NAME/TAG-cv: the runner's log, the pooled results and the ensemble file."""
+    run = fold_run(args, NO_FOLD).path
+    return run.with_name(f"{run.name}-cv")
+
+
+def write_summary(args: Namespace, runs: dict[int, RunDir], folder: Path, logger) -> None:
     """oof.csv, thresholds.json, cv_metrics.json/.md and ensemble.json in the cv folder."""
-    folder = runs[min(runs)].path.with_name(runs[min(runs)].path.name.rsplit("-fold", 1)[0] + "-cv")
-    folder.mkdir(parents=True, exist_ok=True)
     oof = out_of_fold(runs)
     thresholds = tune_thresholds(targets_of(oof), oof[list(CLASSES)].to_numpy())
     metrics = cv_metrics(oof, thresholds)
@@ -147,7 +151,6 @@ def write_summary(args: Namespace, runs: dict[int, RunDir], logger) -> Path:
     Ensemble(folder / "ensemble.json", tuple(run.best_checkpoint for run in runs.values()), (1.0,) * len(runs),
              True, thresholds, f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(runs)} folds)").write()
     logger.info(f"out-of-fold, {len(oof)} leaves:\n" + metrics.to_string(index=False))
-    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data_path / "test").is_dir():
         raise FileNotFoundError(f"{args.data_path / 'test'}: no test split (--data-path must be a prepared tree)")
     runs = {fold: fold_run(args, fold) for fold in folds}
-    cv_folder = runs[folds[0]].path.with_name(runs[folds[0]].path.name.rsplit("-fold", 1)[0] + "-cv")
-    with hold_run_lock(cv_folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
-        logger = create_logger(cv_folder, name="cv")
+    folder = cv_folder(args)
+    with hold_run_lock(folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
+        logger = create_logger(folder, name="cv")
         logger.info(f"{len(folds)} folds of {args.data_path / FOLDS_FILE}: {[str(r.path) for r in runs.values()]}")
         code = run_folds(args, folds, logger)
         if code != EXIT_OK:
             return code
-        folder = write_summary(args, runs, logger)
+        write_summary(args, runs, folder, logger)
         logger.info(f"ensemble: {folder / 'ensemble.json'} (score it: test.py --checkpoint {folder / 'ensemble.json'})")
     return EXIT_OK
 
