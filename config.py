@@ -403,6 +403,9 @@ def _check_config(config: CN) -> None:
     if weights and (len(weights) != NUM_CLASSES or min(weights) <= 0 or config.LOSS.NAME == "focal"):
         raise ValueError(f"LOSS.POS_WEIGHT must be [] or {NUM_CLASSES} positive numbers (bce, asl); got {weights} "
                          f"with LOSS.NAME {config.LOSS.NAME}")
+    if config.LOSS.POS_WEIGHT_AUTO and config.LOSS.NAME == "focal":  # its counted weights would be refused above
+        raise ValueError("LOSS.POS_WEIGHT_AUTO weighs the positives of bce or asl; focal weighs them by "
+                         "LOSS.FOCAL_ALPHA")
     if config.DATA.FOLD < -1:
         raise ValueError(f"DATA.FOLD must be a fold number >= 0, or -1 for the train/val split; got {config.DATA.FOLD}")
     if config.DATA.SAMPLER_POWER < 0:

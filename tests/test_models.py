@@ -384,6 +384,8 @@ def test_positive_weights_weigh_each_class_positives():
     torch.testing.assert_close(bce(logits, targets), by_hand)
     with pytest.raises(ValueError, match="LOSS.POS_WEIGHT must be"):
         tiny_config("LOSS.POS_WEIGHT", [1.0, 2.0])
+    with pytest.raises(ValueError, match="LOSS.POS_WEIGHT_AUTO weighs the positives of bce or asl"):
+        tiny_config("LOSS.NAME", "focal", "LOSS.POS_WEIGHT_AUTO", True)  # its checkpoints could not be loaded
 
 
 def test_positive_weights_counted_on_the_training_targets():
