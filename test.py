@@ -26,7 +26,6 @@ output are the same code for both.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from argparse import Namespace
 from pathlib import Path
@@ -42,7 +41,7 @@ from log import create_logger
 from reports import coloured_table, write_file_predictions
 from rundir import RunDir
 from runtime import keep_freed_memory, select_device
-from thresholds import read_thresholds, resolve_thresholds, tune_thresholds, write_thresholds
+from thresholds import resolve_thresholds, tune_thresholds, write_thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -66,17 +65,6 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     return parser.parse_args(argv)
 
 
-def ensemble_thresholds(file: Path | None, predictor: EnsemblePredictor, logger: logging.Logger) -> np.ndarray:
-    """``--thresholds FILE``, else the ensemble file's own (tuned on its out-of-fold probabilities)."""
-    if file is not None:
-        logger.info(f"thresholds from {file}")
-        return read_thresholds(file)
-    if predictor.thresholds is None:
-        raise ValueError(f"{predictor.path}: the ensemble has no thresholds; give --thresholds FILE")
-    logger.info(f"thresholds of the ensemble file ({predictor.ensemble.thresholds_from or 'as written'})")
-    return np.asarray(predictor.thresholds, dtype=np.float64)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.images and args.tune_thresholds:
@@ -90,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if is_ensemble_file(path):
         predictor = EnsemblePredictor.load(path, args.backend, device, logger)
         logger.info(f"{predictor.describe()} from {path}")
-        thresholds = ensemble_thresholds(args.thresholds, predictor, logger)
+        # the file's thresholds were tuned on its members' TTA probabilities already: no thresholds_tta.json
+        thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
     else:
         predictor = load_predictor(path, args.backend, device, logger)
         logger.info(f"model {predictor.info.describe()} from {path} on {predictor.backend} ({predictor.device})"

@@ -11,9 +11,9 @@ finished folds and resumes the interrupted one. With ``--gpus``, one fold runs o
 time; without, the folds run one after another.
 
 Then ``OUTPUT/MODEL.NAME/TAG-cv/`` gets ``oof.csv`` (every pooled leaf: its fold, six out-of-fold
-probabilities, its labels), ``thresholds.json`` (tuned on all of them), ``cv_metrics.json`` and
-``cv_metrics.md`` (per fold and pooled) and ``ensemble.json`` (the K best checkpoints, equal weights,
-TTA, the out-of-fold thresholds), which ``test.py --checkpoint`` scores like one model.
+probabilities, its labels), ``cv_metrics.json`` and ``cv_metrics.md`` (per fold and pooled) and
+``ensemble.json`` (the K best checkpoints, equal weights, TTA, the thresholds tuned on all of oof.csv),
+which ``test.py --checkpoint`` scores like one model.
 Exit codes: 0 all folds done, 1 a fold failed, 2 bad input, 130 stopped.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from metrics import summarize
 from reports import PREDICTIONS_CSV, markdown_table
 from rundir import RunDir
 from runlock import hold_run_lock
-from thresholds import tune_thresholds, write_thresholds
+from thresholds import tune_thresholds
 from training.stop import GracefulStop
 from utils import atomic_write_text
 
@@ -137,12 +137,11 @@ def cv_folder(args: Namespace) -> Path:
 
 
 def write_summary(args: Namespace, runs: dict[int, RunDir], folder: Path, logger) -> None:
-    """oof.csv, thresholds.json, cv_metrics.json/.md and ensemble.json in the cv folder."""
+    """oof.csv, cv_metrics.json/.md and ensemble.json (with the thresholds tuned on all of oof.csv)."""
     oof = out_of_fold(runs)
     thresholds = tune_thresholds(targets_of(oof), oof[list(CLASSES)].to_numpy())
     metrics = cv_metrics(oof, thresholds)
     atomic_write_text(oof.to_csv(index=False), folder / "oof.csv")
-    write_thresholds(thresholds, folder / "thresholds.json")
     atomic_write_text(json.dumps({"config": str(args.config), "opts": list(args.opts),
                                   "thresholds": dict(zip(CLASSES, map(float, thresholds))),
                                   "metrics": metrics.to_dict("records")}, indent=2) + "\n", folder / "cv_metrics.json")
