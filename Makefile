@@ -11,7 +11,7 @@ DEMO_NUM ?= 1500
 DEMO_RUN ?= output/demo_cpu/default
 APP_PORT ?= 7860
 
-.PHONY: install test test-fast lint browser demo app clean-demo
+.PHONY: install test test-fast lint browser tmux demo app clean-demo
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-test.txt requirements-app.txt pyproject.
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP) browser
+test: $(STAMP) browser tmux
 	$(PY) -m pytest -q tests
 
 # The quick part (a few minutes on 2 cores): no slow, browser or real-data test (markers in pyproject.toml).
@@ -38,6 +38,10 @@ lint: $(STAMP)
 # Debian's Chromium, which the browser tests (tests/test_app.py) drive through Playwright; needs root.
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# Debian's tmux, for the detached-training test of scripts/train_tmux.sh; needs root.
+tmux:
+	@command -v tmux >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux)
 
 # The main job on the embedded default: synthetic Kaggle-layout leaves -> one-hot tree -> train -> test ->
 # Grad-CAM of the first test leaf of each class folder.
