@@ -1,14 +1,15 @@
 """K-fold cross-validation: train every fold of a prepared tree's folds.csv, then pool the out-of-fold predictions.
 
     python scripts/cv.py configs/effnet_lite0_cpu.yaml --data-path dataset [--output output/cv]
-                         [--opts KEY VALUE ...] [--gpus 0,1,2,3]
+                         [--opts KEY VALUE ...] [--gpus 0,1,2,3] [--folds 0,2]
 
 The tree must have been prepared with ``process/prepare.py --folds K``. Fold k is
 ``main.py --cfg CONFIG --fold k`` (its run dir ``OUTPUT/MODEL.NAME/TAG-fold<k>``), then ``test.py`` on
 its own held-out fold with TTA: each leaf of the pool is predicted by the model that never saw it.
 A fold is finished once ``fold.json`` is in its run dir, so the same command after a stop skips the
 finished folds and resumes the interrupted one. With ``--gpus``, one fold runs on each listed GPU at a
-time; without, the folds run one after another.
+time; without, the folds run one after another. ``--folds`` runs only the listed folds now (say, half of
+them on another machine sharing the output folder); the pooled results wait until every fold is finished.
 
 Then ``OUTPUT/MODEL.NAME/TAG-cv/`` gets ``oof.csv`` (every pooled leaf: its fold, six out-of-fold
 probabilities, its labels), ``cv_metrics.json`` and ``cv_metrics.md`` (per fold and pooled) and
@@ -55,7 +56,22 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--output", type=Path, default=Path("output/cv"), help="root of the runs (OUTPUT)")
     parser.add_argument("--opts", nargs="+", default=[], help="KEY VALUE pairs for every fold")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids: one fold on each at a time")
+    parser.add_argument("--folds", default="", help="comma-separated fold ids to run now (default: every fold)")
     return parser.parse_args(argv)
+
+
+def chosen_folds(args: Namespace, folds: list[int]) -> list[int]:
+    """The folds of ``--folds`` (all when empty); an id that folds.csv lacks is an error before any work."""
+    if not args.folds.strip():
+        return folds
+    try:
+        chosen = sorted({int(f) for f in args.folds.split(",") if f.strip()})
+    except ValueError:
+        raise ValueError(f"--folds {args.folds!r}: expected comma-separated fold ids such as 0,2") from None
+    unknown = [f for f in chosen if f not in folds]
+    if unknown:
+        raise ValueError(f"--folds: no fold {unknown[0]} in {args.data_path / FOLDS_FILE} (folds {folds})")
+    return chosen
 
 
 def fold_run(args: Namespace, fold: int) -> RunDir:
@@ -162,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     with hold_run_lock(folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
         logger = create_logger(folder, name="cv")
         logger.info(f"{len(folds)} folds of {args.data_path / FOLDS_FILE}: {[str(r.path) for r in runs.values()]}")
-        code = run_folds(args, folds, logger)
+        code = run_folds(args, chosen_folds(args, folds), logger)
         if code != EXIT_OK:
             return code
+        waiting = [fold for fold, run in runs.items() if not (run.path / FOLD_RESULT).is_file()]
+        if waiting:
+            logger.info(f"folds {waiting} not finished yet: the pooled results wait for them")
+            return EXIT_OK
         write_summary(args, runs, folder, logger)
         logger.info(f"ensemble: {folder / 'ensemble.json'} (score it: test.py --checkpoint {folder / 'ensemble.json'})")
     return EXIT_OK

@@ -65,6 +65,16 @@ def test_a_missing_fold_or_folds_file_says_what_to_do(tree, tmp_path):
         TreeSplit(tmp_path, "train", 0).samples()
 
 
+def test_cv_folds_option_picks_fold_ids_and_refuses_unknown_ones(tmp_path):
+    args = Namespace(folds="", data_path=tmp_path)
+    assert cv.chosen_folds(args, [0, 1, 2]) == [0, 1, 2]
+    assert cv.chosen_folds(Namespace(folds="2, 0", data_path=tmp_path), [0, 1, 2]) == [0, 2]
+    with pytest.raises(ValueError, match="no fold 5"):
+        cv.chosen_folds(Namespace(folds="0,5", data_path=tmp_path), [0, 1, 2])
+    with pytest.raises(ValueError, match="comma-separated fold ids"):
+        cv.chosen_folds(Namespace(folds="a", data_path=tmp_path), [0, 1, 2])
+
+
 def test_fold_runs_get_their_own_run_dir(tmp_path):
     config = get_config(Namespace(opts=["OUTPUT", str(tmp_path)], fold=2))
     assert RunDir.of(config).path == tmp_path / config.MODEL.NAME / "default-fold2"
@@ -133,9 +143,13 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     command = [sys.executable, "scripts/cv.py", str(cfg), "--data-path", str(tree), "--output", str(tmp_path / "out")]
+    part = subprocess.run([*command, "--folds", "0,2"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert part.returncode == 0, part.stderr[-2000:]
+    folder = tmp_path / "out" / "tiny" / "default-cv"
+    assert not (folder / "oof.csv").exists() and "folds [1] not finished yet" in (folder / "log.txt").read_text()
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
-    folder = tmp_path / "out" / "tiny" / "default-cv"
+    assert (folder / "log.txt").read_text().count("finished earlier, skipped") == 2  # 0 and 2 not trained again
     oof = pd.read_csv(folder / "oof.csv")
     folds = pd.read_csv(tree / "folds.csv").set_index("image")
     assert sorted(oof["image"]) == sorted(folds.index)  # each pooled leaf once
@@ -146,7 +160,7 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     assert [row["part"] for row in summary["metrics"]] == ["fold 0", "fold 1", "fold 2", "pooled"]
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 3
+    assert again.returncode == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 2 + 3
 
     scored = subprocess.run([sys.executable, "test.py", "--checkpoint", str(folder / "ensemble.json"),
                              "--data-path", str(tree), "--split", "test"], cwd=ROOT, capture_output=True,
