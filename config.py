@@ -54,6 +54,9 @@ _C.DATA.SAMPLER_UNTIL_EPOCH = -1
 # Ours: K-fold training (main.py --fold k): train on every fold of DATA_PATH/folds.csv but k, validate on
 # fold k (process/prepare.py --folds K writes the file); the run dir's tag gets "-fold<k>". -1: train/ and val/
 _C.DATA.FOLD = -1
+# Ours: a file listing images to leave out of training (scripts/label_issues.py writes exclude.csv; or one
+# name per line); validation and test keep them. '' = none
+_C.DATA.EXCLUDE = ""
 
 # -----------------------------------------------------------------------------
 # Model settings

@@ -19,6 +19,23 @@ from data.labels import CLASSES, NUM_CLASSES, code_to_vector, is_code
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
+def read_image_list(path: str | Path) -> frozenset[str]:
+    """Image file names listed in ``path``: a CSV with an ``image`` column (scripts/label_issues.py's
+    ``exclude.csv``), or plain text with one name per line (``#`` starts a comment)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: cannot read the image list ({err.strerror or err})") from None
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if lines and lines[0].split(",")[0].strip() == "image":  # a CSV: the first column of every row
+        lines = [line.split(",")[0].strip() for line in lines[1:]]
+    if not lines:
+        raise ValueError(f"{path}: lists no image")
+    return frozenset(Path(line).name for line in lines)
+
+
 def scan_tree(root: Path) -> list[tuple[str, np.ndarray]]:
     """(path of one copy, OR of its folders' codes) per image name, sorted by name.
 
@@ -51,6 +68,7 @@ class TreeSplit:
     data_path: Path
     name: str
     fold: int = NO_FOLD
+    exclude: frozenset[str] = frozenset()  # image names left out (DATA.EXCLUDE, training only)
 
     def __str__(self) -> str:
         if self.fold == NO_FOLD or self.name not in ("train", "val"):
@@ -59,7 +77,10 @@ class TreeSplit:
         return f"{Path(self.data_path) / FOLDS_FILE} ({held_out})"
 
     def samples(self) -> list[tuple[str, np.ndarray]]:
-        """(path, target) of every image, sorted by name."""
+        """(path, target) of every image not excluded, sorted by name."""
+        return [s for s in self._all_samples() if Path(s[0]).name not in self.exclude]
+
+    def _all_samples(self) -> list[tuple[str, np.ndarray]]:
         if self.fold == NO_FOLD or self.name not in ("train", "val"):
             return scan_tree(Path(self.data_path) / self.name)
         folds = read_folds(Path(self.data_path))

@@ -17,7 +17,7 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
-from data.dataset import MultiLabelImageFolder, TreeSplit
+from data.dataset import MultiLabelImageFolder, TreeSplit, read_image_list
 from data.folds import NO_FOLD
 from data.labels import CLASSES
 from data.transforms import build_transform
@@ -172,13 +172,22 @@ def build_mixup(config: CfgNode) -> MultiHotMixup | None:
 
 
 def _split(config: CfgNode, name: str, is_train: bool) -> MultiLabelImageFolder:
-    """A split of DATA.DATA_PATH; with DATA.FOLD >= 0, train and val are that fold's (folds.csv)."""
-    split = TreeSplit(Path(config.DATA.DATA_PATH), name, config.DATA.FOLD)
+    """A split of DATA.DATA_PATH; with DATA.FOLD >= 0, train and val are that fold's (folds.csv).
+
+    DATA.EXCLUDE's images are left out of training only: validation and test stay whole, so that
+    runs with and without the exclusions are scored on the same leaves.
+    """
+    exclude = read_image_list(config.DATA.EXCLUDE) if is_train and config.DATA.EXCLUDE else frozenset()
+    split = TreeSplit(Path(config.DATA.DATA_PATH), name, config.DATA.FOLD, exclude)
     if split.fold == NO_FOLD and not (split.data_path / name).is_dir():
         raise FileNotFoundError(
             f"{split}: no '{name}' split (DATA.DATA_PATH / --data-path must be a tree made by process/prepare.py)"
         )
-    return MultiLabelImageFolder(split, transform=build_transform(is_train, config))
+    dataset = MultiLabelImageFolder(split, transform=build_transform(is_train, config))
+    if exclude and len(dataset) == len(TreeSplit(split.data_path, name, split.fold).samples()):
+        raise ValueError(f"{config.DATA.EXCLUDE}: none of its {len(exclude)} images is in {split} "
+                         "(a list made for another tree?)")
+    return dataset
 
 
 def _loader_args(config: CfgNode) -> dict:

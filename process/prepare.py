@@ -3,7 +3,7 @@
     python process/prepare.py --src SRC --dst DST [--size 384] [--val 0.15] [--test 0.15] [--seed 0]
                               [--workers N] [--force] [--max-pixels 100000000]
                               [--duplicates keep|union|drop|off] [--duplicate-distance 128] [--move-leaks]
-                              [--folds K] [--fold-pool train,val]
+                              [--folds K] [--fold-pool train,val] [--exclude FILE]
 
 SRC is the Kaggle layout (``train.csv`` + ``train_images/``; split here, stratified by label
 combination) or a pre-split layout (``SRC/{train,val,test}/``, each with one CSV and its images in
@@ -15,7 +15,10 @@ image hard-linked into the folder of each of its labels), ``{train,val,test}.csv
 Near-identical photos (``process.duplicates``) are found from the image already decoded, kept in one
 split (and one fold), listed in ``duplicates.csv`` and drawn in ``duplicates.png``; ``--duplicates``
 says what to do with copies whose labels disagree. ``--folds K`` writes ``folds.csv``: K folds of the
-``--fold-pool`` splits by iterative multi-label stratification (``process.splits``).
+``--fold-pool`` splits by iterative multi-label stratification (``process.splits``). ``--exclude FILE``
+leaves the listed images out of the tree (a CSV with an ``image`` column, such as the ``exclude.csv`` of
+``scripts/label_issues.py``, or one name per line); to leave them out of training only, keep the tree
+and train with ``--opts DATA.EXCLUDE FILE``.
 
 All CSVs are checked before anything is written (``process.sources``); the tree is written by
 ``process.tree``. Exit codes: 0 done (or already done), 2 bad input (one line naming the file and
@@ -30,6 +33,7 @@ from pathlib import Path
 from termcolor import colored
 
 from cli import EXIT_FAILED, run_cli
+from data.dataset import read_image_list
 from process.duplicates import DEFAULT_DISTANCE, HASH_BITS, POLICIES
 from process.tree import MAX_PIXELS, DataOptions, NoUsableImages, prepare
 
@@ -55,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="pre-split layout: move each group that crosses splits into its first split")
     parser.add_argument("--folds", type=int, default=0, help="write folds.csv with K folds (default: none)")
     parser.add_argument("--fold-pool", default="train,val", help="splits the folds are made of (comma-separated)")
+    parser.add_argument("--exclude", type=Path, help="file listing images to leave out (CSV 'image' column or lines)")
     args = parser.parse_args(argv)
+    exclude = tuple(sorted(read_image_list(args.exclude))) if args.exclude else ()
     options = DataOptions(args.duplicates, args.duplicate_distance, args.move_leaks, args.folds,
-                          tuple(s.strip() for s in args.fold_pool.split(",") if s.strip()))
+                          tuple(s.strip() for s in args.fold_pool.split(",") if s.strip()), exclude)
     try:
         prepare(args.src, args.dst, args.size, args.val, args.test, args.seed, args.workers, args.force,
                 args.max_pixels, options)

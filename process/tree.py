@@ -326,6 +326,7 @@ class DataOptions:
     move_leaks: bool = False
     folds: int = 0
     fold_pool: tuple[str, ...] = ("train", "val")
+    exclude: tuple[str, ...] = ()  # image names left out of the tree (--exclude), sorted
 
 
 def check_settings(size: int, val: float, test: float, workers: int | None, max_pixels: int,
@@ -375,6 +376,19 @@ def resolve_duplicates(rows: pd.DataFrame, layout: str, split: tuple[float, floa
     return kept, stats, files
 
 
+def drop_excluded(rows: pd.DataFrame, exclude: tuple[str, ...]) -> pd.DataFrame:
+    """The rows whose image (the CSV's name, its stem or the tree's ``<stem>.jpg``) is not in ``exclude``."""
+    if not exclude:
+        return rows
+    names = set(exclude) | {Path(n).stem for n in exclude}
+    hit = rows["image"].isin(names) | rows["output"].isin(names) | rows["output"].map(lambda n: Path(n).stem in names)
+    if not hit.any():
+        raise InputError(f"--exclude: none of its {len(exclude)} images is in the source (a list for another dataset?)")
+    print(colored(f"--exclude: {int(hit.sum())} image(s) left out of the tree "
+                  f"({len(exclude) - int(hit.sum())} listed name(s) not found)", "yellow"))
+    return rows[~hit]
+
+
 def make_folds(rows: pd.DataFrame, options: DataOptions, seed: int) -> tuple[dict, dict[str, str]]:
     """stats.json's ``folds`` entry (images and label counts per fold) and folds.csv, when --folds asks."""
     if not options.folds:
@@ -395,6 +409,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
     src, dst = Path(src), Path(dst)
     check_settings(size, val, test, workers, max_pixels, options)
     rows, layout = read_source(src)
+    rows = drop_excluded(rows, options.exclude)
     split_here = layout == KAGGLE
     settings = {"layout": layout, "size": size, "quality": JPEG_QUALITY, "max_pixels": max_pixels,
                 "val": val if split_here else None, "test": test if split_here else None,

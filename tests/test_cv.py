@@ -159,6 +159,12 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     summary = json.loads((folder / "cv_metrics.json").read_text())
     assert [row["part"] for row in summary["metrics"]] == ["fold 0", "fold 1", "fold 2", "pooled"]
 
+    review = subprocess.run([sys.executable, "scripts/label_issues.py", str(folder / "oof.csv"), "--data-path",
+                             str(tree), "--top", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert review.returncode == 0, review.stderr[-2000:]
+    ranked = pd.read_csv(folder / "label_issues" / "label_issues.csv")
+    assert sorted(ranked["image"]) == sorted(oof["image"]) and ranked["quality"].is_monotonic_increasing
+
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 2 + 3
 

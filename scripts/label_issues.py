@@ -1,0 +1,168 @@
+"""Label-issue review: rank pooled leaves whose given labels disagree most with their out-of-fold probabilities.
+
+    python scripts/label_issues.py output/cv/effnet_lite0_cpu/default-cv/oof.csv --data-path dataset [--top 50]
+                                   [--thresholds FILE] [--output DIR]
+
+``oof.csv`` (written by ``scripts/cv.py``) holds each pooled leaf's probabilities from the model that
+never saw it, which is what confident learning needs. cleanlab's multi-label API scores every leaf
+(``get_label_quality_scores``: low = the given labels look wrong) and flags the leaves whose labels
+are likely wrong (``find_label_issues``, confident learning's noise-rate pruning). Written into DIR
+(default: ``label_issues/`` beside oof.csv):
+
+- ``label_issues.csv``: every leaf, worst first: rank, quality score, flagged, given and predicted
+  labels (at the ensemble's out-of-fold thresholds, else ``--thresholds``, else 0.5), what they
+  disagree on;
+- ``label_issues.png``: a contact sheet of the top N, flagged leaves titled in red;
+- ``exclude.csv``: the flagged leaves among the top N. Look at the sheet, delete the lines of leaves
+  whose labels are right, then train without the rest (``--opts DATA.EXCLUDE exclude.csv``: left
+  out of training only) or prepare without them (``process/prepare.py --exclude exclude.csv``).
+
+Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from cleanlab.multilabel_classification import get_label_quality_scores
+from cleanlab.multilabel_classification.filter import find_label_issues
+from matplotlib.figure import Figure
+from PIL import Image
+
+from cli import EXIT_OK, run_cli
+from data.labels import CLASS_INDEX, CLASSES, labels_to_vector, vector_to_labels
+from reports import png_bytes
+from thresholds import as_thresholds, read_thresholds
+from utils import atomic_write_bytes, atomic_write_text
+
+SHEET_COLUMNS = 10
+ENSEMBLE_FILE = "ensemble.json"  # scripts/cv.py's, beside oof.csv: the out-of-fold thresholds
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("oof", type=Path, help="oof.csv of scripts/cv.py (image, fold, six probabilities, true)")
+    parser.add_argument("--data-path", type=Path, required=True, help="the prepared tree (images of the sheet)")
+    parser.add_argument("--top", type=int, default=50, help="leaves on the contact sheet and candidates to exclude")
+    parser.add_argument("--thresholds", type=Path, help="thresholds JSON (default: ensemble.json beside oof.csv)")
+    parser.add_argument("--output", type=Path, help="folder of the results (default: label_issues/ beside oof.csv)")
+    return parser.parse_args(argv)
+
+
+def read_oof(path: Path) -> pd.DataFrame:
+    """oof.csv, checked: an image column, the six probability columns in [0, 1], known true labels."""
+    try:
+        oof = pd.read_csv(path, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    missing = [c for c in ("image", *CLASSES, "true") if c not in oof.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (an oof.csv of scripts/cv.py?)")
+    probs = oof[list(CLASSES)].to_numpy(dtype=float)
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+        raise ValueError(f"{path}: probabilities must lie in [0, 1]")
+    for line, labels in enumerate(oof["true"], start=2):
+        try:
+            labels_to_vector(labels)
+        except ValueError as err:
+            raise ValueError(f"{path}: line {line}: {err}") from None
+    return oof
+
+
+def oof_thresholds(args: Namespace) -> tuple[np.ndarray, str]:
+    """``--thresholds``, else the thresholds of the ensemble file beside oof.csv, else 0.5 (and where from)."""
+    if args.thresholds:
+        return read_thresholds(args.thresholds), str(args.thresholds)
+    beside = args.oof.parent / ENSEMBLE_FILE
+    if beside.is_file():
+        spec = json.loads(beside.read_text()).get("thresholds")
+        if spec:
+            return as_thresholds([spec[c] for c in CLASSES], len(CLASSES)), str(beside)
+    return as_thresholds(0.5, len(CLASSES)), "0.5 (no thresholds found)"
+
+
+def disagreement(given: np.ndarray, predicted: np.ndarray) -> str:
+    """'+rust -scab': labels the model adds to, and removes from, the given ones."""
+    added = [f"+{c}" for c, g, p in zip(CLASSES, given, predicted) if p and not g]
+    removed = [f"-{c}" for c, g, p in zip(CLASSES, given, predicted) if g and not p]
+    return " ".join(added + removed)
+
+
+def rank_issues(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
+    """Every leaf, worst label quality first, with cleanlab's flag and the given vs predicted labels."""
+    probs = oof[list(CLASSES)].to_numpy(dtype=float)
+    labels = [[CLASS_INDEX[c] for c in str(true).split()] for true in oof["true"]]
+    quality = get_label_quality_scores(labels, probs)
+    flagged = find_label_issues(labels, probs)
+    given = np.stack([labels_to_vector(t) for t in oof["true"]]).astype(bool)
+    predicted = probs >= thresholds
+    table = pd.DataFrame({
+        "image": oof["image"], "fold": oof["fold"] if "fold" in oof else -1, "quality": quality.round(5),
+        "flagged": flagged, "given": [" ".join(vector_to_labels(g)) for g in given],
+        "predicted": [" ".join(vector_to_labels(p)) for p in predicted],
+        "disagreement": [disagreement(g, p) for g, p in zip(given, predicted)],
+        **{f"p_{c}": probs[:, i].round(4) for i, c in enumerate(CLASSES)},
+    })
+    table = table.sort_values(["quality", "image"], kind="stable", ignore_index=True)
+    return table.assign(rank=np.arange(1, len(table) + 1))[["rank", *table.columns]]
+
+
+def image_paths(data_path: Path) -> dict[str, Path]:
+    """Image name -> one copy of it in the prepared tree (any split, any class folder)."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(data_path).glob("*/*/*")):
+        if path.is_file():
+            found.setdefault(path.name, path)
+    if not found:
+        raise FileNotFoundError(f"{data_path}: no images (--data-path must be the tree prepared by process/prepare.py)")
+    return found
+
+
+def contact_sheet(top: pd.DataFrame, image_of: dict[str, Path]) -> bytes:
+    """The top leaves side by side, titled with rank, given and predicted labels; flagged ones in red."""
+    columns = min(SHEET_COLUMNS, max(1, len(top)))
+    rows = max(1, -(-len(top) // columns))
+    figure = Figure(figsize=(2.2 * columns, 2.6 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes, leaf in zip(grid.flat, top.itertuples()):
+        path = image_of.get(leaf.image)
+        if path is not None:
+            with Image.open(path) as image:
+                image.thumbnail((200, 200))
+                axes.imshow(np.asarray(image.convert("RGB")))
+        axes.set_title(f"#{leaf.rank} {leaf.image[:16]}\ngiven: {leaf.given}\npred: {leaf.predicted or '-'}",
+                       fontsize=5.5, color="red" if leaf.flagged else "black")
+    for axes in grid.flat:
+        axes.set_axis_off()
+    figure.suptitle(f"{len(top)} leaves whose labels disagree most with their out-of-fold probabilities "
+                    "(red: flagged by confident learning)", fontsize=9)
+    return png_bytes(figure, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.top < 1:
+        raise ValueError(f"--top must be positive, got {args.top}")
+    oof = read_oof(args.oof)
+    image_of = image_paths(args.data_path)
+    thresholds, source = oof_thresholds(args)
+    table = rank_issues(oof, thresholds)
+    top = table.head(args.top)
+    output = args.output or args.oof.parent / "label_issues"
+    atomic_write_text(table.to_csv(index=False), output / "label_issues.csv")
+    atomic_write_bytes(contact_sheet(top, image_of), output / "label_issues.png")
+    atomic_write_text(top.loc[top["flagged"], ["image", "given", "predicted", "quality"]].to_csv(index=False),
+                      output / "exclude.csv")
+    print(f"{int(table['flagged'].sum())} of {len(table)} leaves flagged by confident learning; "
+          f"{int(top['flagged'].sum())} of the top {len(top)} (predicted labels at thresholds from {source})")
+    print(f"wrote {output / 'label_issues.csv'}, {output / 'label_issues.png'} and {output / 'exclude.csv'}: "
+          "review the sheet, keep in exclude.csv the leaves to leave out")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_cli(main)
