@@ -1,0 +1,83 @@
+"""Paired bootstrap of two scored runs on the same leaves: is A ahead of B outside the noise?
+
+    python scripts/compare.py A/test_test/predictions.csv B/test_test/predictions.csv [--resamples 2000] [--seed 0]
+
+Both files are test.py's ``predictions.csv`` of one split (columns ``image``, ``true``, ``predicted``).
+The leaves are resampled with replacement, the same resample for both runs, and the difference
+A - B of macro-, micro- and samples-F1 is computed on each; printed: the difference on all leaves
+and its 95% percentile interval. An interval that contains 0 is inside the noise.
+Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+from cli import EXIT_OK, run_cli
+from data.labels import NUM_CLASSES, labels_to_vector
+
+AVERAGES = ("macro", "micro", "samples")
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a", type=Path, help="predictions.csv of run A")
+    parser.add_argument("b", type=Path, help="predictions.csv of run B (the same leaves)")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples")
+    return parser.parse_args(argv)
+
+
+def decisions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image names, true and predicted multi-hot labels of a predictions.csv, sorted by image."""
+    frame = pd.read_csv(path, keep_default_na=False)
+    if not {"image", "true", "predicted"} <= set(frame.columns):
+        raise ValueError(f"{path}: needs the columns image, true and predicted (test.py's predictions.csv)")
+    frame = frame.sort_values("image", ignore_index=True)
+
+    def vector(labels: str) -> np.ndarray:
+        return labels_to_vector(labels) if str(labels).strip() else np.zeros(NUM_CLASSES, np.float32)
+
+    true = np.stack([vector(t) for t in frame["true"]]).astype(int)
+    predicted = np.stack([vector(p) for p in frame["predicted"]]).astype(int)
+    return frame["image"].tolist(), true, predicted
+
+
+def f1(true: np.ndarray, predicted: np.ndarray, average: str) -> float:
+    return float(f1_score(true, predicted, average=average, zero_division=0))
+
+
+def paired_bootstrap(true: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> pd.DataFrame:
+    """Per F1 average: A - B on all leaves and the 95% interval of A - B over paired resamples."""
+    draws = np.random.default_rng(seed).integers(0, len(true), (resamples, len(true)))
+    rows = []
+    for average in AVERAGES:
+        diffs = np.array([f1(true[i], a[i], average) - f1(true[i], b[i], average) for i in draws])
+        low, high = np.percentile(diffs, [2.5, 97.5])
+        rows.append({"f1": average, "a": f1(true, a, average), "b": f1(true, b, average),
+                     "a_minus_b": f1(true, a, average) - f1(true, b, average), "low": low, "high": high,
+                     "outside_noise": bool(low > 0 or high < 0)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.resamples < 100:
+        raise ValueError(f"--resamples must be at least 100, got {args.resamples}")
+    names_a, true_a, pred_a = decisions(args.a)
+    names_b, true_b, pred_b = decisions(args.b)
+    if names_a != names_b or not np.array_equal(true_a, true_b):
+        raise ValueError(f"{args.a} and {args.b}: not the same leaves with the same labels")
+    table = paired_bootstrap(true_a, pred_a, pred_b, args.resamples, args.seed)
+    print(f"{len(names_a)} leaves, {args.resamples} paired resamples; A = {args.a}, B = {args.b}")
+    print(table.round(4).to_string(index=False))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    run_cli(main)
