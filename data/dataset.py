@@ -68,7 +68,7 @@ class TreeSplit:
     data_path: Path
     name: str
     fold: int = NO_FOLD
-    exclude: frozenset[str] = frozenset()  # image names left out (DATA.EXCLUDE, training only)
+    exclude: str = ""  # a file listing image names to leave out (DATA.EXCLUDE, training only); '' = none
 
     def __str__(self) -> str:
         if self.fold == NO_FOLD or self.name not in ("train", "val"):
@@ -77,8 +77,16 @@ class TreeSplit:
         return f"{Path(self.data_path) / FOLDS_FILE} ({held_out})"
 
     def samples(self) -> list[tuple[str, np.ndarray]]:
-        """(path, target) of every image not excluded, sorted by name."""
-        return [s for s in self._all_samples() if Path(s[0]).name not in self.exclude]
+        """(path, target) of every image not listed in ``exclude``, sorted by name."""
+        found = self._all_samples()
+        if not self.exclude:
+            return found
+        listed = read_image_list(self.exclude)
+        kept = [s for s in found if Path(s[0]).name not in listed]
+        if len(kept) == len(found):
+            raise ValueError(f"{self.exclude}: none of its {len(listed)} images is in {self} "
+                             "(a list made for another tree?)")
+        return kept
 
     def _all_samples(self) -> list[tuple[str, np.ndarray]]:
         if self.fold == NO_FOLD or self.name not in ("train", "val"):

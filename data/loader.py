@@ -17,7 +17,7 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
-from data.dataset import MultiLabelImageFolder, TreeSplit, read_image_list
+from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.folds import NO_FOLD
 from data.labels import CLASSES
 from data.transforms import build_transform
@@ -177,17 +177,12 @@ def _split(config: CfgNode, name: str, is_train: bool) -> MultiLabelImageFolder:
     DATA.EXCLUDE's images are left out of training only: validation and test stay whole, so that
     runs with and without the exclusions are scored on the same leaves.
     """
-    exclude = read_image_list(config.DATA.EXCLUDE) if is_train and config.DATA.EXCLUDE else frozenset()
-    split = TreeSplit(Path(config.DATA.DATA_PATH), name, config.DATA.FOLD, exclude)
+    split = TreeSplit(Path(config.DATA.DATA_PATH), name, config.DATA.FOLD, config.DATA.EXCLUDE if is_train else "")
     if split.fold == NO_FOLD and not (split.data_path / name).is_dir():
         raise FileNotFoundError(
             f"{split}: no '{name}' split (DATA.DATA_PATH / --data-path must be a tree made by process/prepare.py)"
         )
-    dataset = MultiLabelImageFolder(split, transform=build_transform(is_train, config))
-    if exclude and len(dataset) == len(TreeSplit(split.data_path, name, split.fold).samples()):
-        raise ValueError(f"{config.DATA.EXCLUDE}: none of its {len(exclude)} images is in {split} "
-                         "(a list made for another tree?)")
-    return dataset
+    return MultiLabelImageFolder(split, transform=build_transform(is_train, config))
 
 
 def _loader_args(config: CfgNode) -> dict:

@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cli import EXIT_OK, run_cli
-from data.labels import CLASS_INDEX, CLASSES, labels_to_vector, vector_to_labels
+from data.labels import CLASSES, labels_to_vector, vector_to_labels
 from reports import png_bytes
 from thresholds import as_thresholds, read_thresholds
 from utils import atomic_write_bytes, atomic_write_text
@@ -95,10 +95,10 @@ def disagreement(given: np.ndarray, predicted: np.ndarray) -> str:
 def rank_issues(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
     """Every leaf, worst label quality first, with cleanlab's flag and the given vs predicted labels."""
     probs = oof[list(CLASSES)].to_numpy(dtype=float)
-    labels = [[CLASS_INDEX[c] for c in str(true).split()] for true in oof["true"]]
+    given = np.stack([labels_to_vector(t) for t in oof["true"]]).astype(bool)
+    labels = [np.flatnonzero(g).tolist() for g in given]  # cleanlab's form: the class indices of each leaf
     quality = get_label_quality_scores(labels, probs)
     flagged = find_label_issues(labels, probs)
-    given = np.stack([labels_to_vector(t) for t in oof["true"]]).astype(bool)
     predicted = probs >= thresholds
     table = pd.DataFrame({
         "image": oof["image"], "fold": oof["fold"] if "fold" in oof else -1, "quality": quality.round(5),
