@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from termcolor import colored
 
-from data.labels import CLASS_INDEX, CLASSES, vector_to_labels
+from data.labels import CLASSES, vector_to_labels
 from metrics import mean_confidence_interval, table_text
+from thresholds import decide
 from utils import atomic_write_bytes, atomic_write_text
 
-HEALTHY = CLASS_INDEX["healthy"]
 PREDICTIONS_CSV, SUBMISSION_CSV = "predictions.csv", "submission.csv"
 
 
@@ -43,25 +43,8 @@ def png_bytes(picture: Any, dpi: int = 100) -> bytes:
 
 
 def submission_labels(probs: np.ndarray, thresholds: np.ndarray) -> list[str]:
-    """Kaggle label strings: the classes over their thresholds, with two rules.
-
-    - Never empty: an image with no class over its threshold gets its most likely class.
-    - ``healthy`` never comes with a disease: whichever clears its threshold by the larger margin
-      (probability minus threshold) wins, healthy alone or the diseases without healthy.
-    """
-    margins = probs - thresholds
-    rows = []
-    for margin, prob in zip(margins, probs):
-        chosen = margin >= 0
-        if not chosen.any():
-            chosen[np.argmax(prob)] = True
-        diseases = chosen.copy()
-        diseases[HEALTHY] = False
-        if chosen[HEALTHY] and diseases.any():
-            keep_healthy = margin[HEALTHY] > margin[diseases].max()
-            chosen = np.eye(len(CLASSES), dtype=bool)[HEALTHY] if keep_healthy else diseases
-        rows.append(" ".join(vector_to_labels(chosen)))
-    return rows
+    """Kaggle label strings under the "kaggle" decision rule (``thresholds.decide``): never empty, healthy alone."""
+    return [" ".join(vector_to_labels(row)) for row in decide(probs, thresholds, "kaggle")]
 
 
 def predictions_frame(names: Sequence[str], probs: np.ndarray, thresholds: np.ndarray,

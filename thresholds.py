@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from data.labels import CLASSES
+from data.labels import CLASS_INDEX, CLASSES
 from utils import atomic_write_text
 
 if TYPE_CHECKING:
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from rundir import RunDir
 
 DEFAULT_THRESHOLD = 0.5
+HEALTHY = CLASS_INDEX["healthy"]
+# How probabilities and thresholds become labels (measured on out-of-fold predictions in docs/results.md):
+# "thresholds" each class on its own; "at_least_one" also gives a leaf with no class over its threshold its
+# most probable class (every leaf has a label: healthy is one); "kaggle" adds "healthy never with a disease".
+DECISION_RULES = ("thresholds", "at_least_one", "kaggle")
 
 
 def _threshold_grid() -> np.ndarray:
@@ -67,6 +72,58 @@ def tune_thresholds(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray = TH
         ties = np.flatnonzero(f1 == f1.max())
         best[c] = grid[ties[len(ties) // 2]]
     return best
+
+
+def decide(probs: np.ndarray, thresholds: np.ndarray, rule: str = "thresholds") -> np.ndarray:
+    """(N, C) booleans: the labels of each row under ``rule`` (see :data:`DECISION_RULES`).
+
+    "kaggle": where healthy and a disease both clear their thresholds, whichever clears it by the larger
+    margin (probability minus threshold) wins: healthy alone, or the diseases without healthy.
+    """
+    if rule not in DECISION_RULES:
+        raise ValueError(f"unknown decision rule {rule!r} (known: {', '.join(DECISION_RULES)})")
+    probs = np.asarray(probs, dtype=np.float64)
+    margins = probs - np.asarray(thresholds, dtype=np.float64)
+    chosen = margins >= 0
+    if rule == "thresholds":
+        return chosen
+    empty = ~chosen.any(1)
+    chosen[empty, probs[empty].argmax(1)] = True
+    if rule == "kaggle":
+        diseases = np.delete(chosen, HEALTHY, 1)
+        both = chosen[:, HEALTHY] & diseases.any(1)
+        best_disease = np.where(diseases, np.delete(margins, HEALTHY, 1), -np.inf).max(1)
+        healthy_wins = both & (margins[:, HEALTHY] > best_disease)
+        chosen[both & ~healthy_wins, HEALTHY] = False
+        chosen[healthy_wins] = np.eye(len(CLASSES), dtype=bool)[HEALTHY]
+    return chosen
+
+
+def samples_f1(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over rows of each row's F1 (scikit-learn's samples-F1 with zero_division=0), without its overhead."""
+    y_true, pred = np.asarray(y_true, dtype=bool), np.asarray(pred, dtype=bool)
+    both = (y_true & pred).sum(1)
+    return float(np.mean(2 * both / np.maximum(y_true.sum(1) + pred.sum(1), 1)))
+
+
+def tune_thresholds_for_samples(y_true: np.ndarray, probs: np.ndarray, rule: str = "at_least_one",
+                                rounds: int = 2, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
+    """Thresholds maximising samples-F1 of ``rule``'s decisions, by coordinate ascent from the per-class ones.
+
+    Samples-F1 scores each leaf's label set as a whole, so one class's threshold moves the others' best:
+    each round sweeps one class at a time over ``grid`` with the rest held.
+    """
+    y_true = np.asarray(y_true) > 0.5
+    thresholds = tune_thresholds(y_true, probs, grid)
+    for _ in range(rounds):
+        for c in range(y_true.shape[1]):
+            scores = []
+            for value in grid:
+                thresholds[c] = value
+                scores.append(samples_f1(y_true, decide(probs, thresholds, rule)))
+            ties = np.flatnonzero(np.asarray(scores) == max(scores))
+            thresholds[c] = grid[ties[len(ties) // 2]]
+    return thresholds
 
 
 def read_thresholds(path: Path) -> np.ndarray:

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from cli import EXIT_OK, run_cli
 from data.labels import NUM_CLASSES, labels_to_vector
-
-AVERAGES = ("macro", "micro", "samples")
+from metrics import paired_bootstrap
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -46,23 +44,6 @@ def decisions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     true = np.stack([vector(t) for t in frame["true"]]).astype(int)
     predicted = np.stack([vector(p) for p in frame["predicted"]]).astype(int)
     return frame["image"].tolist(), true, predicted
-
-
-def f1(true: np.ndarray, predicted: np.ndarray, average: str) -> float:
-    return float(f1_score(true, predicted, average=average, zero_division=0))
-
-
-def paired_bootstrap(true: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> pd.DataFrame:
-    """Per F1 average: A - B on all leaves and the 95% interval of A - B over paired resamples."""
-    draws = np.random.default_rng(seed).integers(0, len(true), (resamples, len(true)))
-    rows = []
-    for average in AVERAGES:
-        diffs = np.array([f1(true[i], a[i], average) - f1(true[i], b[i], average) for i in draws])
-        low, high = np.percentile(diffs, [2.5, 97.5])
-        rows.append({"f1": average, "a": f1(true, a, average), "b": f1(true, b, average),
-                     "a_minus_b": f1(true, a, average) - f1(true, b, average), "low": low, "high": high,
-                     "outside_noise": bool(low > 0 or high < 0)})
-    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

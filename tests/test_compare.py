@@ -7,6 +7,7 @@ import pytest
 
 from data.labels import CLASSES
 from helpers import load_script
+from metrics import paired_bootstrap
 
 compare = load_script("scripts/compare.py")
 
@@ -23,10 +24,10 @@ def test_a_run_right_everywhere_is_ahead_of_one_wrong_on_a_third_outside_the_noi
     a, b = predictions(tmp_path / "a.csv", true, true), predictions(tmp_path / "b.csv", true, wrong)
     _, y, pa = compare.decisions(a)
     _, _, pb = compare.decisions(b)
-    table = compare.paired_bootstrap(y, pa, pb, 300, 0).set_index("f1")
+    table = paired_bootstrap(y, pa, pb, 300, 0).set_index("f1")
     assert table.loc["micro", "a"] == 1.0 and table.loc["micro", "b"] == pytest.approx(80 / 120)
     assert table["outside_noise"].all() and (table["low"] > 0).all()
-    same = compare.paired_bootstrap(y, pa, pa, 300, 0)
+    same = paired_bootstrap(y, pa, pa, 300, 0)
     assert (same["a_minus_b"] == 0).all() and not same["outside_noise"].any()
     assert np.allclose(same[["low", "high"]], 0)
 
