@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,12 +24,12 @@ import numpy as np
 import torch
 
 from data.labels import CLASSES
-from inference import Backend, sigmoid
+from inference import Backend, ModelInfo, Predictor, sigmoid
+from models.ensemble import PROB_EPS, MeanOfProbabilities, MemberInput
 from thresholds import as_thresholds
 from utils import atomic_write_text
 
 ENSEMBLE_SUFFIX = ".json"
-PROB_EPS = 1e-7  # probabilities are kept inside (0, 1) when turned back into logits
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,29 @@ class EnsemblePredictor:
     def combine(self, member_logits: Sequence[np.ndarray]) -> np.ndarray:
         """Logits of the weighted mean of the members' probabilities."""
         return probs_to_logits(average_probs([sigmoid(x) for x in member_logits], self.ensemble.weights))
+
+
+def member_input(info: ModelInfo) -> MemberInput:
+    pre = info.preprocessing
+    return MemberInput(pre.img_size, tuple(pre.mean), tuple(pre.std))
+
+
+def ensemble_info(ensemble: Ensemble, members: Sequence[ModelInfo]) -> ModelInfo:
+    """How the one-graph ensemble is fed and described: the preprocessing of its largest member (the
+    others are resized inside the graph), the ensemble's thresholds, the members' types and heads."""
+    largest = max(members, key=lambda info: info.preprocessing.img_size)
+    types = " + ".join(f"{n} x {t}" for t, n in Counter(info.model_type for info in members).items())
+    heads = "/".join(Counter(info.head for info in members))
+    tta = ", TTA inside" if ensemble.tta else ""
+    thresholds = None if ensemble.thresholds is None else tuple(map(float, ensemble.thresholds))
+    return dataclasses.replace(largest, name=f"ensemble of {len(members)}{tta}", model_type=types, head=heads,
+                               thresholds=thresholds, fold=-1)
+
+
+def ensemble_module(ensemble: Ensemble, members: Sequence[Predictor]) -> tuple[MeanOfProbabilities, ModelInfo]:
+    """The members' networks as one module (TTA inside when the file says so) and its :class:`ModelInfo`."""
+    infos = [m.info for m in members]
+    info = ensemble_info(ensemble, infos)
+    module = MeanOfProbabilities([m.model for m in members], [member_input(i) for i in infos], ensemble.weights,
+                                 member_input(info), ensemble.tta)
+    return module.eval(), info

@@ -2,6 +2,7 @@
 
     python export.py --cfg configs/demo_cpu.yaml                      # the run's ckpt_best.pth -> ckpt_best.onnx
     python export.py --checkpoint RUN/ckpt_best.pth --output model.onnx
+    python export.py --checkpoint RUN-cv/ensemble.json                  # every member in one graph
 
 The model (dynamic batch, fixed height and width, output ``logits``: sigmoid gives the
 probabilities) is checked with ``onnx.checker`` and compared with PyTorch in ONNX Runtime on
@@ -10,6 +11,13 @@ printed and must stay <= 1e-4, else nothing is written (exit 1). Its metadata ho
 the thresholds (``--thresholds FILE``, else the run's thresholds.json, else the checkpoint's, as
 in test.py), the input size, resize mode, interpolation, mean and std. Run it with
 ``test.py --checkpoint FILE.onnx`` or ``app.py --checkpoint FILE.onnx``.
+
+An ensemble file (scripts/cv.py's ``ensemble.json``) becomes one graph holding every member
+(``models.ensemble``): the input is prepared as for its largest member, the others resize it inside
+the graph; each member's TTA flips run inside when the file asks for TTA (so do not add ``--tta``);
+the output is the logit of the members' weighted mean probability, and the thresholds are the file's.
+Parity is checked against the same ensemble in PyTorch; when members differ in input size, how far
+the in-graph resize moves the probabilities from test.py's per-member preprocessing is printed too.
 """
 from __future__ import annotations
 
@@ -22,7 +30,8 @@ import onnx
 import torch
 
 from cli import EXIT_FAILED, EXIT_OK, add_run_arguments, find_checkpoint, run_cli
-from deploy.export import PARITY_TOLERANCE, ParityError, export_checked
+from deploy.export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
+from ensemble import Ensemble, EnsemblePredictor, ensemble_module, is_ensemble_file
 from inference import Predictor
 from log import create_logger
 from rundir import RunDir, onnx_file
@@ -44,12 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     path = find_checkpoint(args)
     output = args.output or onnx_file(path)
     logger = create_logger(output.parent, name="export")
-    predictor = Predictor.from_checkpoint(path, torch.device("cpu"))
+    if is_ensemble_file(path):
+        ensemble = Ensemble.read(path)
+        members = [Predictor.from_checkpoint(m, torch.device("cpu")) for m in ensemble.members]
+        predictor = EnsemblePredictor(ensemble, members)
+        model, info = ensemble_module(ensemble, members)
+    else:
+        predictor = Predictor.from_checkpoint(path, torch.device("cpu"))
+        model, info = predictor.model, predictor.info
     thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
-    info = dataclasses.replace(predictor.info, thresholds=tuple(map(float, thresholds)))
+    info = dataclasses.replace(info, thresholds=tuple(map(float, thresholds)))
     logger.info(f"exporting {info.describe()} from {path}")
+    if is_ensemble_file(path) and len({m.info.preprocessing for m in members}) > 1:
+        moved = member_preprocessing_difference(model, info, members)
+        logger.info(f"members differ in preprocessing: the in-graph resize moves probabilities by at most "
+                    f"{moved:.2e} from test.py's per-member preprocessing (synthetic photos)")
     try:
-        data, parity = export_checked(predictor, info)
+        data, parity = export_checked(model, info, path)
     except ParityError as err:
         logger.error(f"{err}: nothing written")
         return EXIT_FAILED

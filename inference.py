@@ -29,6 +29,7 @@ from data.labels import CLASSES, NUM_CLASSES
 from data.transforms import EvalPreprocessing
 from distributed import all_gather_objects, get_rank, is_distributed
 from models import build_model
+from models.ensemble import tta_logits
 from runtime import amp_dtype, autocast_factory, place_model
 
 
@@ -135,15 +136,6 @@ class Predictor:
     def logits(self, loader: Iterable, tta: bool = False) -> tuple[np.ndarray, list]:
         """Logits (N, 6) in loader order, and the second item of every sample (targets or load errors)."""
         return predict_logits(self.model, loader, self.device, tta, self.autocast)
-
-
-def tta_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Mean logits over the image, its horizontal and its vertical flip.
-
-    Logits, not probabilities, are averaged for both heads: for ArcFace that is the mean of
-    ``s * cos theta``; no label is involved either way.
-    """
-    return torch.stack([model(images), model(images.flip(-1)), model(images.flip(-2))]).mean(0)
 
 
 @torch.no_grad()

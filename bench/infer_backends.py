@@ -60,7 +60,7 @@ def random_predictor(cfg: str, opts: list[str]) -> Predictor:
 
 def backends(predictor: Predictor, compile_too: bool) -> dict[str, nn.Module | str]:
     """name -> callable model, or the reason it is not available."""
-    data, _ = export_checked(predictor, predictor.info)
+    data, _ = export_checked(predictor.model, predictor.info, predictor.path)
     found: dict[str, nn.Module | str] = {
         "torch eager": predictor.model, "onnxruntime": OnnxModel(open_session(data, predictor.path))}
     found["torch.compile"] = torch.compile(predictor.model) if compile_too else "skipped (--no-compile)"

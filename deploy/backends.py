@@ -50,7 +50,7 @@ def load_predictor(path: Path, backend: str, device: torch.device, logger: loggi
 
 def exported(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor:
     """``predictor``'s network exported to ONNX in memory and opened in ONNX Runtime (parity-checked)."""
-    data, parity = export_checked(predictor, predictor.info)
+    data, parity = export_checked(predictor.model, predictor.info, predictor.path)
     logger.info(f"exported {predictor.path.name} to ONNX in memory: max |prob difference| from PyTorch {parity:.1e}")
     return OnnxPredictor.from_session(open_session(data, predictor.path), predictor.path)
 

@@ -10,6 +10,9 @@ as one batch and one by one.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Sequence
+
 import numpy as np
 import onnx
 import torch
@@ -19,6 +22,7 @@ from torch import nn
 from data.transforms import EvalPreprocessing
 from deploy.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxModel, info_to_metadata, open_session
 from inference import ModelInfo, Predictor
+from models.ensemble import tta_logits
 
 PARITY_TOLERANCE = 1e-4
 PARITY_PHOTOS = 8
@@ -74,15 +78,32 @@ def max_prob_difference(model: nn.Module, other: nn.Module, images: torch.Tensor
     return max((batched - expected).abs().max().item(), (singles - expected).abs().max().item())
 
 
-def export_checked(predictor: Predictor, info: ModelInfo) -> tuple[bytes, float]:
-    """(ONNX bytes, parity) of ``predictor``'s network with ``info`` (e.g. other thresholds) stored in it.
+def export_checked(model: nn.Module, info: ModelInfo, name: Path) -> tuple[bytes, float]:
+    """(ONNX bytes, parity) of ``model`` (a checkpoint's network, or an ensemble's) with ``info`` stored in it.
 
-    Raises :class:`ParityError` when ONNX Runtime strays more than PARITY_TOLERANCE from PyTorch.
+    Raises :class:`ParityError`, naming the model file ``name``, when ONNX Runtime strays more than
+    PARITY_TOLERANCE from PyTorch.
     """
-    data = export_onnx(predictor.model, info)
-    onnx_model = OnnxModel(open_session(data, predictor.path))
-    difference = max_prob_difference(predictor.model, onnx_model, parity_images(info.preprocessing))
+    data = export_onnx(model, info)
+    onnx_model = OnnxModel(open_session(data, name))
+    difference = max_prob_difference(model, onnx_model, parity_images(info.preprocessing))
     if difference > PARITY_TOLERANCE:
-        raise ParityError(f"{predictor.path}: ONNX Runtime differs from PyTorch by {difference:.2e} in probability "
+        raise ParityError(f"{name}: ONNX Runtime differs from PyTorch by {difference:.2e} in probability "
                           f"(tolerance {PARITY_TOLERANCE:.0e})")
     return data, difference
+
+
+@torch.inference_mode()
+def member_preprocessing_difference(model: nn.Module, info: ModelInfo, members: Sequence[Predictor]) -> float:
+    """Largest |probability difference| between an ensemble module fed ``info``'s preprocessing and its
+    members each fed their own (test.py's way), averaged as ``model`` weighs them, on the parity photos."""
+    rng = np.random.default_rng(0)
+    photos = [parity_photo(rng) for _ in range(PARITY_PHOTOS)]
+    source = torch.stack([info.preprocessing.transform()(p) for p in photos])
+    expected = torch.sigmoid(model(source).float())
+    own = 0
+    for weight, member in zip(model.weights, members):
+        images = torch.stack([member.transform(p) for p in photos])
+        logits = tta_logits(member.model, images) if model.tta else member.model(images)
+        own = own + weight * torch.sigmoid(logits.float())
+    return float((expected - own).abs().max())

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from config import get_config
 from data.dataset import MultiLabelImageFolder, TreeSplit
@@ -19,6 +20,7 @@ from data.labels import CLASSES
 from ensemble import Ensemble, average_probs, probs_to_logits
 from helpers import ROOT, TINY_YAML, load_script
 from inference import sigmoid
+from models.ensemble import MeanOfProbabilities, MemberInput
 from process.synthesize import synthesize
 from process.tree import DataOptions, prepare
 from rundir import RunDir
@@ -92,6 +94,28 @@ def test_ensemble_averages_probabilities_with_weights():
     np.testing.assert_allclose(average_probs([a, b], [3, 1]), [[0.8, 0.25]])
     np.testing.assert_allclose(sigmoid(probs_to_logits(np.array([[0.7, 0.3, 0.0, 1.0]]))),
                                [[0.7, 0.3, 1e-7, 1 - 1e-7]], atol=1e-9)
+
+
+class PixelMean(torch.nn.Module):
+    """Logits = each channel's mean input value, twice: shows what a member was fed."""
+
+    def forward(self, images):
+        means = images.mean((-2, -1))
+        return torch.cat([means, means], 1)
+
+
+def test_ensemble_module_feeds_each_member_its_own_input_and_averages_probabilities():
+    """Input normalised with mean 0.5 / std 0.5 at 8 px; member 1 wants mean 0 / std 1 at 4 px, member 2 the
+    source's own: both see the right pixels, and the output is the logit of the 1:3 weighted mean probability."""
+    pixels = torch.full((1, 3, 8, 8), 0.8)
+    source = MemberInput(8, (0.5,) * 3, (0.5,) * 3)
+    module = MeanOfProbabilities([PixelMean(), PixelMean()], [MemberInput(4, (0.0,) * 3, (1.0,) * 3), source],
+                                 [1.0, 3.0], source)
+    images = (pixels - 0.5) / 0.5
+    torch.testing.assert_close(module.member_input(images, 0), torch.full((1, 3, 4, 4), 0.8))
+    torch.testing.assert_close(module.member_input(images, 1), images)
+    expected = 0.25 * torch.sigmoid(torch.tensor(0.8)) + 0.75 * torch.sigmoid(torch.tensor(0.6))
+    torch.testing.assert_close(torch.sigmoid(module(images)), torch.full((1, 6), float(expected)))
 
 
 def test_ensemble_file_round_trips_and_survives_a_move(tmp_path):

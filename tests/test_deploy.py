@@ -23,6 +23,7 @@ import deploy.export
 from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.onnx_backend import OnnxPredictor, info_from_metadata, info_to_metadata
+from ensemble import Ensemble
 from helpers import CNN, ROOT, load_script, make_tree, tiny_runs
 from inference import Predictor
 from process.leaves import render_leaf
@@ -164,6 +165,50 @@ def test_auto_backend_takes_an_up_to_date_export_beside_the_checkpoint(runs, exp
     assert load_predictor(checkpoint, "auto", CPU, logger).backend == "torch"
     with pytest.raises(ValueError, match="runs on --backend onnx"):
         load_predictor(run / "ckpt_best.onnx", "torch", CPU, logger)
+
+
+# ----------------------------------------------------------------------------- ensembles in one graph
+
+ENSEMBLE_THRESHOLDS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+
+
+def write_ensemble(folder: Path, members: list[Path], weights: tuple[float, ...]) -> Path:
+    path = folder / "ensemble.json"
+    Ensemble(path, tuple(members), weights, True, np.array(ENSEMBLE_THRESHOLDS), "hand-made").write()
+    return path
+
+
+def test_ensemble_exports_to_one_graph_that_predicts_what_test_py_predicts(runs, deploy_tree, tmp_path):
+    """Two members of one preprocessing, weights 1 and 2, TTA inside: the .onnx scores the test split with
+    the probabilities of test.py on ensemble.json (1e-4) at the file's thresholds, and carries them."""
+    path = write_ensemble(tmp_path, [runs["swin"] / "ckpt_best.pth", runs["arcpsa"] / "ckpt_best.pth"], (1.0, 2.0))
+    assert export_script.main(["--checkpoint", str(path)]) == 0
+    assert printed_parity(tmp_path) <= 1e-4
+    info = OnnxPredictor.from_file(tmp_path / "ensemble.onnx").info
+    assert info.name == "ensemble of 2, TTA inside" and info.thresholds == tuple(ENSEMBLE_THRESHOLDS)
+    assert info.model_type == "2 x swin_tiny_patch4_window7_224" and info.head == "linear/arcface"
+    probs = {}
+    for kind, model in (("json", path), ("onnx", tmp_path / "ensemble.onnx")):
+        out = tmp_path / f"scored_{kind}"
+        assert test_script.main(["--checkpoint", str(model), "--data-path", str(deploy_tree), "--output", str(out),
+                                 "--device", "cpu", "--num-workers", "0"]) == 0
+        probs[kind] = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    np.testing.assert_allclose(probs["onnx"][list(CLASSES)], probs["json"][list(CLASSES)], atol=1e-4, rtol=0)
+    assert probs["onnx"]["predicted"].tolist() == probs["json"]["predicted"].tolist()
+
+
+def test_ensemble_of_different_preprocessing_is_fed_as_its_largest_member(runs, tmp_path):
+    """A Swin (squashed, ImageNet mean) and a CNN (centre crop, its own mean) of one size: the graph is fed as the
+    first largest member (the Swin) and renormalises for the CNN; export.py says how far that moves the
+    probabilities from each member's own preprocessing (the crop is not redone in the graph)."""
+    path = write_ensemble(tmp_path, [runs["swin"] / "ckpt_best.pth", runs["cnn"] / "ckpt_best.pth"], (1.0, 1.0))
+    assert export_script.main(["--checkpoint", str(path), "--output", str(tmp_path / "mixed.onnx")]) == 0
+    pre = OnnxPredictor.from_file(tmp_path / "mixed.onnx").info.preprocessing
+    assert pre == Predictor.from_checkpoint(runs["swin"] / "ckpt_best.pth", CPU).info.preprocessing
+    log = (tmp_path / "log.txt").read_text()
+    assert printed_parity(tmp_path) <= 1e-4
+    moved = re.search(r"moves probabilities by at most ([0-9.e+-]+) from test.py's per-member", log)
+    assert moved and 0 < float(moved.group(1)) < 1
 
 
 def test_export_writes_nothing_when_parity_fails(runs, tmp_path, monkeypatch):
