@@ -2,6 +2,7 @@
 
     python app.py --cfg configs/demo_cpu.yaml                  # the run's ckpt_best.pth, http://127.0.0.1:7860
     python app.py --checkpoint RUN/ckpt_best.onnx --port 8080  # an export.py file (no Grad-CAM)
+    python app.py --checkpoint RUN-cv/ensemble.json            # an ensemble: its bars, one member's Grad-CAM
 
 A checkpoint runs on PyTorch (Grad-CAM of the predicted classes); an ``.onnx`` on ONNX Runtime.
 Thresholds come from ``--thresholds FILE``, else the run's thresholds.json, else the model file's,
@@ -22,6 +23,7 @@ from pathlib import Path
 from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from deploy.backends import is_onnx_file, load_predictor
 from deploy.uploads import UploadLimits
+from ensemble import EnsemblePredictor, is_ensemble_file
 from log import create_logger
 from process.leaves import write_example_leaves
 from rundir import RunDir
@@ -59,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
         logger = create_logger(work, name="app")
         backend = "onnx" if is_onnx_file(path) else "torch"  # a checkpoint stays on PyTorch, for Grad-CAM
-        predictor = load_predictor(path, backend, select_device(args.device), logger)
+        if is_ensemble_file(path):
+            predictor = EnsemblePredictor.load(path, backend, select_device(args.device), logger)
+        else:
+            predictor = load_predictor(path, backend, select_device(args.device), logger)
         thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
         page = LeafPage.serving(predictor, thresholds, limits, work / "results")
         blocks = build_blocks(page, write_example_leaves(work / "examples"), "Leaf disease check")
-        logger.info(f"serving {path} ({predictor.info.describe()} on {predictor.backend}) "
+        logger.info(f"serving {path} ({page.description}) "
                     f"at http://{args.host}:{args.port}")
         serve(blocks, args.host, args.port, limits, work, args.queue_size, args.concurrency)
     return EXIT_OK

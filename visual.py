@@ -2,13 +2,16 @@
 
     python visual.py --cfg configs/demo_cpu.yaml --images leaf.jpg more_leaves/ --gif
     python visual.py --checkpoint RUN/ckpt_best.pth --images leaf.jpg --classes scab rust --method gradcam++
+    python visual.py --checkpoint RUN-cv/ensemble.json --member 2 --images leaf.jpg  # one member of an ensemble
 
 For every image: one overlay per class (``<stem>_<class>.png``, the image's own size, or shrunk to
 ``--max-side`` when larger), a grid (``<stem>_grid.png``: the photo and one panel per class, titled
 with its probability and whether it passes its threshold) and, with ``--gif``, an animation cycling
 the classes (``<stem>.gif``).
 Written to ``<run>/cam/`` by default. The maps are those of ``explain`` (the evaluation logits,
-exactly test.py's).
+exactly test.py's). An ensemble file is explained through one member (``--member``, default 1):
+a Grad-CAM map is one network's, so the maps, captions and thresholds are that member's own run's,
+and the log says which member it is; written to ``<member's run>/cam/`` by default.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import collect_images
 from data.images import image_failure, load_image
+from ensemble import Ensemble, is_ensemble_file
 from explain import (
     MAX_SIDE,
     METHODS,
@@ -49,18 +53,33 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF cycling the classes")
     parser.add_argument("--max-side", type=int, default=MAX_SIDE,
                         help=f"larger photos are shrunk to this longer side first (default {MAX_SIDE}; 0: never)")
+    parser.add_argument("--member", type=int, default=1, help="an ensemble file's member to explain (1 = first)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser.parse_args(argv)
+
+
+def explained_checkpoint(path: Path, member: int) -> Path:
+    """``path``, or the checkpoint of an ensemble file's ``member`` (1-based)."""
+    if not is_ensemble_file(path):
+        return path
+    members = Ensemble.read(path).members
+    if not 1 <= member <= len(members):
+        raise ValueError(f"{path}: --member {member}, but the ensemble has members 1 to {len(members)}")
+    return members[member - 1]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     classes = class_indices(args.classes)
     device = select_device(args.device)
-    predictor = Predictor.from_checkpoint(find_checkpoint(args), device)
+    path = find_checkpoint(args)
+    predictor = Predictor.from_checkpoint(explained_checkpoint(path, args.member), device)
     run = RunDir.of_checkpoint(predictor.path)
     cam_folder = args.output or run.cam
     logger = create_logger(cam_folder, name="visual")
+    if is_ensemble_file(path):
+        logger.info(f"{path} is an ensemble: Grad-CAM of member {args.member} ({predictor.path}), with its own "
+                    "probabilities and thresholds")
     thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
     cam = build_cam(predictor.model, args.method, args.target_layer)
     transform = predictor.transform

@@ -29,6 +29,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from data.images import image_failure, load_image
 from data.labels import CLASS_INDEX, CLASSES
 from deploy.uploads import UploadError, UploadLimits, check_upload, display_name
+from ensemble import EnsemblePredictor
 from evaluation import file_logits
 from explain import build_cam, class_maps, overlay
 from inference import Backend, sigmoid
@@ -83,21 +84,38 @@ class LeafResult:
 class LeafPage:
     """What the page predicts with, and the folder (inside the app's temporary folder) its CSVs go to."""
 
-    predictor: Backend
+    predictor: Backend | EnsemblePredictor
     thresholds: np.ndarray
     cam: BaseCAM | None  # None: no Grad-CAM (ONNX backend)
     limits: UploadLimits
     workdir: Path
+    cam_model: Backend | None = None  # whose Grad-CAM: the predictor, or one member of an ensemble
+    cam_source: str = ""  # how the page names it
 
     @classmethod
-    def serving(cls, predictor: Backend, thresholds: np.ndarray, limits: UploadLimits, workdir: Path) -> "LeafPage":
+    def serving(cls, predictor: Backend | EnsemblePredictor, thresholds: np.ndarray, limits: UploadLimits,
+                workdir: Path) -> "LeafPage":
         """The page of ``predictor``: Grad-CAM on the PyTorch backend, none on ONNX Runtime (no gradients)
-        nor for a backbone without a known target layer (explain.default_target_layer)."""
+        nor for a backbone without a known target layer (explain.default_target_layer). An ensemble's bars
+        are the ensemble's; its Grad-CAM is its first member's (one network's map: the average of several
+        maps would be no network's), and the page says which."""
+        model, source = predictor, "the model"
+        if isinstance(predictor, EnsemblePredictor):
+            model = predictor.members[0]
+            source = (f"member 1 of {len(predictor.members)} ({model.path.parent.name}/{model.path.name}, "
+                      f"{model.info.model_type})")
         try:
-            cam = build_cam(predictor.model) if predictor.backend == "torch" else None
+            cam = build_cam(model.model) if model.backend == "torch" else None
         except ValueError:
             cam = None
-        return cls(predictor, thresholds, cam, limits, workdir)
+        return cls(predictor, thresholds, cam, limits, workdir, model, source)
+
+    @property
+    def description(self) -> str:
+        """The model, as the page and the app's log name it."""
+        if isinstance(self.predictor, EnsemblePredictor):
+            return self.predictor.describe()
+        return f"{self.predictor.info.describe()} on {self.predictor.backend}"
 
     def predict(self, files: Sequence[str] | None) -> tuple[str, str | None]:
         """(HTML of the results, path of their CSV or None) for the files the browser sent."""
@@ -138,7 +156,7 @@ class LeafPage:
         result.labels = submission_labels(probs[None], self.thresholds)[0]
         if self.cam is not None:
             classes = [CLASS_INDEX[name] for name in result.labels.split()]
-            maps, _ = class_maps(self.cam, photo, self.predictor.transform, classes)
+            maps, _ = class_maps(self.cam, photo, self.cam_model.transform, classes)
             result.cams = [(CLASSES[c], overlay(photo, m)) for c, m in zip(classes, maps)]
 
     def write_csv(self, results: Sequence[LeafResult]) -> str | None:
@@ -206,11 +224,10 @@ def render_results(results: Sequence[LeafResult], thresholds: np.ndarray) -> str
 
 def build_blocks(page: LeafPage, examples: Sequence[Path], title: str) -> gr.Blocks:
     """The page: uploads, examples and the CSV on the left, one card per photo on the right."""
-    info = page.predictor.info
-    cam = ("Grad-CAM of the predicted classes" if page.cam is not None else
+    cam = (f"Grad-CAM of the predicted classes by {page.cam_source}" if page.cam is not None else
            "no Grad-CAM (it needs a PyTorch checkpoint of a backbone with a known target layer)")
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
-        gr.Markdown(f"## {html.escape(title)}\n{html.escape(info.describe())} on {page.predictor.backend}; "
+        gr.Markdown(f"## {html.escape(title)}\n{html.escape(page.description)}; "
                     f"{cam}. Each bar is a class's probability, its red mark the class's threshold; the labels "
                     f"(in bold) follow Kaggle's rules: never empty, `healthy` never with a disease.")
         with gr.Row():

@@ -27,6 +27,7 @@ from data.images import load_image
 from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.uploads import UploadError, UploadLimits, check_upload
+from ensemble import Ensemble, EnsemblePredictor
 from helpers import ROOT, load_script, make_tree, tiny_runs
 from process.leaves import render_leaf
 
@@ -130,6 +131,36 @@ def test_page_on_the_onnx_backend_predicts_without_cams_and_escapes_names(app_ru
     assert list(onnx_frame.columns) == list(torch_frame.columns) == ["image", *CLASSES, "predicted"]
     assert onnx_frame["predicted"].tolist() == torch_frame["predicted"].tolist()
     np.testing.assert_allclose(onnx_frame[list(CLASSES)], torch_frame[list(CLASSES)], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_page_on_an_ensemble_shows_its_mean_probabilities_and_one_named_members_cams(app_run, uploads, tmp_path):
+    """Bars of the ensemble (the mean of its members' probabilities, as test.py computes them), Grad-CAM of its
+    first member, and the page says which member that is."""
+    from deploy.web import LeafPage, build_blocks
+
+    logger = logging.getLogger("test_app")
+    tree = make_tree(tmp_path / "tree", {"train": 16}, seed=3)
+    other = tiny_runs(tmp_path / "other", tree, {"other": ((), 4)}, None)["other"]
+    members = [app_run / "ckpt_best.pth", other / "ckpt_best.pth"]
+    path = tmp_path / "ensemble.json"
+    Ensemble(path, tuple(members), (1.0, 1.0), False, np.full(len(CLASSES), 0.4), "hand-made").write()
+    page = LeafPage.serving(EnsemblePredictor.load(path, "torch", torch.device("cpu"), logger),
+                            np.full(len(CLASSES), 0.4), LIMITS, tmp_path / "ensemble")
+    assert page.cam is not None and page.cam_model.path.resolve() == members[0].resolve()
+    assert page.cam_source.startswith("member 1 of 2 (app/ckpt_best.pth")
+    files = [str(uploads["leaf.jpg"])]
+    html_text, csv = page.predict(files)
+    assert "leaf-card" in html_text and "Not predicted" not in html_text
+    singles = []
+    for member in members:
+        single = LeafPage.serving(load_predictor(member, "torch", torch.device("cpu"), logger),
+                                  np.full(len(CLASSES), 0.4), LIMITS, tmp_path / member.parent.name)
+        singles.append(pd.read_csv(single.predict(files)[1])[list(CLASSES)].to_numpy())
+    ensemble = pd.read_csv(csv)[list(CLASSES)].to_numpy()
+    np.testing.assert_allclose(ensemble, np.mean(singles, axis=0), atol=1e-6)
+    blocks = build_blocks(page, [], "Leaf disease check")
+    assert "Grad-CAM of the predicted classes by member 1 of 2" in str(blocks.config)
 
 
 # ---------------------------------------------------------------------------------------------

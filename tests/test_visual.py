@@ -175,3 +175,21 @@ def test_large_photos_are_shrunk_to_max_side(runs, tmp_path):
     assert visual_script.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(photo),
                         "--classes", "rust", "--max-side", "120", "--output", str(out), "--device", "cpu"]) == 0
     assert Image.open(out / "big_rust.png").size == (120, 80)
+
+
+def test_visual_on_an_ensemble_explains_the_chosen_member_and_says_so(runs, leaf, tmp_path):
+    """--member 2 of an ensemble file: the maps are that member's (its file's maps, pixel for pixel)."""
+    from ensemble import Ensemble
+
+    members = (runs["swin"] / "ckpt_best.pth", runs["cnn"] / "ckpt_best.pth")
+    path = tmp_path / "ensemble.json"
+    Ensemble(path, members, (1.0, 1.0), True, None).write()
+    args = ["--images", str(leaf), "--classes", "scab", "--device", "cpu"]
+    assert visual_script.main(["--checkpoint", str(path), "--member", "2", "--output", str(tmp_path / "ens"),
+                               *args]) == 0
+    assert visual_script.main(["--checkpoint", str(members[1]), "--output", str(tmp_path / "cnn"), *args]) == 0
+    ensemble_map = np.asarray(Image.open(tmp_path / "ens" / "leaf_scab.png"))
+    np.testing.assert_array_equal(ensemble_map, np.asarray(Image.open(tmp_path / "cnn" / "leaf_scab.png")))
+    assert "Grad-CAM of member 2" in (tmp_path / "ens" / "log.txt").read_text()
+    with pytest.raises(ValueError, match=r"ensemble.json: --member 3, but the ensemble has members 1 to 2"):
+        visual_script.main(["--checkpoint", str(path), "--member", "3", *args])
