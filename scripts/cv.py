@@ -14,7 +14,10 @@ them on another machine sharing the output folder); the pooled results wait unti
 Then ``OUTPUT/MODEL.NAME/TAG-cv/`` gets ``oof.csv`` (every pooled leaf: its fold, six out-of-fold
 probabilities, its labels), ``cv_metrics.json`` and ``cv_metrics.md`` (per fold and pooled) and
 ``ensemble.json`` (the K best checkpoints, equal weights, TTA, the thresholds tuned on all of oof.csv),
-which ``test.py --checkpoint`` scores like one model.
+which ``test.py --checkpoint`` scores like one model, and ``thresholds_samples.json``: thresholds tuned
+for samples-F1 of leaves that always get a label (``thresholds.tune_thresholds_for_samples``; on real
+leaves +0.003 samples- and micro-F1 over the per-class ones, macro-F1 level: docs/results.md), to pass
+as ``test.py --thresholds`` when samples-F1 is what counts.
 Exit codes: 0 all folds done, 1 a fold failed, 2 bad input, 130 stopped.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ from metrics import summarize
 from reports import PREDICTIONS_CSV, markdown_table
 from rundir import RunDir
 from runlock import hold_run_lock
-from thresholds import tune_thresholds
+from thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
 from training.stop import GracefulStop
 from utils import atomic_write_text
 
@@ -163,6 +166,8 @@ def write_summary(args: Namespace, runs: dict[int, RunDir], folder: Path, logger
                                   "metrics": metrics.to_dict("records")}, indent=2) + "\n", folder / "cv_metrics.json")
     atomic_write_text(f"Out-of-fold predictions (TTA) at thresholds tuned on all {len(oof)} of them:\n\n"
                       + markdown_table(metrics), folder / "cv_metrics.md")
+    write_thresholds(tune_thresholds_for_samples(targets_of(oof), oof[list(CLASSES)].to_numpy()),
+                     folder / "thresholds_samples.json")
     Ensemble(folder / "ensemble.json", tuple(run.best_checkpoint for run in runs.values()), (1.0,) * len(runs),
              True, thresholds, f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(runs)} folds)").write()
     logger.info(f"out-of-fold, {len(oof)} leaves:\n" + metrics.to_string(index=False))

@@ -24,6 +24,7 @@ from models.ensemble import MeanOfProbabilities, MemberInput
 from process.synthesize import synthesize
 from process.tree import DataOptions, prepare
 from rundir import RunDir
+from thresholds import decide, read_thresholds, samples_f1
 
 cv = load_script("scripts/cv.py")
 
@@ -182,6 +183,10 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     np.testing.assert_allclose(oof.set_index("image").loc[member0["image"], list(CLASSES)], member0[list(CLASSES)])
     summary = json.loads((folder / "cv_metrics.json").read_text())
     assert [row["part"] for row in summary["metrics"]] == ["fold 0", "fold 1", "fold 2", "pooled"]
+    probs, targets = oof[list(CLASSES)].to_numpy(), cv.targets_of(oof)
+    samples = read_thresholds(folder / "thresholds_samples.json")
+    assert samples_f1(targets, decide(probs, samples, "at_least_one")) >= samples_f1(
+        targets, decide(probs, np.array(list(summary["thresholds"].values())), "at_least_one"))
 
     review = subprocess.run([sys.executable, "scripts/label_issues.py", str(folder / "oof.csv"), "--data-path",
                              str(tree), "--top", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
