@@ -72,6 +72,15 @@ class Ensemble:
         atomic_write_text(json.dumps(spec, indent=2) + "\n", self.path)
 
 
+def read_ensemble_thresholds(path: Path) -> np.ndarray | None:
+    """Only the thresholds of an ensemble file (None: not tuned), whether or not its member checkpoints are at hand."""
+    try:
+        thresholds = json.loads(Path(path).read_text()).get("thresholds")
+        return None if thresholds is None else as_thresholds([thresholds[c] for c in CLASSES], len(CLASSES))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: not a readable ensemble file ({err!r})") from None
+
+
 def is_ensemble_file(path: Path) -> bool:
     return Path(path).suffix == ENSEMBLE_SUFFIX
 

@@ -22,7 +22,6 @@ Exit codes: 0 done, 2 bad input.
 from __future__ import annotations
 
 import argparse
-import json
 from argparse import Namespace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from PIL import Image
 
 from cli import EXIT_OK, run_cli
 from data.labels import CLASSES, labels_to_vector, vector_to_labels
+from ensemble import read_ensemble_thresholds
 from reports import png_bytes
 from thresholds import as_thresholds, read_thresholds
 from utils import atomic_write_bytes, atomic_write_text
@@ -79,9 +79,9 @@ def oof_thresholds(args: Namespace) -> tuple[np.ndarray, str]:
         return read_thresholds(args.thresholds), str(args.thresholds)
     beside = args.oof.parent / ENSEMBLE_FILE
     if beside.is_file():
-        spec = json.loads(beside.read_text()).get("thresholds")
-        if spec:
-            return as_thresholds([spec[c] for c in CLASSES], len(CLASSES)), str(beside)
+        thresholds = read_ensemble_thresholds(beside)
+        if thresholds is not None:
+            return thresholds, str(beside)
     return as_thresholds(0.5, len(CLASSES)), "0.5 (no thresholds found)"
 
 
