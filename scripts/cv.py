@@ -2,6 +2,7 @@
 
     python scripts/cv.py configs/effnet_lite0_cpu.yaml --data-path dataset [--output output/cv]
                          [--opts KEY VALUE ...] [--gpus 0,1,2,3] [--folds 0,2]
+    python scripts/cv.py configs/effnet_lite0_cpu.yaml configs/effnet_lite1_cpu.yaml --data-path dataset
 
 The tree must have been prepared with ``process/prepare.py --folds K``. Fold k is
 ``main.py --cfg CONFIG --fold k`` (its run dir ``OUTPUT/MODEL.NAME/TAG-fold<k>``), then ``test.py`` on
@@ -18,6 +19,10 @@ which ``test.py --checkpoint`` scores like one model, and ``thresholds_samples.j
 for samples-F1 of leaves that always get a label (``thresholds.tune_thresholds_for_samples``; on real
 leaves +0.003 samples- and micro-F1 over the per-class ones, macro-F1 level: docs/results.md), to pass
 as ``test.py --thresholds`` when samples-F1 is what counts.
+With several configs, each config's folds are run and summarised in turn, and then
+``OUTPUT/<NAME1>+<NAME2>/TAG-cv/`` gets the same files for the ensemble of all their members: out-of-fold
+probabilities averaged over the configs leaf by leaf (every config's fold k model left fold k out), the
+thresholds tuned on them, and one ensemble.json listing every member with equal weights.
 Exit codes: 0 all folds done, 1 a fold failed, 2 bad input, 130 stopped.
 """
 from __future__ import annotations
@@ -54,7 +59,8 @@ SUMMARY_KEYS = ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", type=Path, help="config yaml of every fold")
+    parser.add_argument("configs", type=Path, nargs="+", metavar="CONFIG",
+                        help="config yaml of every fold; several: an ensemble of all of them")
     parser.add_argument("--data-path", type=Path, required=True, help="tree prepared with --folds K")
     parser.add_argument("--output", type=Path, default=Path("output/cv"), help="root of the runs (OUTPUT)")
     parser.add_argument("--opts", nargs="+", default=[], help="KEY VALUE pairs for every fold")
@@ -77,29 +83,29 @@ def chosen_folds(args: Namespace, folds: list[int]) -> list[int]:
     return chosen
 
 
-def fold_run(args: Namespace, fold: int) -> RunDir:
-    config = get_config(Namespace(cfg=str(args.config), opts=list(args.opts), output=str(args.output), fold=fold))
+def fold_run(args: Namespace, config_file: Path, fold: int) -> RunDir:
+    config = get_config(Namespace(cfg=str(config_file), opts=list(args.opts), output=str(args.output), fold=fold))
     return RunDir.of(config)
 
 
-def fold_commands(args: Namespace, fold: int, run: RunDir) -> list[list[str]]:
+def fold_commands(args: Namespace, config_file: Path, fold: int, run: RunDir) -> list[list[str]]:
     """main.py for the fold (the same command resumes it), then test.py on its held-out fold with TTA."""
-    train = [sys.executable, str(REPO / "main.py"), "--cfg", str(args.config), "--data-path", str(args.data_path),
+    train = [sys.executable, str(REPO / "main.py"), "--cfg", str(config_file), "--data-path", str(args.data_path),
              "--output", str(args.output), "--fold", str(fold), *(["--opts", *args.opts] if args.opts else [])]
     oof = [sys.executable, str(REPO / "test.py"), "--checkpoint", str(run.best_checkpoint), "--data-path",
            str(args.data_path), "--split", "val", "--tta", "--backend", "torch"]
     return [train, oof]
 
 
-def run_fold(args: Namespace, fold: int, stop: GracefulStop, logger, gpu: str | None) -> int:
+def run_fold(args: Namespace, config_file: Path, fold: int, stop: GracefulStop, logger, gpu: str | None) -> int:
     """Train and predict one fold unless finished earlier; returns the first non-zero exit code."""
-    run = fold_run(args, fold)
+    run = fold_run(args, config_file, fold)
     result = run.path / FOLD_RESULT
     if result.is_file():
         logger.info(f"fold {fold}: finished earlier, skipped ({result})")
         return EXIT_OK
     env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-    for command in fold_commands(args, fold, run):
+    for command in fold_commands(args, config_file, fold, run):
         code = run_child(command, stop, logger, env)
         if code != EXIT_OK:
             return code
@@ -109,16 +115,16 @@ def run_fold(args: Namespace, fold: int, stop: GracefulStop, logger, gpu: str | 
     return EXIT_OK
 
 
-def run_folds(args: Namespace, folds: list[int], logger) -> int:
+def run_folds(args: Namespace, config_file: Path, folds: list[int], logger) -> int:
     """Every fold, one after another or one per GPU; 0 all done, 1 some failed, 130 stopped."""
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
     with GracefulStop() as stop:
         if not gpus:
-            codes = [run_fold(args, fold, stop, logger, None) for fold in folds]
+            codes = [run_fold(args, config_file, fold, stop, logger, None) for fold in folds]
         else:
             slots = {fold: gpus[i % len(gpus)] for i, fold in enumerate(folds)}
             with ThreadPoolExecutor(len(gpus)) as pool:  # threads only wait on their child processes
-                codes = list(pool.map(lambda f: run_fold(args, f, stop, logger, slots[f]), folds))
+                codes = list(pool.map(lambda f: run_fold(args, config_file, f, stop, logger, slots[f]), folds))
     if EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if any(codes) else EXIT_OK
@@ -149,28 +155,63 @@ def cv_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cv_folder(args: Namespace) -> Path:
-    """OUTPUT/MODEL.NAME/TAG-cv: the runner's log, the pooled results and the ensemble file."""
-    run = fold_run(args, NO_FOLD).path
-    return run.with_name(f"{run.name}-cv")
+def cv_folder(args: Namespace, config_files: list[Path]) -> Path:
+    """OUTPUT/MODEL.NAME/TAG-cv (several configs: OUTPUT/NAME1+NAME2/TAG-cv): the log, the pooled results and
+    the ensemble file."""
+    runs = [fold_run(args, config_file, NO_FOLD).path for config_file in config_files]
+    name = "+".join(run.parent.name for run in runs)
+    return runs[0].parent.with_name(name) / f"{runs[0].name}-cv"
 
 
-def write_summary(args: Namespace, runs: dict[int, RunDir], folder: Path, logger) -> None:
-    """oof.csv, cv_metrics.json/.md and ensemble.json (with the thresholds tuned on all of oof.csv)."""
-    oof = out_of_fold(runs)
+def mean_out_of_fold(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several configs' oof.csv frames as one: each leaf's probabilities averaged over the configs."""
+    first = frames[0]
+    for frame in frames[1:]:
+        if not (frame["image"].tolist() == first["image"].tolist() and (frame["fold"] == first["fold"]).all()):
+            raise ValueError("the configs' out-of-fold predictions are not of the same leaves and folds")
+    mean = np.mean([frame[list(CLASSES)].to_numpy() for frame in frames], axis=0)
+    return first.assign(**{c: mean[:, i] for i, c in enumerate(CLASSES)})
+
+
+def write_summary(args: Namespace, configs: list[Path], oof: pd.DataFrame, members: list[Path], folder: Path,
+                  logger) -> None:
+    """oof.csv, cv_metrics.json/.md, ensemble.json (with the thresholds tuned on all of oof.csv) and
+    thresholds_samples.json."""
     thresholds = tune_thresholds(targets_of(oof), oof[list(CLASSES)].to_numpy())
     metrics = cv_metrics(oof, thresholds)
     atomic_write_text(oof.to_csv(index=False), folder / "oof.csv")
-    atomic_write_text(json.dumps({"config": str(args.config), "opts": list(args.opts),
+    atomic_write_text(json.dumps({"configs": [str(c) for c in configs], "opts": list(args.opts),
                                   "thresholds": dict(zip(CLASSES, map(float, thresholds))),
                                   "metrics": metrics.to_dict("records")}, indent=2) + "\n", folder / "cv_metrics.json")
     atomic_write_text(f"Out-of-fold predictions (TTA) at thresholds tuned on all {len(oof)} of them:\n\n"
                       + markdown_table(metrics), folder / "cv_metrics.md")
     write_thresholds(tune_thresholds_for_samples(targets_of(oof), oof[list(CLASSES)].to_numpy()),
                      folder / "thresholds_samples.json")
-    Ensemble(folder / "ensemble.json", tuple(run.best_checkpoint for run in runs.values()), (1.0,) * len(runs),
-             True, thresholds, f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(runs)} folds)").write()
+    Ensemble(folder / "ensemble.json", tuple(members), (1.0,) * len(members), True, thresholds,
+             f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(members)} members)").write()
     logger.info(f"out-of-fold, {len(oof)} leaves:\n" + metrics.to_string(index=False))
+
+
+def run_config(args: Namespace, config_file: Path, folds: list[int]) -> tuple[int, pd.DataFrame | None, list[Path]]:
+    """One config's chosen folds, then its pooled results once every fold is finished:
+    (exit code, its out-of-fold frame or None while folds wait, its member checkpoints)."""
+    runs = {fold: fold_run(args, config_file, fold) for fold in folds}
+    folder = cv_folder(args, [config_file])
+    with hold_run_lock(folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
+        logger = create_logger(folder, name="cv")
+        logger.info(f"{config_file}: {len(folds)} folds of {args.data_path / FOLDS_FILE}: "
+                    f"{[str(r.path) for r in runs.values()]}")
+        code = run_folds(args, config_file, chosen_folds(args, folds), logger)
+        if code != EXIT_OK:
+            return code, None, []
+        waiting = [fold for fold, run in runs.items() if not (run.path / FOLD_RESULT).is_file()]
+        if waiting:
+            logger.info(f"folds {waiting} not finished yet: the pooled results wait for them")
+            return EXIT_OK, None, []
+        oof, members = out_of_fold(runs), [run.best_checkpoint for run in runs.values()]
+        write_summary(args, [config_file], oof, members, folder, logger)
+        logger.info(f"ensemble: {folder / 'ensemble.json'} (score it: test.py --checkpoint {folder / 'ensemble.json'})")
+    return EXIT_OK, oof, members
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,20 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     folds = sorted(read_folds(args.data_path)["fold"].unique().tolist())
     if not (args.data_path / "test").is_dir():
         raise FileNotFoundError(f"{args.data_path / 'test'}: no test split (--data-path must be a prepared tree)")
-    runs = {fold: fold_run(args, fold) for fold in folds}
-    folder = cv_folder(args)
-    with hold_run_lock(folder, "scripts/cv.py"):  # one runner per cv folder; main.py locks each fold
-        logger = create_logger(folder, name="cv")
-        logger.info(f"{len(folds)} folds of {args.data_path / FOLDS_FILE}: {[str(r.path) for r in runs.values()]}")
-        code = run_folds(args, chosen_folds(args, folds), logger)
+    folders = [cv_folder(args, [c]) for c in args.configs]
+    if len(set(folders)) < len(folders):
+        raise ValueError(f"two configs share a run folder ({folders}): give them different MODEL.NAMEs")
+    frames, members = [], []
+    for config_file in args.configs:
+        code, oof, config_members = run_config(args, config_file, folds)
         if code != EXIT_OK:
             return code
-        waiting = [fold for fold, run in runs.items() if not (run.path / FOLD_RESULT).is_file()]
-        if waiting:
-            logger.info(f"folds {waiting} not finished yet: the pooled results wait for them")
-            return EXIT_OK
-        write_summary(args, runs, folder, logger)
-        logger.info(f"ensemble: {folder / 'ensemble.json'} (score it: test.py --checkpoint {folder / 'ensemble.json'})")
+        frames.append(oof)
+        members += config_members
+    if len(args.configs) > 1 and all(frame is not None for frame in frames):
+        folder = cv_folder(args, list(args.configs))
+        with hold_run_lock(folder, "scripts/cv.py"):
+            logger = create_logger(folder, name="cv")
+            write_summary(args, list(args.configs), mean_out_of_fold(frames), members, folder, logger)
+            logger.info(f"ensemble of {len(args.configs)} configs: {folder / 'ensemble.json'}")
     return EXIT_OK
 
 

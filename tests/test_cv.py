@@ -214,3 +214,17 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     thresholds = json.loads((folder / "ensemble.json").read_text())["thresholds"]
     expected = [" ".join(c for c in CLASSES if row[c] >= thresholds[c]) for _, row in ensemble.iterrows()]
     assert ensemble["predicted"].fillna("").tolist() == expected  # at the ensemble's out-of-fold thresholds
+
+    # A second config on the same tree: its folds, then the ensemble of both configs' members.
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_YAML.replace("NAME: tiny", "NAME: other") + "SEED: 7\n")
+    both = subprocess.run([sys.executable, "scripts/cv.py", str(cfg), str(other), "--data-path", str(tree),
+                           "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert both.returncode == 0, both.stderr[-2000:]
+    combined = tmp_path / "out" / "tiny+other" / "default-cv"
+    mixed = pd.read_csv(combined / "oof.csv")
+    second = pd.read_csv(tmp_path / "out" / "other" / "default-cv" / "oof.csv")
+    np.testing.assert_allclose(mixed[list(CLASSES)], (oof[list(CLASSES)] + second[list(CLASSES)]) / 2, atol=1e-9)
+    spec = Ensemble.read(combined / "ensemble.json")
+    assert len(spec.members) == 6 and {m.parent.parent.name for m in spec.members} == {"tiny", "other"}
+    assert (combined / "thresholds_samples.json").is_file()
