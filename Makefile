@@ -44,10 +44,10 @@ tmux:
 	@command -v tmux >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux)
 
 # The main job on the embedded default: synthetic Kaggle-layout leaves -> one-hot tree -> train -> test ->
-# Grad-CAM of the first test leaf of each class folder.
+# Grad-CAM of the first test leaf of each class.
 demo: $(DEMO_RUN)/.trained
 	$(PY) test.py --cfg $(DEMO_CFG) --data-path $(DEMO_DIR)/dataset
-	$(PY) visual.py --cfg $(DEMO_CFG) --images $$(for d in $(DEMO_DIR)/dataset/test/*/; do ls $$d*.jpg | head -n 1; done)
+	$(PY) visual.py --cfg $(DEMO_CFG)
 
 # The demo model in the web page at http://127.0.0.1:$(APP_PORT) (Ctrl-C stops it).
 app: $(DEMO_RUN)/.trained

@@ -48,7 +48,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
     parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
     parser.add_argument("--tag", help="run tag (default: the config's TAG)")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's ckpt_best.pth)")
+    parser.add_argument("--checkpoint", "--resume", dest="checkpoint", type=Path,
+                        help="checkpoint file (default: the run's ckpt_best.pth); --resume is the upstream fork's name")
 
 
 def find_checkpoint(args: Namespace) -> Path:

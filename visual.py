@@ -1,6 +1,7 @@
 """Per-class Grad-CAM of a trained checkpoint: where the model looks for each disease.
 
     python visual.py --cfg configs/demo_cpu.yaml --images leaf.jpg more_leaves/ --gif
+    python visual.py --cfg configs/demo_cpu.yaml          # no --images: the first test leaf of each class
     python visual.py --checkpoint RUN/ckpt_best.pth --images leaf.jpg --classes scab rust --method gradcam++
     python visual.py --checkpoint RUN-cv/ensemble.json --member 2 --images leaf.jpg  # one member of an ensemble
 
@@ -20,8 +21,9 @@ from argparse import Namespace
 from pathlib import Path
 
 from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
-from data.dataset import collect_images
+from data.dataset import MultiLabelImageFolder, collect_images
 from data.images import image_failure, load_image
+from data.labels import CLASSES
 from ensemble import Ensemble, is_ensemble_file
 from explain import (
     MAX_SIDE,
@@ -43,7 +45,9 @@ from thresholds import resolve_thresholds
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_arguments(parser)
-    parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files, folders or globs")
+    parser.add_argument("--images", nargs="+", metavar="PATH",
+                        help="image files, folders or globs (default: the first test leaf of each class of the "
+                             "run's data path)")
     parser.add_argument("--classes", nargs="+", default=["all"], help="'all' (default) or class names")
     parser.add_argument("--method", default="gradcam", choices=sorted(METHODS))
     parser.add_argument("--target-layer", help=f"dotted module path (default: {SWIN_TARGET_LAYER} for Swin, "
@@ -56,6 +60,20 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--member", type=int, default=1, help="an ensemble file's member to explain (1 = first)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser.parse_args(argv)
+
+
+def first_test_leaves(data_path: Path) -> list[str]:
+    """The first test image (by name) carrying each class, once each: what ``make demo`` explains."""
+    split = Path(data_path) / "test"
+    if not split.is_dir():
+        raise FileNotFoundError(f"{split}: no test split to take example leaves from; give --images PATH")
+    samples = sorted(MultiLabelImageFolder(split).samples, key=lambda sample: Path(sample[0]).name)
+    chosen: list[str] = []
+    for c in range(len(CLASSES)):
+        first = next((path for path, target in samples if target[c] > 0.5), None)
+        if first is not None and first not in chosen:
+            chosen.append(first)
+    return chosen
 
 
 def explained_checkpoint(path: Path, member: int) -> Path:
@@ -84,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     cam = build_cam(predictor.model, args.method, args.target_layer)
     transform = predictor.transform
     written, stems = [], set()
-    for path in collect_images(args.images, logger):
+    images = args.images or first_test_leaves(Path(predictor.info.data_path))
+    for path in collect_images(images, logger):
         try:
             image = load_image(path, args.max_side or None)
         except Exception as error:  # noqa: BLE001 - Pillow raises many types on bad data; all mean "skip"

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 import explain
 import inference
+from data.dataset import MultiLabelImageFolder
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
@@ -193,3 +194,20 @@ def test_visual_on_an_ensemble_explains_the_chosen_member_and_says_so(runs, leaf
     assert "Grad-CAM of member 2" in (tmp_path / "ens" / "log.txt").read_text()
     with pytest.raises(ValueError, match=r"ensemble.json: --member 3, but the ensemble has members 1 to 2"):
         visual_script.main(["--checkpoint", str(path), "--member", "3", *args])
+
+
+def test_visual_without_images_explains_the_first_test_leaf_of_each_class(tmp_path):
+    """As the upstream fork's visual.py: no --images takes the run's own data path's test split."""
+    tree = make_tree(tmp_path / "tree", {"train": 6, "test": 18})
+    run = tiny_runs(tmp_path / "out", tree, {"plain": ((), 0)}, [0.5] * len(CLASSES))["plain"]
+    leaves = visual_script.first_test_leaves(tree)
+    truth = {Path(p).name: t for p, t in MultiLabelImageFolder(tree / "test").samples}
+    covered = {c for p in leaves for c in range(len(CLASSES)) if truth[Path(p).name][c] > 0.5}
+    assert covered == {c for t in truth.values() for c in range(len(CLASSES)) if t[c] > 0.5}
+    assert len(leaves) <= len(CLASSES)
+    assert visual_script.main(["--checkpoint", str(run / "ckpt_best.pth"), "--resume", str(run / "ckpt_best.pth"),
+                               "--classes", "scab", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (run / "cam").glob("*_scab.png")) == sorted(
+        f"{Path(p).stem}_scab.png" for p in leaves)
+    with pytest.raises(FileNotFoundError, match=r"no test split to take example leaves from; give --images"):
+        visual_script.first_test_leaves(tmp_path / "out")
