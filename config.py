@@ -103,6 +103,10 @@ _C.MODEL.SWIN.WINDOW_SIZE = 0
 # Hidden width of the MLPs relative to the stage width
 _C.MODEL.SWIN.MLP_RATIO = 0.0
 
+# Warp the image with a spatial transformer before the backbone (the ArcPSA report's STN, models/stn.py;
+# the identity at initialisation)
+_C.MODEL.STN = False
+
 # Ours: polarized self-attention (sequential) on the backbone's last feature map
 _C.MODEL.PSA = CN()
 # Insert PSA -> average pooling -> Linear + LayerNorm to MODEL.ARCFACE.FEATURE_DIM before the head

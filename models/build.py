@@ -14,6 +14,7 @@ from data.labels import NUM_CLASSES
 from models.arcface import ArcFaceHead
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
 from models.psa import PSANeck
+from models.stn import SpatialTransformer
 
 # timm modules whose models take the MODEL.SWIN.* overrides and img_size
 _SWIN_MODULES = ("timm.models.swin_transformer", "timm.models.swin_transformer_v2")
@@ -43,11 +44,13 @@ class MultiLabelNet(nn.Module):
         head: ``nn.Linear`` or ``ArcFaceHead``.
         drop_rate: Dropout on the features given to the head.
         freeze_bn: Keep the backbone's BatchNorm layers in eval mode when training (fixed statistics).
+        stn: A ``SpatialTransformer`` warping the image before the backbone, or None.
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, drop_rate: float = 0.0,
-                 freeze_bn: bool = False):
+                 freeze_bn: bool = False, stn: nn.Module | None = None):
         super().__init__()
+        self.stn = stn
         self.backbone = backbone
         self.neck = neck
         self.head_drop = nn.Dropout(drop_rate)
@@ -77,6 +80,8 @@ class MultiLabelNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding the head classifies, shape (B, D)."""
+        if self.stn is not None:
+            x = self.stn(x)
         x = self.backbone.forward_features(x)
         if isinstance(self.neck, nn.Identity):
             return self.backbone.forward_head(x, pre_logits=True)
@@ -142,7 +147,8 @@ def build_backbone(config: CfgNode) -> nn.Module:
 
 
 def build_model(config: CfgNode) -> MultiLabelNet:
-    """Backbone, then the PSA neck when MODEL.PSA.ENABLE, then a linear or ArcFace head."""
+    """A spatial transformer when MODEL.STN, the backbone, the PSA neck when MODEL.PSA.ENABLE, then a linear or
+    ArcFace head."""
     if config.MODEL.NUM_CLASSES != NUM_CLASSES:
         raise ValueError(f"MODEL.NUM_CLASSES must be {NUM_CLASSES}, got {config.MODEL.NUM_CLASSES}")
     backbone = build_backbone(config)
@@ -158,7 +164,8 @@ def build_model(config: CfgNode) -> MultiLabelNet:
         head = nn.Linear(width, NUM_CLASSES)
     else:
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
-    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE, config.MODEL.FREEZE_BN)
+    stn = SpatialTransformer() if config.MODEL.STN else None
+    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE, config.MODEL.FREEZE_BN, stn)
 
 
 def build_loss(config: CfgNode) -> nn.Module:
