@@ -111,6 +111,11 @@ _C.MODEL.STN = False
 _C.MODEL.PSA = CN()
 # Insert PSA -> average pooling -> Linear + LayerNorm to MODEL.ARCFACE.FEATURE_DIM before the head
 _C.MODEL.PSA.ENABLE = False
+# "light": PSA -> pool -> Linear + LayerNorm; "report": the ArcPSA report's PSANFeatureModule (1x1 conv blocks
+# around PSA, then Linear -> HIDDEN_DIM -> FEATURE_DIM with BatchNorm1d + PReLU; models/psa.py ReportPSANeck)
+_C.MODEL.PSA.NECK = "light"
+# the report neck's first linear width (the report's 768)
+_C.MODEL.PSA.HIDDEN_DIM = 768
 
 # Ours: multi-label ArcFace head
 _C.MODEL.ARCFACE = CN()

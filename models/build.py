@@ -13,7 +13,7 @@ from yacs.config import CfgNode
 from data.labels import NUM_CLASSES
 from models.arcface import ArcFaceHead
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
-from models.psa import PSANeck
+from models.psa import PSANeck, ReportPSANeck
 from models.stn import SpatialTransformer
 
 # timm modules whose models take the MODEL.SWIN.* overrides and img_size
@@ -156,7 +156,13 @@ def build_model(config: CfgNode) -> MultiLabelNet:
     neck: nn.Module = nn.Identity()
     if config.MODEL.PSA.ENABLE:
         width = config.MODEL.ARCFACE.FEATURE_DIM
-        neck = PSANeck(backbone.num_features, width, getattr(backbone, "output_fmt", "NCHW"))
+        fmt = getattr(backbone, "output_fmt", "NCHW")
+        if config.MODEL.PSA.NECK == "report":
+            neck = ReportPSANeck(backbone.num_features, width, config.MODEL.PSA.HIDDEN_DIM, fmt)
+        elif config.MODEL.PSA.NECK == "light":
+            neck = PSANeck(backbone.num_features, width, fmt)
+        else:
+            raise ValueError(f"MODEL.PSA.NECK must be 'light' or 'report', got {config.MODEL.PSA.NECK!r}")
     if config.MODEL.HEAD == "arcface":
         arc = config.MODEL.ARCFACE
         head: nn.Module = ArcFaceHead(width, NUM_CLASSES, arc.SCALE, arc.MARGIN, arc.EASY_MARGIN)

@@ -83,3 +83,51 @@ class PSANeck(nn.Module):
             x = x.permute(0, 3, 1, 2)
         x = self.psa(x).mean(dim=(2, 3))
         return self.norm(self.proj(x))
+
+
+class ReportPSANeck(nn.Module):
+    """The ArcPSA report's ``PSANFeatureModule``: its layers, widths and initialisation, on any backbone width.
+
+    1x1 conv + BatchNorm + PReLU -> PSA -> 1x1 conv + BatchNorm + PReLU -> global average pooling ->
+    Linear(C, hidden) + BatchNorm1d + PReLU -> Linear(hidden, out) + BatchNorm1d + PReLU. Convolutions get
+    Kaiming-normal weights, linears N(0, 0.01), biases zero (the report's init). The report hard-codes
+    C = 1024 (Swin-B); here C is the backbone's ``num_features``. Its BatchNorm1d layers need training
+    batches of two or more (the training loader drops a last batch of one).
+
+    Args:
+        in_features: Channels of the backbone's last feature map.
+        out_features: Width of the embedding (the report's 512, ``MODEL.ARCFACE.FEATURE_DIM``).
+        hidden: Width of the first linear layer (the report's 768, ``MODEL.PSA.HIDDEN_DIM``).
+        input_fmt: 'NCHW' or 'NHWC', as for :class:`PSANeck`.
+    """
+
+    def __init__(self, in_features: int, out_features: int = 512, hidden: int = 768, input_fmt: str = "NCHW"):
+        super().__init__()
+        if input_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"PSA needs an NCHW or NHWC feature map, the backbone gives {input_fmt}")
+        self.input_fmt = input_fmt
+        self.conv_in = nn.Sequential(nn.Conv2d(in_features, in_features, 1), nn.BatchNorm2d(in_features), nn.PReLU())
+        self.psa = PolarizedSelfAttention(in_features)
+        self.conv_out = nn.Sequential(nn.Conv2d(in_features, in_features, 1), nn.BatchNorm2d(in_features), nn.PReLU())
+        self.embed = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.PReLU(),
+            nn.Linear(hidden, out_features), nn.BatchNorm1d(out_features), nn.PReLU(),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in (*self.conv_in, *self.conv_out, *self.embed):
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"PSA needs a 4-D feature map, the backbone gave shape {tuple(x.shape)}")
+        if self.input_fmt == "NHWC":
+            x = x.permute(0, 3, 1, 2)
+        x = self.conv_out(self.psa(self.conv_in(x))).mean(dim=(2, 3))
+        return self.embed(x)

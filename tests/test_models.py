@@ -18,6 +18,7 @@ from data.loader import build_mixup
 from models import ArcFaceHead, MultiLabelNet, PolarizedSelfAttention, PSANeck, build_loss, build_model
 from models.build import counted_pos_weight, is_swin
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
+from models.psa import ReportPSANeck
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 # small inputs and embeddings for every model
@@ -66,7 +67,7 @@ def test_every_config_trains_at_tiny_size(path: Path):
     assert not no_grad, f"parameters without a gradient: {no_grad}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert isinstance(model.head, ArcFaceHead) == (config.MODEL.HEAD == "arcface")
-    assert isinstance(model.neck, PSANeck) == config.MODEL.PSA.ENABLE
+    assert isinstance(model.neck, (PSANeck, ReportPSANeck)) == config.MODEL.PSA.ENABLE
 
 
 @pytest.mark.parametrize("opts", [[], ["LOSS.NAME", "focal"], ARCPSA, ["MODEL.HEAD", "arcface"],
@@ -393,3 +394,31 @@ def test_positive_weights_counted_on_the_training_targets():
     # complex 1 of 4: 3 negatives per positive; healthy 3 of 4: 1/3; no frog_eye_leaf_spot at all: 1
     assert counted_pos_weight(targets, 1.0) == [3.0, 1.0, 0.3333, 1.0, 1.0, 3.0]
     assert counted_pos_weight(targets, 0.5) == [1.7321, 1.0, 0.5774, 1.0, 1.0, 1.7321]
+
+
+def test_report_psa_neck_has_the_reports_layers_widths_and_init():
+    """conv-BN-PReLU, PSA, conv-BN-PReLU, pool, Linear(C, 768)-BN1d-PReLU, Linear(768, 512)-BN1d-PReLU;
+    Kaiming convs (std sqrt(2 / fan_out)), N(0, 0.01) linears, zero biases; input width from the backbone."""
+    torch.manual_seed(0)
+    neck = ReportPSANeck(96, 512, 768)
+    kinds = [type(m).__name__ for m in (*neck.conv_in, *neck.conv_out, *neck.embed)]
+    assert kinds == ["Conv2d", "BatchNorm2d", "PReLU", "Conv2d", "BatchNorm2d", "PReLU",
+                     "Linear", "BatchNorm1d", "PReLU", "Linear", "BatchNorm1d", "PReLU"]
+    assert isinstance(neck.psa, PolarizedSelfAttention)
+    first, second = neck.embed[0], neck.embed[3]
+    assert (first.in_features, first.out_features, second.out_features) == (96, 768, 512)
+    assert first.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert neck.conv_in[0].weight.std().item() == pytest.approx(math.sqrt(2 / 96), rel=0.05)
+    assert all(float(m.bias.abs().max()) == 0 for m in (neck.conv_in[0], first, second))
+    out = neck.train()(torch.randn(4, 96, 5, 5))
+    assert out.shape == (4, 512)
+    assert neck.eval()(torch.randn(1, 96, 5, 5)).shape == (1, 512)  # a batch of one at inference
+
+
+def test_report_neck_in_the_arcpsa_swin_config_and_the_light_one_kept():
+    report = build_model(tiny_config(cfg=CONFIGS[0].parent / "arcpsa_swin.yaml"))
+    assert isinstance(report.neck, ReportPSANeck) and report.neck.embed[0].in_features == 32  # tiny Swin's width
+    light = build_model(tiny_config(*SWIN_T, *ARCPSA))
+    assert isinstance(light.neck, PSANeck)
+    with pytest.raises(ValueError, match="MODEL.PSA.NECK must be 'light' or 'report', got 'heavy'"):
+        build_model(tiny_config(*SWIN_T, *ARCPSA, "MODEL.PSA.NECK", "heavy"))
