@@ -9,7 +9,9 @@ A checkpoint is a dict of plain data (tensors, numbers, strings, lists), so that
 - ``best_metric``, ``best_epoch``, ``thresholds`` (tuned on validation for the best epoch);
 - ``classes`` (CLASSES at save time) and ``config`` (the run's yaml dump): enough to rebuild the
   model and its preprocessing without the original config file;
-- ``metrics``: the validation summary of ``epoch``.
+- ``metrics``: the validation summary of ``epoch``;
+- ``train_outputs`` (mid-epoch checkpoints only): probabilities and labels of the batches done in the
+  interrupted epoch, so that its training metrics cover all of them (``training.engine.TrainOutputs``).
 
 Every checkpoint of a run dir (``ckpt_latest.pth``, ``ckpt_latest.prev.pth``, ``ckpt_epoch_N.pth``,
 ``ckpt_best.pth``) is such a full state, written atomically; resuming from an older one replays the

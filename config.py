@@ -197,14 +197,17 @@ _C.TRAIN.LAYER_DECAY = 1.0
 # first N epochs, while the new neck and head learn; 0 trains everything from the start
 _C.TRAIN.FREEZE_BACKBONE_EPOCHS = 0
 
-# LR scheduler (timm)
+# LR scheduler (training/schedule.py)
 _C.TRAIN.LR_SCHEDULER = CN()
-# timm scheduler name: 'cosine', 'step', ...
+# timm scheduler name stepped per update ('cosine', 'step', ...), or 'plateau': the lr times DECAY_RATE
+# whenever TRAIN.BEST_METRIC on validation has not improved for PATIENCE_EPOCHS + 1 epochs in a row
 _C.TRAIN.LR_SCHEDULER.NAME = "cosine"
 # Epoch interval to decay LR, used in StepLRScheduler
 _C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30
-# LR decay rate, used in StepLRScheduler
+# LR decay rate: per DECAY_EPOCHS for 'step', per plateau for 'plateau'
 _C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1
+# Ours: 'plateau': epochs without improvement tolerated before the lr drops (PyTorch's ReduceLROnPlateau)
+_C.TRAIN.LR_SCHEDULER.PATIENCE_EPOCHS = 2
 
 # Optimizer
 _C.TRAIN.OPTIMIZER = CN()

@@ -89,7 +89,7 @@ def write_split_results(folder: Path, table: pd.DataFrame, names: Sequence[str],
 
 
 def training_curves_png(rows: list[dict], best_metric: str) -> bytes:
-    """curves.png: train/val loss, validation F1s and the learning rate per epoch."""
+    """curves.png: train/val loss, validation F1s and mAP (training's dashed) and the learning rate per epoch."""
     from matplotlib.figure import Figure
 
     frame = pd.DataFrame(rows)
@@ -100,8 +100,12 @@ def training_curves_png(rows: list[dict], best_metric: str) -> bytes:
     for column in dict.fromkeys(("macro_f1", "macro_f1_tuned", "micro_f1", "mAP", best_metric)):
         if column in frame:
             ax_f1.plot(frame["epoch"], frame[column], marker=".", label=column)
+    for column in ("train_macro_f1", "train_mAP"):
+        if column in frame and frame[column].notna().any():
+            ax_f1.plot(frame["epoch"], frame[column], marker=".", linestyle="--", label=column)
     ax_lr.plot(frame["epoch"], frame["lr"], marker=".")
-    for ax, title in ((ax_loss, "loss"), (ax_f1, "validation"), (ax_lr, "learning rate (end of epoch)")):
+    titles = ((ax_loss, "loss"), (ax_f1, "F1 and mAP (training: dashed)"), (ax_lr, "learning rate (end of epoch)"))
+    for ax, title in titles:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -23,7 +23,8 @@ from helpers import load_script, make_tree, start_script, wait_until_paused
 from inference import Predictor
 from log import create_logger
 from models import build_model
-from training.engine import build_optimizer, build_scheduler
+from training.engine import build_optimizer
+from training.schedule import build_scheduler
 
 main = load_script("main.py")
 test_script = load_script("test.py")

@@ -187,7 +187,8 @@ def test_run_dir_and_checkpoint_contract(trained):
         assert (trained / name).is_file(), name
     history = pd.read_csv(trained / "history.csv")
     assert history["epoch"].tolist() == [0, 1]
-    assert {"train_loss", "val_loss", "lr", "macro_f1", "macro_f1_tuned", "mAP"} <= set(history.columns)
+    assert {"train_loss", "train_macro_f1", "train_mAP", "val_loss", "lr", "macro_f1", "macro_f1_tuned",
+            "mAP"} <= set(history.columns)
     assert list(json.loads((trained / "thresholds.json").read_text())) == list(CLASSES)
 
     latest = torch.load(trained / "ckpt_latest.pth", map_location="cpu", weights_only=True)

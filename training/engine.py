@@ -1,4 +1,4 @@
-"""The loops: one epoch of training, validation, the optimizer and its schedule."""
+"""The loops: one epoch of training, validation, and the optimizer (its schedule: training.schedule)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,14 +6,13 @@ import datetime
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -22,6 +21,8 @@ from yacs.config import CfgNode
 from data.labels import NUM_CLASSES
 from distributed import get_rank, get_world_size, is_distributed
 from inference import forward_batches
+from metrics import summarize
+from thresholds import DEFAULT_THRESHOLD
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,7 +42,7 @@ class Trainer:
     model: nn.Module  # possibly DistributedDataParallel
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
-    lr_scheduler: Any  # timm scheduler, stepped per update
+    lr_scheduler: Any  # training.schedule: step_update per update, step per validation
     device: torch.device
     autocast: Callable[[], ContextManager]
     scaler: torch.amp.GradScaler | None = None
@@ -59,10 +60,48 @@ class Trainer:
 
 
 @dataclass
+class TrainOutputs:
+    """Probabilities and labels of the epoch's training batches, for its training macro-F1 and mAP.
+
+    They are the outputs the loss saw: augmented images, dropout on, ArcFace's margin at the
+    positives (so its training F1 reads low). Batches mixed by Mixup/CutMix have no hard labels and
+    are left out. Kept in a mid-epoch checkpoint, so a resumed epoch scores all of its batches.
+    """
+
+    probs: list[torch.Tensor] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.probs.append(torch.sigmoid(logits.detach().float()).cpu())
+        self.targets.append(targets.detach().cpu().to(torch.uint8))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        empty = torch.empty(0, NUM_CLASSES)
+        return {"probs": torch.cat(self.probs) if self.probs else empty,
+                "targets": torch.cat(self.targets) if self.targets else empty.to(torch.uint8)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor] | None) -> "TrainOutputs":
+        if not state or not len(state["probs"]):
+            return cls()
+        return cls([state["probs"]], [state["targets"]])
+
+    def metrics(self) -> dict[str, float]:
+        """``train_macro_f1`` (at the 0.5 threshold: tuning on the training batches would flatter) and
+        ``train_mAP``; nan when no batch had hard labels."""
+        if not self.probs:
+            return {"train_macro_f1": math.nan, "train_mAP": math.nan}
+        state = self.state_dict()
+        summary = summarize(state["targets"].numpy(), state["probs"].numpy(), [DEFAULT_THRESHOLD] * NUM_CLASSES)
+        return {"train_macro_f1": summary["macro_f1"], "train_mAP": summary["mAP"]}
+
+
+@dataclass
 class EpochResult:
     loss: float  # mean training loss of the steps run in this call
     steps_done: int  # batches of the epoch done so far (including those before a resume)
     interrupted: bool  # stopped early on request; the epoch is not finished
+    outputs: TrainOutputs = field(default_factory=TrainOutputs)  # every batch of the epoch so far
 
 
 def no_weight_decay_patterns(model: nn.Module) -> list[str]:
@@ -113,30 +152,6 @@ def build_optimizer(config: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def build_scheduler(config: CfgNode, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> Any:
-    """timm schedule stepped per optimizer update: warmup for WARMUP_EPOCHS, then decay, EPOCHS in all."""
-    train = config.TRAIN
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=train.LR_SCHEDULER.NAME,
-        num_epochs=max(train.EPOCHS - train.WARMUP_EPOCHS, 1),
-        decay_epochs=train.LR_SCHEDULER.DECAY_EPOCHS,
-        decay_rate=train.LR_SCHEDULER.DECAY_RATE,
-        min_lr=train.MIN_LR,
-        warmup_lr=train.WARMUP_LR,
-        warmup_epochs=train.WARMUP_EPOCHS,
-        warmup_prefix=True,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )
-    if scheduler is None:
-        raise ValueError(
-            f"TRAIN.LR_SCHEDULER.NAME {train.LR_SCHEDULER.NAME!r} is not a timm schedule "
-            "(cosine, step, multistep, tanh, poly, constant, ...)"
-        )
-    return scheduler
-
-
 def memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated, or this process's resident memory on CPU, in MiB."""
     if device.type == "cuda":
@@ -183,8 +198,9 @@ def _optimizer_step(trainer: Trainer, log_grad_norm: bool) -> float:
 
 
 def _backward(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, sync: bool,
-              where: tuple[int, int]) -> float:
-    """Forward and backward of one micro-batch (its loss divided by the accumulation steps); returns the loss.
+              where: tuple[int, int]) -> tuple[float, torch.Tensor]:
+    """Forward and backward of one micro-batch (its loss divided by the accumulation steps); returns the loss
+    and the logits.
 
     Only the last micro-batch of an accumulation group (``sync``) all-reduces gradients under DDP.
     """
@@ -193,13 +209,14 @@ def _backward(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, syn
     with model.no_sync() if no_sync else contextlib.nullcontext():
         with trainer.autocast():
             # Targets reach the model in training only: the ArcFace head puts its margin at positives.
-            loss = trainer.criterion(model(images, targets), targets)
+            logits = model(images, targets)
+            loss = trainer.criterion(logits, targets)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(*where, loss_value)
         loss = loss / trainer.accumulation_steps
         (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
-    return loss_value
+    return loss_value, logits
 
 
 def train_one_epoch(
@@ -210,14 +227,17 @@ def train_one_epoch(
     logger: Any,
     start_step: int = 0,
     should_stop: Callable[[], bool] = lambda: False,
+    outputs: TrainOutputs | None = None,
 ) -> EpochResult:
-    """Train over ``loader`` (the batches of ``epoch`` from ``start_step`` on).
+    """Train over ``loader`` (the batches of ``epoch`` from ``start_step`` on; ``outputs``: those of the
+    batches before ``start_step``, from the checkpoint).
 
     ``should_stop()`` is asked after every optimizer step; when it (on any rank) says
     yes, the epoch ends there with ``interrupted=True``. Raises :class:`NonFiniteLossError`
     before a NaN/inf loss is back-propagated.
     """
     model, accum = trainer.model, trainer.accumulation_steps
+    outputs = outputs if outputs is not None else TrainOutputs()
     model.train()
     total_steps = start_step + len(loader)
     batch_size = getattr(loader, "batch_size", None) or 1
@@ -235,7 +255,9 @@ def train_one_epoch(
             if trainer.mixup_fn is not None:
                 images, targets = trainer.mixup_fn(images, targets)
             update = (step + 1) % accum == 0 or step + 1 == total_steps
-            loss_value = _backward(trainer, images, targets, sync=update, where=(epoch, step))
+            loss_value, logits = _backward(trainer, images, targets, sync=update, where=(epoch, step))
+            if trainer.mixup_fn is None:
+                outputs.add(logits, targets)
             loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
             log_now = (step + 1) % trainer.print_freq == 0 or step + 1 == total_steps
             if update:
@@ -253,8 +275,8 @@ def train_one_epoch(
                     f"mem {memory_mb(trainer.device):.0f}MB {images_per_s:.1f} img/s"
                 )
             if update and _all_ranks_stop(should_stop(), trainer.device):
-                return EpochResult(loss_sum / max(loss_count, 1), step + 1, interrupted=True)
-    return EpochResult(loss_sum / max(loss_count, 1), total_steps, interrupted=False)
+                return EpochResult(loss_sum / max(loss_count, 1), step + 1, interrupted=True, outputs=outputs)
+    return EpochResult(loss_sum / max(loss_count, 1), total_steps, interrupted=False, outputs=outputs)
 
 
 @dataclass

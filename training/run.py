@@ -41,8 +41,9 @@ from rundir import RunDir
 from runtime import amp_dtype, autocast_factory, place_model
 from seeding import seed_epoch, seed_everything, set_rng_state
 from thresholds import DEFAULT_THRESHOLD, tune_thresholds, write_thresholds
-from training.engine import Trainer, build_optimizer, build_scheduler, evaluate, train_one_epoch
+from training.engine import EpochResult, Trainer, TrainOutputs, build_optimizer, evaluate, train_one_epoch
 from training.history import read_history, write_history
+from training.schedule import build_scheduler
 from training.stop import GracefulStop
 from utils import atomic_write_bytes, atomic_write_text, remove_partial_writes
 
@@ -100,6 +101,7 @@ class Run:
     best: Best = field(default_factory=Best)
     history: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)  # validation summary of the last completed epoch
+    resumed_outputs: TrainOutputs | None = None  # a mid-epoch checkpoint's training outputs of its epoch
 
     @property
     def dir(self) -> RunDir:
@@ -189,6 +191,7 @@ def resume_from(run: Run, ckpt: dict, updates_per_epoch: int) -> None:
     run.best = Best(ckpt["best_metric"], ckpt["best_epoch"], list(ckpt["thresholds"]))
     run.metrics = dict(ckpt.get("metrics") or {})
     run.history = read_history(run.dir.history, ckpt["epoch"])
+    run.resumed_outputs = TrainOutputs.from_state(ckpt.get("train_outputs"))
     trainer.num_updates = ((ckpt["epoch"] + 1) * updates_per_epoch
                            + math.ceil(ckpt["step"] / config.TRAIN.ACCUMULATION_STEPS))
     if dist.is_initialized():  # exact replay is a single-process promise; keep the ranks decorrelated
@@ -212,18 +215,20 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
         loader.sampler.set_epoch(epoch, skip=step * loader.batch_size)
         stage_backbone(run, epoch)
         started = time.time()
-        result = train_one_epoch(run.trainer, loader, epoch, config.TRAIN.EPOCHS, logger, step, should_stop=stop)
+        result = train_one_epoch(run.trainer, loader, epoch, config.TRAIN.EPOCHS, logger, step, should_stop=stop,
+                                 outputs=run.resumed_outputs if step else None)
         if result.interrupted:
-            return save_interrupted(run, epoch, result.steps_done, stop)
+            return save_interrupted(run, epoch, result, stop)
         metrics, thresholds = validate_epoch(run)
         improved = best.improves(metrics[config.TRAIN.BEST_METRIC])
         if improved:
             best.value, best.epoch, best.thresholds = metrics[config.TRAIN.BEST_METRIC], epoch, thresholds
         run.metrics = metrics
         run.history.append({"epoch": epoch, "train_loss": result.loss,
-                            "lr": run.trainer.optimizer.param_groups[0]["lr"],
+                            **result.outputs.metrics(), "lr": run.trainer.optimizer.param_groups[0]["lr"],
                             "time_s": round(time.time() - started, 1), **metrics})
-        log_epoch(run, epoch, result.loss, improved)
+        log_epoch(run, epoch, improved)
+        step_schedule_on_validation(run, epoch, metrics[config.TRAIN.BEST_METRIC])
         if run.rank == 0:
             save_epoch(run, epoch, improved)
         if stop.requested:
@@ -233,6 +238,16 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
         logger.info(f"done: best {config.TRAIN.BEST_METRIC} {best.value:.4f} at epoch {best.epoch} "
                     f"({run.dir.best_checkpoint})")
     return EXIT_OK
+
+
+def step_schedule_on_validation(run: Run, epoch: int, metric: float) -> None:
+    """The epoch's step of the schedule (``plateau`` lowers the lr here), before the epoch is saved."""
+    optimizer = run.trainer.optimizer
+    before = optimizer.param_groups[0]["lr"]
+    run.trainer.lr_scheduler.step(epoch + 1, metric)
+    after = optimizer.param_groups[0]["lr"]
+    if after < before:
+        run.logger.info(f"epoch {epoch}: {run.config.TRAIN.BEST_METRIC} on a plateau: lr {before:.3e} -> {after:.3e}")
 
 
 def stage_backbone(run: Run, epoch: int) -> None:
@@ -257,11 +272,14 @@ def validate_epoch(run: Run) -> tuple[dict, list[float]]:
     return {"val_loss": evaluation.loss, **summary}, thresholds
 
 
-def log_epoch(run: Run, epoch: int, train_loss: float, improved: bool) -> None:
-    keys = ("val_loss", "macro_f1", "macro_f1_tuned", "micro_f1", "samples_f1", "mAP", run.config.TRAIN.BEST_METRIC)
-    shown = " ".join(f"{k} {run.metrics[k]:.4f}" for k in dict.fromkeys(keys) if k in run.metrics)
+def log_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """One line per epoch: the training loss and metrics, then validation's (history's last row)."""
+    keys = ("train_loss", "train_macro_f1", "train_mAP", "val_loss", "macro_f1", "macro_f1_tuned", "micro_f1",
+            "samples_f1", "mAP", run.config.TRAIN.BEST_METRIC)
+    row = run.history[-1]
+    shown = " ".join(f"{k} {row[k]:.4f}" for k in dict.fromkeys(keys) if k in row)
     mark = " *best*" if improved else f" (best {run.best.value:.4f} at epoch {run.best.epoch})"
-    run.logger.info(f"epoch {epoch}: train_loss {train_loss:.4f} {shown}{mark}")
+    run.logger.info(f"epoch {epoch}: {shown}{mark}")
 
 
 def save_epoch(run: Run, epoch: int, improved: bool) -> None:
@@ -280,12 +298,13 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     pause_at("saved")
 
 
-def save_interrupted(run: Run, epoch: int, steps_done: int, stop: GracefulStop) -> int:
-    """Mid-epoch ckpt_latest.pth: the last completed epoch plus the steps done in this one."""
+def save_interrupted(run: Run, epoch: int, result: EpochResult, stop: GracefulStop) -> int:
+    """Mid-epoch ckpt_latest.pth: the last completed epoch plus the steps done in this one (and their outputs)."""
     if run.rank == 0:
-        save_latest(training_state(run.config, run.trainer, epoch - 1, steps_done, run.best, run.metrics), run.dir)
-    run.logger.warning(f"{stop.requested}: saved {run.dir.latest_checkpoint} at epoch {epoch} step {steps_done}; "
-                       "run the same command to resume")
+        state = training_state(run.config, run.trainer, epoch - 1, result.steps_done, run.best, run.metrics)
+        save_latest({**state, "train_outputs": result.outputs.state_dict()}, run.dir)
+    run.logger.warning(f"{stop.requested}: saved {run.dir.latest_checkpoint} at epoch {epoch} step "
+                       f"{result.steps_done}; run the same command to resume")
     return EXIT_INTERRUPTED
 
 
