@@ -14,6 +14,8 @@ from yacs.config import CfgNode as CN
 from data.labels import CLASSES, NUM_CLASSES
 
 LOSSES = ("bce", "focal", "asl")
+# AUG.PRESET: the training pipeline's structure (data/transforms.py)
+AUG_PRESETS = ("timm", "report")
 
 _C = CN()
 
@@ -224,8 +226,24 @@ _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
 # Augmentation settings
 # -----------------------------------------------------------------------------
 _C.AUG = CN()
-# Color jitter factor (0 disables)
+# Ours: 'timm': random resized crop, flips, AUG.ROTATION/AFFINE_*, RandAugment or colour jitter, random
+# erasing (timm's pipeline); 'report': the ArcPSA report's list, in its order: resize, flips, rotation,
+# colour jitter, affine (no crop, no RandAugment), random erasing only if REPROB > 0
+_C.AUG.PRESET = "timm"
+# Ours: random horizontal flip probability
+_C.AUG.HFLIP = 0.5
+# Ours: random rotation by up to this many degrees either way (0 disables; the report: 30)
+_C.AUG.ROTATION = 0.0
+# Ours: random affine: rotation degrees, translation (fraction of the side), scale range (the report: 10,
+# 0.1, [0.9, 1.1]); all three at 0, 0, [1, 1] disable it
+_C.AUG.AFFINE_DEGREES = 0.0
+_C.AUG.AFFINE_TRANSLATE = 0.0
+_C.AUG.AFFINE_SCALE = [1.0, 1.0]
+# Color jitter factor of brightness, contrast and saturation (0 disables); with the 'timm' preset only
+# when AUTO_AUGMENT is off (timm's rule)
 _C.AUG.COLOR_JITTER = 0.4
+# Ours: colour jitter of the hue, up to this fraction of the colour wheel either way (0 disables; the report: 0.2)
+_C.AUG.HUE = 0.0
 # Use AutoAugment policy ('' or 'none' disables), e.g. 'rand-m9-mstd0.5-inc1'
 _C.AUG.AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 # Random erase prob
@@ -412,6 +430,7 @@ def _check_config(config: CN) -> None:
         )
     if config.MODEL.HEAD not in ("linear", "arcface"):
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
+    _check_augmentation(config.AUG)
     if config.LOSS.NAME not in LOSSES:
         raise ValueError(f"LOSS.NAME must be one of {', '.join(LOSSES)}, got {config.LOSS.NAME!r}")
     weights = list(config.LOSS.POS_WEIGHT)
@@ -476,3 +495,15 @@ def config_from_string(text: str) -> CN:
     _check_config(config)
     config.freeze()
     return config
+
+
+def _check_augmentation(aug: CN) -> None:
+    """AUG.* values torchvision would only reject at the first training batch."""
+    if aug.PRESET not in AUG_PRESETS:
+        raise ValueError(f"AUG.PRESET must be one of {', '.join(AUG_PRESETS)}, got {aug.PRESET!r}")
+    scale = list(aug.AFFINE_SCALE)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"AUG.AFFINE_SCALE must be [low, high] with 0 < low <= high, got {scale}")
+    if not 0 <= aug.AFFINE_TRANSLATE <= 1 or not 0 <= aug.HUE <= 0.5:
+        raise ValueError(f"AUG.AFFINE_TRANSLATE must be in [0, 1] and AUG.HUE in [0, 0.5]; got "
+                         f"{aug.AFFINE_TRANSLATE}, {aug.HUE}")

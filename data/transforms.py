@@ -17,6 +17,8 @@ import timm
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
 from timm.data import auto_augment as timm_auto_augment
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 from yacs.config import CfgNode
 
 # Crops keep at least half the leaf: a lesion cut out of the crop would make its label wrong.
@@ -92,32 +94,79 @@ class EvalPreprocessing:
 def build_transform(is_train: bool, config: CfgNode) -> Callable:
     """PIL image -> normalised tensor of ``DATA.IMG_SIZE`` pixels.
 
-    Training: random resized crop, horizontal and vertical flips (``AUG.VFLIP``), RandAugment
-    (``AUG.AUTO_AUGMENT``), colour jitter and random erasing from ``AUG.*``. Evaluation: resize
-    to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``), see :class:`EvalPreprocessing`.
-    Both normalise with :func:`normalization`.
+    Training, ``AUG.PRESET`` 'timm': random resized crop, flips (``AUG.HFLIP``, ``AUG.VFLIP``), rotation and
+    affine (``AUG.ROTATION``, ``AUG.AFFINE_*``), RandAugment (``AUG.AUTO_AUGMENT``) or colour jitter
+    (``AUG.COLOR_JITTER``, ``AUG.HUE``), random erasing; 'report': :func:`report_pipeline`. Evaluation:
+    resize to ``IMG_SIZE x IMG_SIZE`` (or resize + centre crop with ``TEST.CROP``), see
+    :class:`EvalPreprocessing`. All normalise with :func:`normalization`.
     """
     if not is_train:
         return EvalPreprocessing.from_config(config).transform()
     mean, std, interpolation = normalization(config)
     aug = config.AUG
     auto_augment = aug.AUTO_AUGMENT if aug.AUTO_AUGMENT and aug.AUTO_AUGMENT.lower() != "none" else None
-    transform = create_transform(
+    report = aug.PRESET == "report"
+    primary, secondary, final = create_transform(
         config.DATA.IMG_SIZE,
         is_training=True,
         scale=TRAIN_CROP_SCALE,
-        hflip=0.5,
+        hflip=aug.HFLIP,
         vflip=aug.VFLIP,
-        color_jitter=aug.COLOR_JITTER if aug.COLOR_JITTER > 0 else None,
-        auto_augment=auto_augment,
+        color_jitter=colour_jitter(aug),
+        auto_augment=None if report else auto_augment,
         re_prob=aug.REPROB,
         re_mode=aug.REMODE,
         re_count=aug.RECOUNT,
         interpolation=interpolation,
         mean=mean,
         std=std,
+        separate=True,
     )
-    return _keep_a_posterize_bit(transform)
+    if report:
+        return report_pipeline(config, interpolation, final)
+    return _keep_a_posterize_bit(transforms.Compose([*primary.transforms, *rotation(aug), *affine(aug),
+                                                     *secondary.transforms, *final.transforms]))
+
+
+def colour_jitter(aug: CfgNode) -> float | tuple[float, ...] | None:
+    """timm's colour-jitter argument: brightness, contrast and saturation ``AUG.COLOR_JITTER``, hue ``AUG.HUE``."""
+    if aug.COLOR_JITTER <= 0 and aug.HUE <= 0:
+        return None
+    strength = max(float(aug.COLOR_JITTER), 0.0)
+    return (strength, strength, strength, float(aug.HUE)) if aug.HUE > 0 else strength
+
+
+def rotation(aug: CfgNode) -> list[Callable]:
+    """``AUG.ROTATION``: a random rotation, or nothing at 0."""
+    if aug.ROTATION <= 0:
+        return []
+    return [transforms.RandomRotation(float(aug.ROTATION), interpolation=InterpolationMode.BILINEAR)]
+
+
+def affine(aug: CfgNode) -> list[Callable]:
+    """``AUG.AFFINE_*``: a random affine warp, or nothing at its neutral setting (0, 0, [1, 1])."""
+    translate, scale = float(aug.AFFINE_TRANSLATE), tuple(float(v) for v in aug.AFFINE_SCALE)
+    if aug.AFFINE_DEGREES <= 0 and translate <= 0 and scale == (1.0, 1.0):
+        return []
+    return [transforms.RandomAffine(float(aug.AFFINE_DEGREES), translate=(translate, translate) if translate else None,
+                                    scale=scale, interpolation=InterpolationMode.BILINEAR)]
+
+
+def report_pipeline(config: CfgNode, interpolation: str, final: Callable) -> Callable:
+    """The ArcPSA report's training list, in its order: resize (no crop: every lesion stays in view), flips,
+    rotation, colour jitter, affine; then timm's tensor, normalisation and (REPROB > 0) random erasing."""
+    aug, size = config.AUG, config.DATA.IMG_SIZE
+    steps: list[Callable] = [transforms.Resize((size, size), interpolation=InterpolationMode(interpolation))]
+    if aug.HFLIP > 0:
+        steps.append(transforms.RandomHorizontalFlip(aug.HFLIP))
+    if aug.VFLIP > 0:
+        steps.append(transforms.RandomVerticalFlip(aug.VFLIP))
+    steps += rotation(aug)
+    jitter = colour_jitter(aug)
+    if jitter is not None:
+        steps.append(transforms.ColorJitter(*((jitter,) * 3 if isinstance(jitter, float) else jitter)))
+    steps += affine(aug)
+    return transforms.Compose([*steps, *final.transforms])
 
 
 def decode_size(config: CfgNode) -> int:
