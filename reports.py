@@ -209,7 +209,12 @@ def write_report(folder: Path, table: pd.DataFrame, targets: np.ndarray, probs: 
 # ---------------------------------------------------------------------------------------------
 
 # (column of a run's scores, how tables and figures name it)
-SEED_METRICS = (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"), ("mAP", "mAP"))
+SEED_METRICS = (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"), ("samples_f1", "samples-F1"), ("mAP", "mAP"))
+
+
+def seed_metrics(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The SEED_METRICS that ``frame`` has (results recorded before samples-F1 lack it)."""
+    return [(column, name) for column, name in SEED_METRICS if column in frame]
 
 
 def seeds_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -218,7 +223,7 @@ def seeds_summary(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for config, group in runs.groupby("config", sort=False):
         row = {"config": config, "runs": len(group)}
-        for column, _ in SEED_METRICS:
+        for column, _ in seed_metrics(runs):
             row[column], row[f"{column}_ci95"] = mean_confidence_interval(group[column])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -239,7 +244,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def seeds_markdown(summary: pd.DataFrame) -> str:
     """The summary as a markdown table: ``mean ± half-width`` of the 95% confidence interval."""
     cells = {name: [_mean_pm(m, h) for m, h in zip(summary[column], summary[f"{column}_ci95"])]
-             for column, name in SEED_METRICS}
+             for column, name in seed_metrics(summary)}
     return markdown_table(pd.DataFrame({"config": [f"`{c}`" for c in summary["config"]],
                                         "runs": summary["runs"], **cells}))
 
@@ -248,9 +253,9 @@ def seeds_png(runs: pd.DataFrame, summary: pd.DataFrame) -> bytes:
     """One panel per metric: each run as a dot, each config's mean with its 95% confidence interval as a bar."""
     from matplotlib.figure import Figure
 
-    configs = list(summary["config"])
-    fig = Figure(figsize=(4.5 * len(SEED_METRICS), 1.5 + 0.6 * len(configs)), tight_layout=True)
-    for ax, (column, name) in zip(fig.subplots(1, len(SEED_METRICS), sharey=True), SEED_METRICS):
+    configs, metrics = list(summary["config"]), seed_metrics(summary)
+    fig = Figure(figsize=(4.5 * len(metrics), 1.5 + 0.6 * len(configs)), tight_layout=True)
+    for ax, (column, name) in zip(fig.subplots(1, len(metrics), sharey=True), metrics):
         for y, config in enumerate(configs):
             scores = runs.loc[runs["config"] == config, column]
             ax.plot(scores, np.full(len(scores), y + 0.15), "o", color="grey", alpha=0.7, markersize=4)

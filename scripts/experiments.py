@@ -1,10 +1,11 @@
 """Train every config with several seeds, score each best checkpoint on the test split, tabulate mean ± 95% CI.
 
     python scripts/experiments.py configs/effnet_lite0_cpu.yaml configs/arcpsa_effnet_lite0_cpu.yaml \
-        --seeds 3 --data-path dataset [--opts DATA.IMG_SIZE 160 TRAIN.EPOCHS 4] [--output output/experiments]
+        --seeds 3 --data-path dataset [--opts DATA.IMG_SIZE 160 TRAIN.EPOCHS 4] [--tta] [--output output/experiments]
 
 Each run is ``main.py --cfg CONFIG --tag seed<N> --opts ... SEED <N>`` then ``test.py`` on its
-``ckpt_best.pth`` (test split, thresholds tuned on validation), both as subprocesses; runs land in
+``ckpt_best.pth`` (test split, thresholds tuned on validation; with ``--tta``, flips averaged and the
+thresholds the run tuned on validation with them), both as subprocesses; runs land in
 ``OUTPUT/<MODEL.NAME>/seed<N>/``. Only when both are done is ``experiment.json`` written (atomically)
 in the run dir: its presence is what "finished" means, so the same command after a stop (Ctrl-C,
 SIGTERM: the run in progress saves its position) skips the finished runs and resumes the interrupted one.
@@ -79,14 +80,16 @@ def plan(config_files: Sequence[Path], seeds: int, output: Path, opts: Sequence[
             for seed in range(seeds) for config_file, folder in folders.items()]
 
 
-def is_finished(experiment: Experiment, opts: Sequence[str]) -> bool:
-    """True when the run was trained and scored with these ``opts`` (other opts are an error: another --output)."""
+def is_finished(experiment: Experiment, opts: Sequence[str], tta: bool = False) -> bool:
+    """True when the run was trained and scored with these ``opts`` and TTA setting (others are an error:
+    another --output)."""
     if not experiment.result_file.is_file():
         return False
-    recorded = json.loads(experiment.result_file.read_text())["opts"]
-    if recorded != list(opts):
-        raise ValueError(f"{experiment.result_file}: made with --opts {recorded}, not {list(opts)}; "
-                         "give these runs another --output")
+    record = json.loads(experiment.result_file.read_text())
+    recorded, recorded_tta = record["opts"], record.get("tta", False)
+    if recorded != list(opts) or recorded_tta != tta:
+        raise ValueError(f"{experiment.result_file}: made with --opts {recorded} and tta {recorded_tta}, not "
+                         f"{list(opts)} and {tta}; give these runs another --output")
     return True
 
 
@@ -96,38 +99,39 @@ def train_command(experiment: Experiment, repo: Path, data_path: Path, output: P
             "--output", str(output), "--tag", experiment.tag, "--opts", *opts, "SEED", str(experiment.seed)]
 
 
-def test_command(experiment: Experiment, repo: Path, data_path: Path) -> list[str]:
-    """``test.py`` on the test split, with the run's validation-tuned thresholds (its default)."""
+def test_command(experiment: Experiment, repo: Path, data_path: Path, tta: bool = False) -> list[str]:
+    """``test.py`` on the test split, with the run's validation-tuned thresholds (its default; with TTA, those
+    tuned on validation with TTA)."""
     return [sys.executable, str(repo / "test.py"), "--checkpoint", str(experiment.run.best_checkpoint),
-            "--data-path", str(data_path), "--split", TEST_SPLIT]
+            "--data-path", str(data_path), "--split", TEST_SPLIT, *(["--tta"] if tta else [])]
 
 
 def run_experiment(experiment: Experiment, repo: Path, data_path: Path, output: Path, opts: Sequence[str],
-                   stop: GracefulStop, logger: logging.Logger) -> int:
+                   stop: GracefulStop, logger: logging.Logger, tta: bool = False) -> int:
     """Train (or resume) one run, score it on the test split, record its scores; returns the first non-zero exit."""
     for command in (train_command(experiment, repo, data_path, output, opts),
-                    test_command(experiment, repo, data_path)):
+                    test_command(experiment, repo, data_path, tta)):
         code = run_child(command, stop, logger)
         if code != EXIT_OK:
             return code
     record = {"config": experiment.name, "config_file": str(experiment.config_file), "seed": experiment.seed,
-              "opts": list(opts), "run_dir": str(experiment.run.path), **run_scores(experiment.run)}
+              "opts": list(opts), "tta": tta, "run_dir": str(experiment.run.path), **run_scores(experiment.run)}
     atomic_write_text(json.dumps(record, indent=2) + "\n", experiment.result_file)
     return EXIT_OK
 
 
 def run_plan(experiments: Sequence[Experiment], repo: Path, data_path: Path, output: Path, opts: Sequence[str],
-             logger: logging.Logger) -> int:
+             logger: logging.Logger, tta: bool = False) -> int:
     """Every unfinished run in order; 0 all done, 1 some failed (the others still ran), 130 stopped."""
     failed = 0
     with GracefulStop() as stop:
         for number, experiment in enumerate(experiments, 1):
             where = f"[{number}/{len(experiments)}] {experiment.name} seed {experiment.seed}"
-            if is_finished(experiment, opts):
+            if is_finished(experiment, opts, tta):
                 logger.info(f"{where}: finished earlier, skipped ({experiment.result_file})")
                 continue
             logger.info(f"{where}: {experiment.run.path}")
-            code = run_experiment(experiment, repo, data_path, output, opts, stop, logger)
+            code = run_experiment(experiment, repo, data_path, output, opts, stop, logger, tta)
             if code == EXIT_INTERRUPTED:
                 logger.warning(f"{where}: stopped; run the same command to carry on")
                 return EXIT_INTERRUPTED
@@ -142,7 +146,8 @@ def run_scores(run: RunDir) -> dict:
     test = json.loads((run.split_results(TEST_SPLIT) / "metrics.json").read_text())["metrics"]
     best = load_checkpoint_file(run.best_checkpoint)
     history = pd.read_csv(run.history)
-    return {"macro_f1": test["macro"]["f1"], "micro_f1": test["micro"]["f1"], "mAP": test["macro"]["ap"],
+    return {"macro_f1": test["macro"]["f1"], "micro_f1": test["micro"]["f1"], "samples_f1": test["samples"]["f1"],
+            "mAP": test["macro"]["ap"],
             "best_epoch": best["best_epoch"], "val_macro_f1_tuned": best["metrics"]["macro_f1_tuned"],
             "train_minutes": round(float(history["time_s"].sum()) / 60, 1)}
 
@@ -153,16 +158,22 @@ def read_results(experiments: Sequence[Experiment]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def scored_with_tta(runs: pd.DataFrame) -> bool:
+    """Whether the runs' test scores averaged flips (records made before ``--tta`` existed did not)."""
+    return "tta" in runs and bool(runs["tta"].fillna(False).astype(bool).any())
+
+
 def write_results(runs: pd.DataFrame, output: Path, command: str) -> pd.DataFrame:
     """results.csv (a row per run), summary.csv, results.png and results.md (ready for docs/results.md)."""
     summary = seeds_summary(runs)
     atomic_write_text(runs.drop(columns=["opts"]).to_csv(index=False), output / "results.csv")
     atomic_write_text(summary.to_csv(index=False), output / "summary.csv")
     atomic_write_bytes(seeds_png(runs, summary), output / "results.png")
-    per_run = runs[["config", "seed", "macro_f1", "micro_f1", "mAP", "val_macro_f1_tuned", "best_epoch",
-                    "train_minutes"]]
+    per_run = runs[[c for c in ("config", "seed", "macro_f1", "micro_f1", "samples_f1", "mAP", "val_macro_f1_tuned",
+                                "best_epoch", "train_minutes") if c in runs]]
     text = (f"Made by:\n\n```bash\n{command}\n```\n\n"
-            "Test split, scored with each run's validation-tuned thresholds; mean ± half-width of the 95% "
+            f"Test split{' with TTA (flips)' if scored_with_tta(runs) else ''}, scored with each run's "
+            "validation-tuned thresholds; mean ± half-width of the 95% "
             "confidence interval of the mean over seeds (Student t). Two settings whose intervals overlap "
             "are not shown apart by these runs.\n\n"
             f"{seeds_markdown(summary)}\n![test scores per seed](results.png)\n\nPer run:\n\n"
@@ -178,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="runs per config, with SEED 0, 1, ... (default 3)")
     parser.add_argument("--data-path", type=Path, required=True, help="prepared tree with train/, val/ and test/")
     parser.add_argument("--opts", nargs="+", default=[], help="KEY VALUE pairs for every run (e.g. a smaller budget)")
+    parser.add_argument("--tta", action="store_true", help="score the test split with flips averaged (test.py --tta)")
     parser.add_argument("--output", type=Path, default=Path("output/experiments"),
                         help="root of the runs and the tables (default: output/experiments)")
     return parser.parse_args(argv)
@@ -192,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     with hold_run_lock(args.output, "scripts/experiments.py"):  # one runner per --output; main.py locks each run
         logger = create_logger(args.output, name="experiments")
         experiments = plan(args.configs, args.seeds, args.output, args.opts)
-        code = run_plan(experiments, REPO, args.data_path, args.output, args.opts, logger)
+        code = run_plan(experiments, REPO, args.data_path, args.output, args.opts, logger, args.tta)
         runs = read_results(experiments)
         if len(runs):
             command = shlex.join(["python", "scripts/experiments.py", *(sys.argv[1:] if argv is None else argv)])

@@ -137,3 +137,18 @@ def test_second_runner_on_the_same_output_is_refused_and_writes_nothing(setup, t
             tree, config, _ = setup
             experiments.main([str(config), "--seeds", "1", "--data-path", str(tree), "--output", str(output)])
         assert sorted(p.name for p in output.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_tta_scores_the_test_split_with_flips_and_is_recorded(setup, tmp_path):
+    tree, config, _ = setup
+    out = tmp_path / "tta"
+    args = [str(config), "--seeds", "1", "--data-path", str(tree), "--output", str(out), "--opts", *OPTS]
+    assert experiments.main([*args, "--tta"]) == 0
+    record = json.loads((out / "tiny" / "seed0" / "experiment.json").read_text())
+    test = json.loads((out / "tiny" / "seed0" / "test_test" / "metrics.json").read_text())
+    assert record["tta"] is True and test["tta"] is True
+    assert record["samples_f1"] == pytest.approx(test["metrics"]["samples"]["f1"])
+    assert "Test split with TTA (flips)" in (out / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"made with --opts .* and tta True, not .* and False; give these runs"):
+        experiments.main(args)
