@@ -8,6 +8,7 @@ workers. ``DATA.OVERSAMPLE`` only ever touches the training split.
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -185,6 +186,18 @@ def _split(config: CfgNode, name: str, is_train: bool) -> MultiLabelImageFolder:
     return MultiLabelImageFolder(split, transform=build_transform(is_train, config))
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the main process, which stops after the step and saves.
+
+    A stop sent to the whole process group (Ctrl-C, systemd's stop, Slurm's scancel, ``kill -- -PGID``)
+    reaches the workers too; PyTorch's own SIGTERM handler in a worker kills it, and the main process
+    then dies of the lost worker before it can save. Workers still end when the loader shuts them down
+    or when the main process is gone (PyTorch's watchdog).
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _loader_args(config: CfgNode) -> dict:
     workers = config.DATA.NUM_WORKERS
     return dict(
@@ -192,6 +205,7 @@ def _loader_args(config: CfgNode) -> dict:
         num_workers=workers,
         pin_memory=config.DATA.PIN_MEMORY and torch.cuda.is_available(),
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_stop_signals,
         # Every new iterator draws its workers' base seed from this generator. Without one it draws
         # from the global torch RNG that stochastic depth uses: once per epoch with no workers, once
         # per process with persistent ones, so the number of workers and a restart (resume) would

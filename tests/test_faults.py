@@ -104,6 +104,8 @@ def stop_at(args: list[str], point: str, signum: int, group: bool = False) -> tu
 STOPS = {  # (faults.py point, signal, sent to the whole process group, what the stopped run logs)
     "mid_epoch": ("update#8", signal.SIGTERM, False, UPDATE_8),
     "ctrl_c_to_the_process_group": ("update#8", signal.SIGINT, True, UPDATE_8),
+    # systemd's stop, Slurm's scancel, kill -- -PGID: SIGTERM reaches the loader workers too
+    "sigterm_to_the_process_group": ("update#8", signal.SIGTERM, True, UPDATE_8),
     "during_validation": ("validation#2", signal.SIGTERM, False, AFTER_EPOCH_1),
     "during_the_checkpoint_write": ("writing:ckpt_latest.pth#2", signal.SIGTERM, False, AFTER_EPOCH_1),
     "right_after_the_checkpoint": ("saved#2", signal.SIGTERM, False, AFTER_EPOCH_1),
