@@ -4,7 +4,8 @@
     python app.py --checkpoint RUN/ckpt_best.onnx --port 8080  # an export.py file (no Grad-CAM)
     python app.py --checkpoint RUN-cv/ensemble.json            # an ensemble: its bars, one member's Grad-CAM
 
-A checkpoint runs on PyTorch (Grad-CAM of the predicted classes); an ``.onnx`` on ONNX Runtime.
+A checkpoint runs on PyTorch (Grad-CAM of the predicted classes); an ``.onnx`` on ONNX Runtime;
+``--backend onnx|openvino`` runs either on that CPU runtime (a checkpoint exported in memory, no Grad-CAM).
 Thresholds come from ``--thresholds FILE``, else the run's thresholds.json, else the model file's,
 as in test.py. Uploads are bounded (``--max-file-mb``, ``--max-megapixels``, ``--max-files``) and
 requests wait in a bounded queue (``--queue-size``, ``--concurrency``). Everything the app writes
@@ -21,7 +22,7 @@ from argparse import Namespace
 from pathlib import Path
 
 from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
-from deploy.backends import is_onnx_file, load_predictor
+from deploy.backends import BACKENDS, is_onnx_file, load_predictor
 from deploy.uploads import UploadLimits
 from ensemble import EnsemblePredictor, is_ensemble_file
 from log import create_logger
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="auto (default: a checkpoint on PyTorch, with Grad-CAM; an .onnx on ONNX Runtime), "
+                             "torch, onnx (ONNX Runtime) or openvino (OpenVINO)")
     parser.add_argument("--max-file-mb", type=float, default=defaults.max_bytes / 2**20, help="largest upload")
     parser.add_argument("--max-megapixels", type=float, default=defaults.max_pixels / 1e6,
                         help="largest image (pixels declared in its header)")
@@ -46,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
     parser.add_argument("--concurrency", type=int, default=1, help="requests predicted at once")
     return parser.parse_args(argv)
+
+
+def page_backend(path: Path, backend: str) -> str:
+    """``backend``, but ``auto`` keeps a checkpoint (or an ensemble of them) on PyTorch, for Grad-CAM."""
+    return "torch" if backend == "auto" and not is_onnx_file(path) else backend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from deploy.web import LeafPage, build_blocks, serve
 
         logger = create_logger(work, name="app")
-        backend = "onnx" if is_onnx_file(path) else "torch"  # a checkpoint stays on PyTorch, for Grad-CAM
+        backend = page_backend(path, args.backend)
         if is_ensemble_file(path):
             predictor = EnsemblePredictor.load(path, backend, select_device(args.device), logger)
         else:

@@ -3,6 +3,7 @@
     python export.py --cfg configs/demo_cpu.yaml                      # the run's ckpt_best.pth -> ckpt_best.onnx
     python export.py --checkpoint RUN/ckpt_best.pth --output model.onnx
     python export.py --checkpoint RUN-cv/ensemble.json                  # every member in one graph
+    python export.py --cfg configs/effnet_lite0_cpu.yaml --int8         # -> ckpt_best.int8.onnx
 
 The model (dynamic batch, fixed height and width, output ``logits``: sigmoid gives the
 probabilities) is checked with ``onnx.checker`` and compared with PyTorch in ONNX Runtime on
@@ -18,21 +19,38 @@ the graph; each member's TTA flips run inside when the file asks for TTA (so do 
 the output is the logit of the members' weighted mean probability, and the thresholds are the file's.
 Parity is checked against the same ensemble in PyTorch; when members differ in input size, how far
 the in-graph resize moves the probabilities from test.py's per-member preprocessing is printed too.
+
+``--int8`` writes a statically quantised model instead (``deploy.quantize``; default output
+``ckpt_best.int8.onnx``), calibrated on ``--calib-images`` leaves of the run's ``--calib-split``
+through the model's own transform, with the FP32 file's metadata. It is admitted by its decisions:
+on the validation split of ``--data-path`` (default: the model's), its macro-F1 at the file's
+thresholds must stay within 0.005 of the (parity-checked) FP32 model's, else nothing is written
+(exit 1); the largest probability difference is printed. Thresholds re-tuned on the INT8
+validation probabilities are kept in the file when they raise its macro-F1 (said in the log), and
+test.py and app.py then take them before the run's thresholds.json.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
+import os
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from cli import EXIT_FAILED, EXIT_OK, add_run_arguments, find_checkpoint, run_cli
+from data.dataset import TreeSplit
+from deploy import quantize
 from deploy.export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
+from deploy.onnx_backend import OnnxPredictor, info_to_metadata
 from ensemble import Ensemble, EnsemblePredictor, ensemble_module, is_ensemble_file
-from inference import Predictor
+from evaluation import split_logits
+from inference import ModelInfo, Predictor, sigmoid
 from log import create_logger
 from rundir import RunDir, onnx_file
 from thresholds import resolve_thresholds
@@ -45,13 +63,32 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--format", default="onnx", choices=("onnx",), help="file format (only onnx)")
     parser.add_argument("--output", type=Path, help="the file to write (default: the checkpoint's path as .onnx)")
     parser.add_argument("--thresholds", type=Path, metavar="FILE", help="thresholds JSON to store (default: the run's)")
+    parser.add_argument("--int8", action="store_true",
+                        help="write a statically quantised INT8 model, checked by its macro-F1 on validation")
+    parser.add_argument("--calib-images", type=positive_int, default=64, metavar="N",
+                        help="--int8: leaves to calibrate on (default 64)")
+    parser.add_argument("--calib-split", default="train", choices=("train", "val"),
+                        help="--int8: the split they come from (default train; validation then stays unseen)")
+    parser.add_argument("--data-path", type=Path, help="--int8: prepared tree (default: the model's DATA.DATA_PATH)")
     return parser.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def int8_file(checkpoint: Path) -> Path:
+    """--int8's default output: the checkpoint's path as ``.int8.onnx``."""
+    return Path(checkpoint).with_suffix(".int8.onnx")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     path = find_checkpoint(args)
-    output = args.output or onnx_file(path)
+    output = args.output or (int8_file(path) if args.int8 else onnx_file(path))
     logger = create_logger(output.parent, name="export")
     if is_ensemble_file(path):
         ensemble = Ensemble.read(path)
@@ -73,12 +110,57 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError as err:
         logger.error(f"{err}: nothing written")
         return EXIT_FAILED
-    atomic_write_bytes(data, output)
     opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
     logger.info(f"onnx.checker: ok (opset {opset}); max |prob difference| ONNX Runtime vs PyTorch on synthetic "
                 f"images: {parity:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
+    if args.int8:
+        try:
+            data = int8_export(data, info, path, output, args, logger)
+        except quantize.DecisionError as err:
+            logger.error(f"{err}: nothing written")
+            return EXIT_FAILED
+    atomic_write_bytes(data, output)
     logger.info(f"wrote {output} ({len(data) / 1e6:.1f} MB)")
     return EXIT_OK
+
+
+def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, args: Namespace,
+                logger: logging.Logger) -> bytes:
+    """The INT8 model of the FP32 bytes, calibrated on the run's leaves and admitted by its decisions on
+    validation (a :class:`deploy.quantize.DecisionError` otherwise), with the FP32 file's metadata and,
+    when they help, thresholds re-tuned on its own validation probabilities."""
+    data_path = args.data_path or Path(info.data_path)
+    calibration = TreeSplit(data_path, args.calib_split, info.fold)
+    images = quantize.calibration_images(calibration, info.preprocessing, args.calib_images)
+    logger.info(f"quantising: {quantize.QUANTISATION}, calibrated on {len(images)} leaves of {calibration}")
+    int8 = quantize.with_metadata(quantize.quantize_int8(fp32, images), info_to_metadata(info))
+    val = TreeSplit(data_path, "val", info.fold)
+    workers = min(info.num_workers, os.cpu_count() or 1)
+    (_, targets, fp32_logits), (_, _, int8_logits) = (
+        split_logits(OnnxPredictor.from_bytes(data, path), val, info.batch_size, workers) for data in (fp32, int8))
+    check = quantize.check_decisions(targets, sigmoid(fp32_logits), sigmoid(int8_logits), np.asarray(info.thresholds))
+    logger.info(f"INT8 decision check on {val} ({check.leaves} leaves): macro-F1 FP32 {check.fp32_f1:.4f}, "
+                f"INT8 {check.int8_f1:.4f} at the file's thresholds; max |prob difference| INT8 vs FP32 "
+                f"{check.max_difference:.2e}")
+    if check.keeps_retuned:
+        info = dataclasses.replace(info, thresholds=tuple(map(float, check.retuned)),
+                                   thresholds_from=f"tuned on the INT8 model's probabilities of {val}")
+        logger.info(f"thresholds re-tuned on the INT8 validation probabilities raise its macro-F1 to "
+                    f"{check.retuned_f1:.4f}: the file keeps them ({np.round(check.retuned, 4).tolist()}), and "
+                    f"test.py and app.py take them before the run's thresholds.json")
+    else:
+        logger.info(f"thresholds re-tuned on the INT8 validation probabilities would not raise its macro-F1 "
+                    f"({check.retuned_f1:.4f}): the file keeps the FP32 file's")
+    quantize.require_decisions(check, output)
+    record = quantization_record(check, images, calibration)
+    return quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": record})
+
+
+def quantization_record(check: quantize.DecisionCheck, images: np.ndarray, calibration: TreeSplit) -> str:
+    """The ``quantization`` metadata value: how the file was quantised and what its decision check found."""
+    return json.dumps({"method": quantize.QUANTISATION, "calibration": f"{len(images)} leaves of {calibration}",
+                       "validation_leaves": check.leaves, "fp32_macro_f1": round(check.fp32_f1, 6),
+                       "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference})
 
 
 if __name__ == "__main__":

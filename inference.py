@@ -52,6 +52,9 @@ class ModelInfo:
     batch_size: int = 32
     num_workers: int = 8
     fold: int = -1  # DATA.FOLD: the fold a K-fold member was validated on (its out-of-fold split)
+    # '' : the thresholds are the run's; else how they were tuned for this very file (an INT8 export's
+    # own, on its validation probabilities), so that they win over the run's thresholds.json
+    thresholds_from: str = ""
 
     @classmethod
     def from_config(cls, config: CfgNode, thresholds: Sequence[float] | None) -> "ModelInfo":

@@ -19,9 +19,9 @@ submission.csv and plots. Unlabelled mode (``--images``) writes predictions.csv 
 scores); ``submission.csv`` applies Kaggle's rules on top (see ``reports.submission_labels``).
 
 ``--backend onnx`` computes the logits with ONNX Runtime (an ``.onnx`` as --checkpoint, or the
-checkpoint exported in memory); ``auto`` (the default) picks ONNX Runtime on the CPU when export.py
-has written the checkpoint's ``.onnx`` (see ``deploy.backends``). Preprocessing, batching and every
-output are the same code for both.
+checkpoint exported in memory), ``--backend openvino`` with OpenVINO from the same files; ``auto``
+(the default) picks ONNX Runtime on the CPU when export.py has written the checkpoint's ``.onnx``
+(see ``deploy.backends``). Preprocessing, batching and every output are the same code for all.
 """
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto (default: an .onnx, or export.py's .onnx beside the checkpoint, on ONNX Runtime "
-                             "when on the CPU; else PyTorch), torch, or onnx (ONNX Runtime on the CPU)")
+                             "when on the CPU; else PyTorch), torch, onnx (ONNX Runtime on the CPU) or openvino "
+                             "(OpenVINO on the CPU)")
     return parser.parse_args(argv)
 
 

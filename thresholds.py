@@ -147,7 +147,8 @@ def write_thresholds(thresholds: Sequence[float], path: Path) -> None:
 def resolve_thresholds(file: Path | None, run: RunDir, predictor: Backend, logger: logging.Logger,
                        tta: bool = False) -> np.ndarray:
     """``file``, else the run's (``thresholds_tta.json`` with ``tta``, else ``thresholds.json``), else the
-    model file's (checkpoint or .onnx), else the default (warned).
+    model file's (checkpoint or .onnx), else the default (warned). A model file whose thresholds were
+    tuned for it (an INT8 export's, ``ModelInfo.thresholds_from``) comes before the run's, without TTA.
 
     Averaging over flips changes the probabilities, so TTA predictions take the thresholds tuned on
     validation with TTA (main.py writes them at the end of training); without them the plain ones are used, warned.
@@ -157,6 +158,9 @@ def resolve_thresholds(file: Path | None, run: RunDir, predictor: Backend, logge
             file = run.thresholds(tta=True)
         else:
             logger.warning(f"no {run.thresholds(tta=True).name} in {run.path}: TTA with thresholds tuned without it")
+    if file is None and not tta and predictor.info.thresholds_from:
+        logger.info(f"thresholds from the model file {predictor.path} ({predictor.info.thresholds_from})")
+        return np.asarray(predictor.thresholds, dtype=np.float64)
     if file is None and run.thresholds().is_file():
         file = run.thresholds()
     if file is not None:

@@ -2,8 +2,10 @@
 
 - ``onnx_backend``: the metadata an exported file carries, and ``OnnxPredictor`` (ONNX Runtime,
   CPU), a drop-in for ``inference.Predictor`` in every job of ``evaluation``;
+- ``openvino_backend``: ``OpenVinoPredictor``, the same files on OpenVINO (CPU);
 - ``export``: a checkpoint's network to ONNX bytes, checked, with its parity against PyTorch;
-- ``backends``: ``load_predictor`` (``--backend auto|torch|onnx``) for test.py and the app;
+- ``quantize``: static INT8 of those bytes, and the decision check that admits it (``export.py --int8``);
+- ``backends``: ``load_predictor`` (``--backend auto|torch|onnx|openvino``) for test.py and the app;
 - ``uploads``: what the web page accepts from a browser, and why it refused a file;
 - ``web``: the Gradio page of ``app.py``.
 

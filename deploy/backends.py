@@ -1,13 +1,14 @@
-"""Which library computes the logits: ``--backend auto|torch|onnx`` for test.py (and the app's choice).
+"""Which library computes the logits: ``--backend auto|torch|onnx|openvino`` for test.py and app.py.
 
 - ``torch``: the checkpoint's network in PyTorch (CPU or CUDA); what Grad-CAM needs.
 - ``onnx``: ONNX Runtime on the CPU, from an ``.onnx`` written by export.py, or from a checkpoint
   exported in memory first (parity-checked against PyTorch; nothing written).
+- ``openvino``: OpenVINO on the CPU, from the same files (``deploy.openvino_backend``).
 - ``auto`` (the default): the fastest correct backend without paying an export on every run. An
-  ``.onnx`` runs on ONNX Runtime; a checkpoint on a GPU runs on PyTorch; a checkpoint on the CPU
-  runs on ONNX Runtime when export.py's file for it sits beside it (same name, ``.onnx``, written
-  after the checkpoint, same model and preprocessing), else on PyTorch. ONNX Runtime is several
-  times PyTorch's speed on a CPU (``bench/infer_backends.py``), so ``export.py`` once is the way.
+  ``.onnx`` runs on :data:`AUTO_RUNTIME`; a checkpoint on a GPU runs on PyTorch; a checkpoint on the
+  CPU runs on :data:`AUTO_RUNTIME` when export.py's file for it sits beside it (same name, ``.onnx``,
+  written after the checkpoint, same model and preprocessing), else on PyTorch. ONNX Runtime is
+  several times PyTorch's speed on a CPU (``bench/infer_backends.py``), so ``export.py`` once is the way.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from pathlib import Path
 import torch
 
 from deploy.export import export_checked
-from deploy.onnx_backend import OnnxPredictor, open_session
+from deploy.onnx_backend import OnnxPredictor
 from inference import Backend, ModelInfo, Predictor
 from rundir import onnx_file
 
-BACKENDS = ("auto", "torch", "onnx")
+RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the CPU runtimes of an exported file
+BACKENDS = ("auto", "torch", *RUNTIMES)
+# auto's runtime: OpenVINO was not clearly faster than ONNX Runtime on EfficientNet-Lite0 (docs/deploy.md#openvino).
+AUTO_RUNTIME = "onnx"
 
 
 def is_onnx_file(path: Path) -> bool:
@@ -36,23 +40,34 @@ def load_predictor(path: Path, backend: str, device: torch.device, logger: loggi
         raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     if is_onnx_file(path):
         if backend == "torch":
-            raise ValueError(f"{path}: an ONNX file runs on --backend onnx (or auto), not torch")
-        return OnnxPredictor.from_file(path)
+            raise ValueError(f"{path}: an ONNX file runs on --backend {' or '.join(RUNTIMES)} (or auto), not torch")
+        if backend == "auto":
+            logger.info(f"backend auto: {path.name} on {RUNTIMES[AUTO_RUNTIME]}")
+        return runtime(AUTO_RUNTIME if backend == "auto" else backend).from_file(path)
     predictor = Predictor.from_checkpoint(path, device)
-    if backend == "onnx":
+    if backend in RUNTIMES:
         if device.type != "cpu":
-            logger.warning(f"the onnx backend runs on the CPU (ONNX Runtime's CPU provider), not on {device}")
-        return exported(predictor, logger)
+            logger.warning(f"the {backend} backend runs on the CPU ({RUNTIMES[backend]}), not on {device}")
+        return exported(predictor, backend, logger)
     if backend == "auto" and device.type == "cpu":
         return export_beside(predictor, logger) or predictor
     return predictor
 
 
-def exported(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor:
-    """``predictor``'s network exported to ONNX in memory and opened in ONNX Runtime (parity-checked)."""
+def runtime(backend: str) -> type[OnnxPredictor]:
+    """The predictor class of a runtime of :data:`RUNTIMES`; OpenVINO is imported only when asked for."""
+    if backend == "openvino":
+        from deploy.openvino_backend import OpenVinoPredictor
+
+        return OpenVinoPredictor
+    return OnnxPredictor
+
+
+def exported(predictor: Predictor, backend: str, logger: logging.Logger) -> OnnxPredictor:
+    """``predictor``'s network exported to ONNX in memory and opened in ``backend``'s runtime (parity-checked)."""
     data, parity = export_checked(predictor.model, predictor.info, predictor.path)
     logger.info(f"exported {predictor.path.name} to ONNX in memory: max |prob difference| from PyTorch {parity:.1e}")
-    return OnnxPredictor.from_session(open_session(data, predictor.path), predictor.path)
+    return runtime(backend).from_bytes(data, predictor.path)
 
 
 def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor | None:
@@ -60,14 +75,14 @@ def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor
     path = onnx_file(predictor.path)
     if not path.is_file() or path.stat().st_mtime < predictor.path.stat().st_mtime:
         return None
-    candidate = OnnxPredictor.from_file(path)
+    candidate = runtime(AUTO_RUNTIME).from_file(path)
     if without_thresholds(candidate.info) != without_thresholds(predictor.info):
         logger.warning(f"{path} describes another model than {predictor.path.name}: predicting with PyTorch")
         return None
-    logger.info(f"backend auto: {path.name}, export.py's file for {predictor.path.name}, on ONNX Runtime")
+    logger.info(f"backend auto: {path.name}, export.py's file for {predictor.path.name}, on {RUNTIMES[AUTO_RUNTIME]}")
     return candidate
 
 
 def without_thresholds(info: ModelInfo) -> ModelInfo:
     """Thresholds may be re-chosen at export; everything else must match for two files to be one model."""
-    return dataclasses.replace(info, thresholds=None)
+    return dataclasses.replace(info, thresholds=None, thresholds_from="")

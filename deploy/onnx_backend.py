@@ -5,6 +5,8 @@ normalised RGB, any N) and one output ``logits`` (N x 6; sigmoid gives the proba
 carries its :class:`inference.ModelInfo` in ``metadata_props``: classes, thresholds, input size,
 resize/crop, interpolation, mean and std (every value JSON-encoded). ``OnnxPredictor`` reads
 them back, so test.py's preprocessing, batching, TTA and tables run unchanged on it.
+``ExportedModel`` and ``OnnxPredictor`` are also the base of the OpenVINO backend
+(``deploy.openvino_backend``), which reads the same file: only who runs the graph differs.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Mapping
+from typing import Callable, ClassVar, Iterable, Mapping, Self
 
 import numpy as np
 import onnxruntime as ort
@@ -28,7 +30,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 FORMAT_KEY, FORMAT_VERSION = "leaf_swin_format", "1"
 _PREPROCESSING_KEYS = tuple(f.name for f in dataclasses.fields(EvalPreprocessing))
 _INFO_KEYS = tuple(f.name for f in dataclasses.fields(ModelInfo) if f.name != "preprocessing")
-_LATER_KEYS = ("fold",)  # added since FORMAT_VERSION 1: a file without them takes ModelInfo's default
+_LATER_KEYS = ("fold", "thresholds_from")  # added since FORMAT_VERSION 1: a file without them takes the default
 
 
 def info_to_metadata(info: ModelInfo) -> dict[str, str]:
@@ -61,17 +63,27 @@ def _tuples(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-class OnnxModel(nn.Module):
-    """An ONNX Runtime session as a module (images -> logits on the CPU), so that
+class ExportedModel(nn.Module):
+    """An exported graph in a CPU runtime as a module (images -> logits), so that
     ``inference.predict_logits`` and its TTA drive it exactly as they drive the PyTorch network."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(images.detach().cpu().numpy().astype(np.float32, copy=False)))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """float32 logits (N, 6) of float32 ``images`` (N, 3, H, W)."""
+        raise NotImplementedError
+
+
+class OnnxModel(ExportedModel):
+    """An ONNX Runtime session as a module."""
 
     def __init__(self, session: ort.InferenceSession):
         super().__init__()
         self.session = session
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().cpu().numpy().astype(np.float32, copy=False)
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
 
 def open_session(model: str | bytes, name: Path, threads: int = 0) -> ort.InferenceSession:
@@ -93,18 +105,23 @@ def open_session(model: str | bytes, name: Path, threads: int = 0) -> ort.Infere
 class OnnxPredictor:
     """An exported model in ONNX Runtime (CPU), with the interface of ``inference.Predictor``."""
 
-    model: OnnxModel
+    model: ExportedModel
     info: ModelInfo
     path: Path  # the .onnx, or the checkpoint it was exported from in memory
     device: torch.device = torch.device("cpu")
     backend: ClassVar[str] = "onnx"
 
     @classmethod
-    def from_file(cls, path: Path) -> "OnnxPredictor":
+    def from_file(cls, path: Path) -> Self:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
-        return cls.from_session(open_session(str(path), path), path)
+        return cls.from_bytes(path.read_bytes(), path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path) -> Self:
+        """A serialised export opened in this backend's runtime; ``path`` names it in errors."""
+        return cls.from_session(open_session(data, path), path)
 
     @classmethod
     def from_session(cls, session: ort.InferenceSession, path: Path) -> "OnnxPredictor":

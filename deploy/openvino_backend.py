@@ -1,0 +1,72 @@
+"""OpenVINO as a second CPU runtime for the same ``.onnx`` export.py writes (``--backend openvino``).
+
+OpenVINO reads the ONNX file itself (no conversion step, no second file) and keeps its
+``metadata_props`` in the model's ``rt_info["framework"]``, so the :class:`inference.ModelInfo`
+comes back exactly as ONNX Runtime reads it and test.py's preprocessing, batching and TTA run
+unchanged. Two settings differ from OpenVINO's defaults, both for the same reasons as ONNX
+Runtime's session options:
+
+- ``INFERENCE_PRECISION_HINT f32``: on CPUs with AMX or AVX-512 BF16 OpenVINO computes FP32 models
+  in bfloat16 by default (probabilities 2e-3 to 6e-3 away from FP32 on EfficientNet-Lite0): fast,
+  but not the model that was validated. An INT8 file runs its quantised operators in INT8 either way.
+- ``ENABLE_CPU_PINNING False``: threads pinned to cores that a training job shares ran at 0.7x here.
+
+Importing this module also keeps OpenVINO's usage telemetry out: ``import openvino`` imports its
+converter, whose telemetry writes a client id into ``~/intel`` (the official opt-out writes there
+too); without the ``openvino_telemetry`` package the converter takes its own no-op stub.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import ClassVar, Self
+
+import numpy as np
+
+from deploy.onnx_backend import INPUT_NAME, OUTPUT_NAME, ExportedModel, OnnxPredictor, info_from_metadata
+
+sys.modules.setdefault("openvino_telemetry", None)  # an ImportError for openvino's converter: its no-op stub
+import openvino as ov  # noqa: E402 - after the telemetry opt-out above
+
+COMPILE_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY"}
+
+
+class OpenVinoModel(ExportedModel):
+    """A model compiled by OpenVINO for the CPU, as a module."""
+
+    def __init__(self, compiled: ov.CompiledModel):
+        super().__init__()
+        self.compiled = compiled
+        self.output = compiled.output(OUTPUT_NAME)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        # A request per call: a compiled model's own request is not safe for the app's concurrent requests.
+        return self.compiled.create_infer_request().infer({INPUT_NAME: images})[self.output]
+
+
+def read_model(data: bytes, name: Path) -> ov.Model:
+    """OpenVINO's model of serialised ONNX bytes; unreadable ones are a ValueError naming ``name``."""
+    try:
+        return ov.Core().read_model(data)
+    except RuntimeError as err:  # OpenVINO raises RuntimeError with its C++ call stack as the message
+        lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith("Exception from")]
+        reason = lines[0] if lines else "OpenVINO could not read it"
+        raise ValueError(f"{name}: not a readable ONNX model ({reason})") from None
+
+
+def framework_metadata(model: ov.Model) -> dict[str, str]:
+    """The ONNX file's ``metadata_props``, as OpenVINO's ONNX reader keeps them."""
+    info = model.get_rt_info()
+    return {key: value.astype(str) for key, value in info["framework"].items()} if "framework" in info else {}
+
+
+class OpenVinoPredictor(OnnxPredictor):
+    """An exported model in OpenVINO (CPU), with the interface of ``inference.Predictor``."""
+
+    backend: ClassVar[str] = "openvino"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path) -> Self:
+        model = read_model(data, path)
+        info = info_from_metadata(framework_metadata(model), path)
+        return cls(OpenVinoModel(ov.Core().compile_model(model, "CPU", COMPILE_CONFIG)), info, Path(path))
