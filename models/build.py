@@ -15,6 +15,7 @@ from models.arcface import ArcFaceHead
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
 from models.psa import PSANeck, ReportPSANeck
 from models.stn import SpatialTransformer
+from models.vit import PatchGrid, is_vit, is_vit_backbone
 
 # timm modules whose models take the MODEL.SWIN.* overrides and img_size
 _SWIN_MODULES = ("timm.models.swin_transformer", "timm.models.swin_transformer_v2")
@@ -36,7 +37,8 @@ class MultiLabelNet(nn.Module):
     """Backbone -> neck -> dropout -> head, giving one logit per label.
 
     Without a neck (``nn.Identity``) the backbone pools its own features, as timm models do
-    with ``num_classes=0``; with the PSA neck the neck takes the backbone's last feature map.
+    with ``num_classes=0`` (a ViT's class token or average, as it was built); with the PSA neck the
+    neck takes the backbone's last feature map (a ViT's patch tokens on their grid, ``to_grid``).
 
     Args:
         backbone: A timm model created with ``num_classes=0``.
@@ -45,13 +47,16 @@ class MultiLabelNet(nn.Module):
         drop_rate: Dropout on the features given to the head.
         freeze_bn: Keep the backbone's BatchNorm layers in eval mode when training (fixed statistics).
         stn: A ``SpatialTransformer`` warping the image before the backbone, or None.
+        to_grid: For token backbones (ViT family), the ``PatchGrid`` laying their tokens out as the map
+            the neck takes; None for backbones that give maps.
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, drop_rate: float = 0.0,
-                 freeze_bn: bool = False, stn: nn.Module | None = None):
+                 freeze_bn: bool = False, stn: nn.Module | None = None, to_grid: nn.Module | None = None):
         super().__init__()
         self.stn = stn
         self.backbone = backbone
+        self.to_grid = to_grid
         self.neck = neck
         self.head_drop = nn.Dropout(drop_rate)
         self.head = head
@@ -85,6 +90,8 @@ class MultiLabelNet(nn.Module):
         x = self.backbone.forward_features(x)
         if isinstance(self.neck, nn.Identity):
             return self.backbone.forward_head(x, pre_logits=True)
+        if self.to_grid is not None:
+            x = self.to_grid(x)
         return self.neck(x)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,6 +133,9 @@ def backbone_kwargs(config: CfgNode) -> dict[str, Any]:
         kwargs.update(drop_path_rate=config.MODEL.DROP_PATH_RATE, img_size=config.DATA.IMG_SIZE)
         kwargs.update({kw: tuple(v) if isinstance(v, list) else v for kw, v in swin.items()})
         return kwargs
+    if is_vit(config.MODEL.TYPE):
+        # position embeddings are sized to the input: timm resamples a pretrained file's to it
+        kwargs["img_size"] = config.DATA.IMG_SIZE
     if swin:
         raise ValueError(f"MODEL.SWIN.* overrides {sorted(swin)} only apply to Swin models, "
                          f"not MODEL.TYPE {config.MODEL.TYPE!r}")
@@ -147,16 +157,17 @@ def build_backbone(config: CfgNode) -> nn.Module:
 
 
 def build_model(config: CfgNode) -> MultiLabelNet:
-    """A spatial transformer when MODEL.STN, the backbone, the PSA neck when MODEL.PSA.ENABLE, then a linear or
-    ArcFace head."""
+    """A spatial transformer when MODEL.STN, the backbone, the PSA neck when MODEL.PSA.ENABLE (on the patch grid
+    of a ViT-family backbone), then a linear or ArcFace head."""
     if config.MODEL.NUM_CLASSES != NUM_CLASSES:
         raise ValueError(f"MODEL.NUM_CLASSES must be {NUM_CLASSES}, got {config.MODEL.NUM_CLASSES}")
     backbone = build_backbone(config)
     width = backbone.num_features
     neck: nn.Module = nn.Identity()
+    to_grid = PatchGrid.of(backbone) if is_vit_backbone(backbone) else None
     if config.MODEL.PSA.ENABLE:
         width = config.MODEL.ARCFACE.FEATURE_DIM
-        fmt = getattr(backbone, "output_fmt", "NCHW")
+        fmt = "NCHW" if to_grid is not None else getattr(backbone, "output_fmt", "NCHW")
         if config.MODEL.PSA.NECK == "report":
             neck = ReportPSANeck(backbone.num_features, width, config.MODEL.PSA.HIDDEN_DIM, fmt)
         elif config.MODEL.PSA.NECK == "light":
@@ -171,7 +182,7 @@ def build_model(config: CfgNode) -> MultiLabelNet:
     else:
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
     stn = SpatialTransformer() if config.MODEL.STN else None
-    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE, config.MODEL.FREEZE_BN, stn)
+    return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE, config.MODEL.FREEZE_BN, stn, to_grid)
 
 
 def build_loss(config: CfgNode) -> nn.Module:

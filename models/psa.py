@@ -77,7 +77,8 @@ class PSANeck(nn.Module):
         if x.ndim != 4:
             raise ValueError(
                 f"PSA needs a 4-D feature map, the backbone gave shape {tuple(x.shape)} "
-                "(token-sequence backbones such as ViT are not supported with MODEL.PSA.ENABLE)"
+                "(token sequences other than timm's ViT, DeiT and EVA, which are laid on their patch grid, "
+                "are not supported with MODEL.PSA.ENABLE)"
             )
         if self.input_fmt == "NHWC":
             x = x.permute(0, 3, 1, 2)

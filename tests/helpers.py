@@ -146,6 +146,12 @@ TINY_SWIN = [
 # A tiny CNN instead (the Swin keys emptied): opts to put after TINY_SWIN.
 CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
        "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
+# A tiny ViT instead (timm's test_vit: 16 px patches, 64 channels, 6 blocks), likewise.
+VIT = ["MODEL.TYPE", "test_vit", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]", "MODEL.SWIN.NUM_HEADS", "[]",
+       "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "64"]
+# ViT-family configs have no width or depth keys: at tiny size their backbone is swapped for its family's
+# smallest timm model, as Swin configs are shrunk by the MODEL.SWIN overrides.
+TINY_VIT_TYPES = {"eva02_base_patch16_clip_224": "eva02_tiny_patch14_224"}
 
 
 def tiny_swin_config(output: Path, tag: str, data_path: Path | str = "dataset", *opts: str):

@@ -15,6 +15,7 @@ from torchvision.ops import sigmoid_focal_loss
 from config import get_config
 from data.labels import NUM_CLASSES
 from data.loader import build_mixup
+from helpers import TINY_VIT_TYPES
 from models import ArcFaceHead, MultiLabelNet, PolarizedSelfAttention, PSANeck, build_loss, build_model
 from models.build import counted_pos_weight, is_swin
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
@@ -55,11 +56,14 @@ def train_step(model: nn.Module, config) -> torch.Tensor:
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_trains_at_tiny_size(path: Path):
-    """Swin configs shrunk to the tiny Swin; the others (EfficientNet-Lite) keep their backbone at 64 px."""
-    if is_swin(get_config(Namespace(cfg=str(path))).MODEL.TYPE):
+    """Swin configs shrunk to the tiny Swin, ViT-family ones swapped for their family's smallest model
+    (TINY_VIT_TYPES); the others (EfficientNet-Lite) keep their backbone at 64 px."""
+    model_type = get_config(Namespace(cfg=str(path))).MODEL.TYPE
+    if is_swin(model_type):
         config = tiny_config(cfg=path)
     else:
-        config = get_config(Namespace(cfg=str(path), opts=SMALL))
+        tiny_type = TINY_VIT_TYPES.get(model_type, model_type)
+        config = get_config(Namespace(cfg=str(path), opts=[*SMALL, "MODEL.TYPE", tiny_type]))
     model = build_model(config)
     logits = train_step(model, config)
     assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
