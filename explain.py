@@ -1,4 +1,5 @@
-"""Grad-CAM of the evaluation logits: per-class maps, overlays, grids and GIFs (pictures as bytes or files).
+"""Grad-CAM of the evaluation logits: per-class maps, overlays, grids and GIFs (pictures as bytes or files);
+attention maps, per-layer views and the spatial transformer's warp as pictures (maps from attention.py).
 
 Grad-CAM differentiates the model's own evaluation logits (for ArcFace: ``SCALE * cos theta``
 against the trained centres, no margin, no label), the very logits test.py turns into
@@ -22,7 +23,9 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
+from attention import attention_map, layer_maps
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
+from models.vit import PatchGrid, is_vit_backbone
 from reports import png_bytes
 from utils import atomic_write_bytes
 
@@ -31,6 +34,8 @@ METHODS: dict[str, type[BaseCAM]] = {
 }
 # Swin (timm): the first norm of the last block sees the final token map, before its attention
 SWIN_TARGET_LAYER = "backbone.layers[-1].blocks[-1].norm1"
+# ViT family: the same place, the last block's first norm (its class token still reads every patch there)
+VIT_TARGET_LAYER = "backbone.blocks[-1].norm1"
 GIF_SIDE = 512  # longer side of the GIF frames and the grid panels
 # Pictures have the photo's size up to this longer side: a 4000 x 2672 original would take ~20 MB and
 # seconds per PNG, for a map computed at the model's input size (224 px) anyway.
@@ -59,8 +64,10 @@ class EvalLogits(nn.Module):
 
 
 def default_target_layer(model: nn.Module) -> str:
-    """Swin: the last block's first norm; other timm backbones: their last feature stage."""
+    """Swin and ViT family: the last block's first norm; other timm backbones: their last feature stage."""
     backbone = model.backbone
+    if is_vit_backbone(backbone):
+        return VIT_TARGET_LAYER
     if getattr(backbone, "output_fmt", "NCHW") == "NHWC" and hasattr(backbone, "layers"):
         return SWIN_TARGET_LAYER
     feature_info = getattr(backbone, "feature_info", None)
@@ -95,10 +102,14 @@ def nhwc_to_nchw(activations: torch.Tensor) -> torch.Tensor:
 
 
 def reshape_for(model: nn.Module, layer: nn.Module) -> Callable | None:
-    """Channels-last backbones (Swin) give NHWC maps everywhere but in their convolutions."""
-    channels_last = getattr(model.backbone, "output_fmt", "NCHW") == "NHWC"
+    """Channels-last backbones (Swin) give NHWC maps and ViT-family blocks token sequences (laid on their patch
+    grid, prefix tokens dropped) everywhere but in their convolutions."""
     in_backbone = any(module is layer for module in model.backbone.modules())
-    return nhwc_to_nchw if channels_last and in_backbone and not isinstance(layer, nn.Conv2d) else None
+    if not in_backbone or isinstance(layer, nn.Conv2d):
+        return None
+    if is_vit_backbone(model.backbone):
+        return PatchGrid.of(model.backbone)
+    return nhwc_to_nchw if getattr(model.backbone, "output_fmt", "NCHW") == "NHWC" else None
 
 
 def build_cam(model: nn.Module, method: str = "gradcam", target_layer: str | None = None) -> BaseCAM:
@@ -213,3 +224,73 @@ def class_indices(names: Sequence[str]) -> list[int]:
     if list(names) == ["all"]:
         return list(range(len(CLASSES)))
     return [CLASS_INDEX[name] for name in parse_labels(names)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention maps, per-layer views and the spatial transformer's warp
+# ---------------------------------------------------------------------------------------------
+
+
+def at_image_size(token_map: torch.Tensor, image: Image.Image) -> np.ndarray:
+    """A (h, w) token-grid map resized to the image (bilinear), float32."""
+    return cv2.resize(token_map.float().cpu().numpy(), image.size, interpolation=cv2.INTER_LINEAR)
+
+
+def scaled_to_max(values: np.ndarray) -> np.ndarray:
+    """``values / max`` (rollout's normalisation: a flat map stays flat rather than becoming noise)."""
+    top = float(values.max())
+    return values / top if top > 0 else np.zeros_like(values)
+
+
+def min_max(values: np.ndarray) -> np.ndarray:
+    """``values`` stretched to [0, 1] (zeros when constant)."""
+    low, span = float(values.min()), float(values.max() - values.min())
+    return (values - low) / span if span > 0 else np.zeros_like(values)
+
+
+def explain_attention(model: nn.Module, image: Image.Image, stem: str, transform: Callable, folder: Path,
+                      head_fusion: str = "mean", discard_ratio: float = 0.0) -> list[Path]:
+    """``<stem>_rollout.png``: the photo under its attention map (rollout, or Swin's last-stage windows)."""
+    device = next(model.parameters()).device
+    token_map = attention_map(model, transform(image)[None].to(device), head_fusion, discard_ratio)[0]
+    path = folder / f"{stem}_rollout.png"
+    atomic_write_bytes(png_bytes(overlay(image, scaled_to_max(at_image_size(token_map, image)))), path)
+    return [path]
+
+
+def explain_layers(model: nn.Module, image: Image.Image, stem: str, transform: Callable, folder: Path
+                   ) -> list[Path]:
+    """``<stem>_layer<k>.png`` per stage or block (mean activation, min-max scaled) and ``<stem>_layers.gif``."""
+    device = next(model.parameters()).device
+    names, maps = layer_maps(model, transform(image)[None].to(device))
+    overlays = [overlay(image, min_max(at_image_size(m[0], image))) for m in maps]
+    written = []
+    for k, pixels in enumerate(overlays, start=1):
+        written.append(folder / f"{stem}_layer{k}.png")
+        atomic_write_bytes(png_bytes(pixels), written[-1])
+    captions = [f"{name} ({m.shape[1]} x {m.shape[2]})" for name, m in zip(names, maps)]
+    written.append(folder / f"{stem}_layers.gif")
+    atomic_write_bytes(gif_bytes(overlays, captions), written[-1])
+    return written
+
+
+def unnormalised(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
+    """A normalised (3, H, W) tensor back to an RGB image (the transform's normalisation undone)."""
+    pixels = tensor.detach().float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def explain_warp(model: nn.Module, image: Image.Image, stem: str, transform: Callable, mean: Sequence[float],
+                 std: Sequence[float], folder: Path) -> list[Path]:
+    """``<stem>_stn.png``: the model's input beside the spatial transformer's warp of it, side by side."""
+    device = next(model.parameters()).device
+    batch = transform(image)[None].to(device)
+    with torch.no_grad():
+        warped = model.eval().stn(batch)
+    before, after = unnormalised(batch[0], mean, std), unnormalised(warped[0], mean, std)
+    pair = Image.new("RGB", (before.width + after.width, before.height))
+    pair.paste(before, (0, 0))
+    pair.paste(after, (before.width, 0))
+    path = folder / f"{stem}_stn.png"
+    atomic_write_bytes(png_bytes(pair), path)
+    return [path]

@@ -1,9 +1,11 @@
-"""Per-class Grad-CAM of a trained checkpoint: where the model looks for each disease.
+"""Per-class Grad-CAM (or the attention map) of a trained checkpoint: where the model looks for each disease.
 
     python visual.py --cfg configs/demo_cpu.yaml --images leaf.jpg more_leaves/ --gif
     python visual.py --cfg configs/demo_cpu.yaml          # no --images: the first test leaf of each class
     python visual.py --checkpoint RUN/ckpt_best.pth --images leaf.jpg --classes scab rust --method gradcam++
     python visual.py --checkpoint RUN-cv/ensemble.json --member 2 --images leaf.jpg  # one member of an ensemble
+    python visual.py --cfg configs/demo_vit_cpu.yaml --method rollout --head-fusion max --discard-ratio 0.9
+    python visual.py --cfg configs/demo_cpu.yaml --layers  # also one panel per stage/block, and a GIF of them
 
 For every image: one overlay per class (``<stem>_<class>.png``, the image's own size, or shrunk to
 ``--max-side`` when larger), a grid (``<stem>_grid.png``: the photo and one panel per class, titled
@@ -13,6 +15,11 @@ Written to ``<run>/cam/`` by default. The maps are those of ``explain`` (the eva
 exactly test.py's). An ensemble file is explained through one member (``--member``, default 1):
 a Grad-CAM map is one network's, so the maps, captions and thresholds are that member's own run's,
 and the log says which member it is; written to ``<member's run>/cam/`` by default.
+
+``--method rollout`` draws the attention map instead (``<stem>_rollout.png``, not per class): attention
+rollout for ViT-family models, the last stage's window attention for Swin (attention.py). ``--layers``
+adds ``<stem>_layer<k>.png`` per stage (Swin, CNNs) or block (ViT) and ``<stem>_layers.gif``. A model
+with a spatial transformer (MODEL.STN) also gets ``<stem>_stn.png``: its input beside the warped view.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
+from attention import HEAD_FUSIONS, attention_kind
 from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import MultiLabelImageFolder, collect_images
 from data.images import image_failure, load_image
@@ -29,10 +37,14 @@ from explain import (
     MAX_SIDE,
     METHODS,
     SWIN_TARGET_LAYER,
+    VIT_TARGET_LAYER,
     build_cam,
     class_indices,
     default_target_layer,
+    explain_attention,
     explain_image,
+    explain_layers,
+    explain_warp,
     unique_stem,
 )
 from inference import Predictor
@@ -49,9 +61,16 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
                         help="image files, folders or globs (default: the first test leaf of each class of the "
                              "run's data path)")
     parser.add_argument("--classes", nargs="+", default=["all"], help="'all' (default) or class names")
-    parser.add_argument("--method", default="gradcam", choices=sorted(METHODS))
+    parser.add_argument("--method", default="gradcam", choices=[*sorted(METHODS), ROLLOUT],
+                        help="a Grad-CAM method, or rollout: the attention map (ViT family; Swin: last-stage windows)")
+    parser.add_argument("--head-fusion", default="mean", choices=HEAD_FUSIONS,
+                        help="rollout: how the attention heads are combined (default mean)")
+    parser.add_argument("--discard-ratio", type=float, default=0.0,
+                        help="rollout: the weakest fraction of each block's attention set to zero (default 0)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also one mean-activation panel per stage/block and a GIF of them")
     parser.add_argument("--target-layer", help=f"dotted module path (default: {SWIN_TARGET_LAYER} for Swin, "
-                                               "the last stage for CNNs)")
+                                               f"{VIT_TARGET_LAYER} for ViT, the last stage for CNNs)")
     parser.add_argument("--thresholds", type=Path, metavar="FILE", help="thresholds JSON (default: the run's)")
     parser.add_argument("--output", type=Path, help="output folder (default: <run>/cam)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF cycling the classes")
@@ -60,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--member", type=int, default=1, help="an ensemble file's member to explain (1 = first)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return parser.parse_args(argv)
+
+
+ROLLOUT = "rollout"
 
 
 def first_test_leaves(data_path: Path) -> list[str]:
@@ -99,8 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(f"{path} is an ensemble: Grad-CAM of member {args.member} ({predictor.path}), with its own "
                     "probabilities and thresholds")
     thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
-    cam = build_cam(predictor.model, args.method, args.target_layer)
-    transform = predictor.transform
+    model, transform = predictor.model, predictor.transform
+    if args.method == ROLLOUT:
+        try:
+            kind = attention_kind(model)
+        except ValueError as error:
+            raise ValueError(f"{predictor.path}: --method rollout: {error}") from None
+        described = f"{args.method} ({kind}, heads {args.head_fusion}, discard ratio {args.discard_ratio})"
+    else:
+        cam = build_cam(model, args.method, args.target_layer)
+        described = f"{args.method} at {args.target_layer or default_target_layer(model)}"
+    preprocessing = predictor.info.preprocessing
     written, stems = [], set()
     images = args.images or first_test_leaves(Path(predictor.info.data_path))
     for path in collect_images(images, logger):
@@ -112,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_side:
             image.thumbnail((args.max_side, args.max_side))
         stem = unique_stem(path, stems)
-        files = explain_image(cam, image, stem, transform, classes, thresholds, cam_folder, args.gif)
+        if args.method == ROLLOUT:
+            files = explain_attention(model, image, stem, transform, cam_folder, args.head_fusion, args.discard_ratio)
+        else:
+            files = explain_image(cam, image, stem, transform, classes, thresholds, cam_folder, args.gif)
+        if args.layers:
+            files += explain_layers(model, image, stem, transform, cam_folder)
+        if model.stn is not None:
+            files += explain_warp(model, image, stem, transform, preprocessing.mean, preprocessing.std, cam_folder)
         written.extend(files)
         logger.info(f"{path}: " + " ".join(f.name for f in files))
-    logger.info(f"{args.method} at {args.target_layer or default_target_layer(predictor.model)}: "
-                f"wrote {len(written)} files to {cam_folder}")
+    logger.info(f"{described}: wrote {len(written)} files to {cam_folder}")
     return EXIT_OK
 
 
