@@ -2,6 +2,8 @@
 
 Everything is computed by scikit-learn on (N, C) arrays of 0/1 truths and sigmoid probabilities;
 this module only decides which numbers are reported (thresholds are chosen in ``thresholds``).
+scikit-learn is imported by the functions that score (about 0.7 s): predicting unlabelled photos
+(``test.py --images``, the web page) never imports it.
 """
 from __future__ import annotations
 
@@ -9,13 +11,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from data.labels import CLASSES
 from thresholds import DEFAULT_THRESHOLD, as_thresholds, tune_thresholds
@@ -40,6 +35,8 @@ def multilabel_metrics(
 
     Columns: threshold, precision, recall, f1, ap, auc, accuracy, support.
     """
+    from sklearn.metrics import accuracy_score, average_precision_score, precision_recall_fscore_support, roc_auc_score
+
     y_true = (np.asarray(y_true) > 0.5).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     thr = as_thresholds(thresholds, y_true.shape[1])
@@ -89,6 +86,8 @@ def summarize(
 
     ``thresholds=None`` tunes them on these very arrays (what training does on validation).
     """
+    from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
     y_true = (np.asarray(y_true) > 0.5).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     tuned = tune_thresholds(y_true, probs) if thresholds is None else as_thresholds(thresholds, y_true.shape[1])
@@ -134,6 +133,8 @@ def paired_bootstrap(true: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: 
     The leaves are resampled with replacement, the same resample for A and B; an interval that holds 0
     is inside the noise (``outside_noise`` False).
     """
+    from sklearn.metrics import f1_score
+
     def f1(rows_: np.ndarray | slice, pred: np.ndarray, average: str) -> float:
         return float(f1_score(true[rows_], pred[rows_], average=average, zero_division=0))
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from deploy.export import export_checked
 from deploy.onnx_backend import OnnxPredictor
 from inference import Backend, ModelInfo, Predictor
 from rundir import onnx_file
@@ -64,7 +63,13 @@ def runtime(backend: str) -> type[OnnxPredictor]:
 
 
 def exported(predictor: Predictor, backend: str, logger: logging.Logger) -> OnnxPredictor:
-    """``predictor``'s network exported to ONNX in memory and opened in ``backend``'s runtime (parity-checked)."""
+    """``predictor``'s network exported to ONNX in memory and opened in ``backend``'s runtime (parity-checked).
+
+    The exporter (onnx, onnxscript, torch.onnx) is imported here: a run that predicts from a checkpoint
+    or an exported file never pays for it at start-up.
+    """
+    from deploy.export import export_checked
+
     data, parity = export_checked(predictor.model, predictor.info, predictor.path)
     logger.info(f"exported {predictor.path.name} to ONNX in memory: max |prob difference| from PyTorch {parity:.1e}")
     return runtime(backend).from_bytes(data, predictor.path)
