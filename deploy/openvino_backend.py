@@ -17,7 +17,9 @@ too); without the ``openvino_telemetry`` package the converter takes its own no-
 """
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -60,6 +62,27 @@ def framework_metadata(model: ov.Model) -> dict[str, str]:
     return {key: value.astype(str) for key, value in info["framework"].items()} if "framework" in info else {}
 
 
+# Compiles a model file in a child process (telemetry kept out as above); only its exit status matters.
+COMPILE_PROBE = ("import sys; sys.modules.setdefault('openvino_telemetry', None); import openvino as ov; "
+                 "ov.Core().compile_model(ov.Core().read_model(sys.argv[1]), 'CPU', eval(sys.argv[2]))")
+
+
+def check_compiles_apart(data: bytes, path: Path) -> None:
+    """Compile ``data`` in a child process first, so that a crash of OpenVINO's compiler is an error here.
+
+    OpenVINO 2026.4 dies of a segfault compiling some INT8 (QDQ) graphs, the demo Swin's among them,
+    which would take test.py or the web page down without a word; EfficientNet-Lite's and ViT's compile.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "model.onnx"
+        probe.write_bytes(data)
+        child = subprocess.run([sys.executable, "-c", COMPILE_PROBE, str(probe), repr(COMPILE_CONFIG)],
+                               capture_output=True, text=True)
+    if child.returncode < 0:
+        raise ValueError(f"{path}: OpenVINO {ov.__version__} crashed compiling this model (signal "
+                         f"{-child.returncode}); run it with --backend onnx")
+
+
 class OpenVinoPredictor(OnnxPredictor):
     """An exported model in OpenVINO (CPU), with the interface of ``inference.Predictor``."""
 
@@ -68,5 +91,8 @@ class OpenVinoPredictor(OnnxPredictor):
     @classmethod
     def from_bytes(cls, data: bytes, path: Path) -> Self:
         model = read_model(data, path)
-        info = info_from_metadata(framework_metadata(model), path)
+        metadata = framework_metadata(model)
+        info = info_from_metadata(metadata, path)
+        if "quantization" in metadata:  # where OpenVINO's compiler has been seen to crash
+            check_compiles_apart(data, path)
         return cls(OpenVinoModel(ov.Core().compile_model(model, "CPU", COMPILE_CONFIG)), info, Path(path))

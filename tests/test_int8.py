@@ -1,6 +1,7 @@
 """export.py --int8 (static INT8, admitted by its decisions on validation) and the OpenVINO backend against ORT."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -198,3 +199,24 @@ def test_bad_onnx_file_on_openvino_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert f"{garbage}: not a readable ONNX model" in result.stderr
+
+
+def test_an_int8_graph_that_crashes_openvinos_compiler_is_a_one_line_error_not_a_segfault():
+    """OpenVINO 2026.4 segfaults compiling the demo Swin's QDQ graph; the backend compiles INT8 files in a
+    child process first, so test.py and the web page report it and live on."""
+    from config import get_config
+    from deploy.export import export_checked, parity_images
+    from deploy.quantize import quantize_int8, with_metadata
+    from models import build_model
+
+    config = get_config(argparse.Namespace(cfg=str(ROOT / "configs" / "demo_cpu.yaml"), opts=None))
+    torch.manual_seed(0)
+    predictor = Predictor(build_model(config).eval(), config, Path("demo_swin.pth"), torch.device("cpu"), None)
+    fp32, _ = export_checked(predictor.model, predictor.info, predictor.path)
+    int8 = quantize_int8(fp32, parity_images(predictor.info.preprocessing).numpy())
+    data = with_metadata(int8, {**info_to_metadata(predictor.info), "quantization": "static INT8"})
+    with pytest.raises(ValueError, match=r"demo_swin\.int8\.onnx: OpenVINO .* crashed compiling this model "
+                                         r"\(signal 11\); run it with --backend onnx"):
+        OpenVinoPredictor.from_bytes(data, Path("demo_swin.int8.onnx"))
+    assert OnnxPredictor.from_bytes(data, Path("demo_swin.int8.onnx")).model(parity_images(
+        predictor.info.preprocessing)[:2]).shape == (2, len(CLASSES))  # ONNX Runtime runs it
