@@ -153,14 +153,37 @@ def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, args: Na
                     f"({check.retuned_f1:.4f}): the file keeps the FP32 file's")
     quantize.require_decisions(check, output)
     record = quantization_record(check, images, calibration)
-    return quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": record})
+    int8 = quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
+    record.update(openvino_check(int8, info, path, val, targets, check.fp32_f1, logger))
+    return quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
 
 
-def quantization_record(check: quantize.DecisionCheck, images: np.ndarray, calibration: TreeSplit) -> str:
-    """The ``quantization`` metadata value: how the file was quantised and what its decision check found."""
-    return json.dumps({"method": quantize.QUANTISATION, "calibration": f"{len(images)} leaves of {calibration}",
-                       "validation_leaves": check.leaves, "fp32_macro_f1": round(check.fp32_f1, 6),
-                       "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference})
+def quantization_record(check: quantize.DecisionCheck, images: np.ndarray, calibration: TreeSplit) -> dict:
+    """The ``quantization`` metadata: how the file was quantised and what its decision check found."""
+    return {"method": quantize.QUANTISATION, "calibration": f"{len(images)} leaves of {calibration}",
+            "validation_leaves": check.leaves, "fp32_macro_f1": round(check.fp32_f1, 6),
+            "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference}
+
+
+def openvino_check(int8: bytes, info: ModelInfo, path: Path, val: TreeSplit, targets: np.ndarray, fp32_f1: float,
+                   logger: logging.Logger) -> dict:
+    """The same decision check on OpenVINO's INT8 kernels (they round their own way): when it passes too,
+    ``--backend auto`` runs the file on OpenVINO, the faster INT8 runtime here (docs/deploy.md#openvino)."""
+    from deploy.openvino_backend import OpenVinoPredictor
+
+    try:
+        predictor = OpenVinoPredictor.from_bytes(int8, path)
+    except ValueError as err:  # its compiler crashed (in a child process)
+        logger.warning(f"INT8 on OpenVINO: {str(err).split(': ', 1)[1]}; auto keeps the file on ONNX Runtime")
+        return {"openvino_admitted": False}
+    workers = min(info.num_workers, os.cpu_count() or 1)
+    _, _, logits = split_logits(predictor, val, info.batch_size, workers)
+    f1 = quantize.macro_f1(targets, sigmoid(logits), np.asarray(info.thresholds))
+    admitted = f1 >= fp32_f1 - quantize.F1_TOLERANCE
+    logger.info(f"INT8 on OpenVINO: macro-F1 {f1:.4f} on {val} at the file's thresholds "
+                f"({'within' if admitted else 'beyond'} {quantize.F1_TOLERANCE} of FP32's): auto runs the file on "
+                f"{'OpenVINO' if admitted else 'ONNX Runtime'}")
+    return {"openvino_macro_f1": round(f1, 6), "openvino_admitted": bool(admitted)}
 
 
 if __name__ == "__main__":

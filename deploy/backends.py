@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from rundir import onnx_file
 
 RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the CPU runtimes of an exported file
 BACKENDS = ("auto", "torch", *RUNTIMES)
-# auto's runtime: OpenVINO was not clearly faster than ONNX Runtime on EfficientNet-Lite0 (docs/deploy.md#openvino).
+# auto's runtime of FP32 files: OpenVINO was not clearly faster than ONNX Runtime on EfficientNet-Lite0
+# (docs/deploy.md#openvino); INT8 files checked on OpenVINO run there (auto_runtime).
 AUTO_RUNTIME = "onnx"
 
 
@@ -41,8 +43,8 @@ def load_predictor(path: Path, backend: str, device: torch.device, logger: loggi
         if backend == "torch":
             raise ValueError(f"{path}: an ONNX file runs on --backend {' or '.join(RUNTIMES)} (or auto), not torch")
         if backend == "auto":
-            logger.info(f"backend auto: {path.name} on {RUNTIMES[AUTO_RUNTIME]}")
-        return runtime(AUTO_RUNTIME if backend == "auto" else backend).from_file(path)
+            return auto_runtime(path, logger)
+        return runtime(backend).from_file(path)
     predictor = Predictor.from_checkpoint(path, device)
     if backend in RUNTIMES:
         if device.type != "cpu":
@@ -50,6 +52,18 @@ def load_predictor(path: Path, backend: str, device: torch.device, logger: loggi
         return exported(predictor, backend, logger)
     if backend == "auto" and device.type == "cpu":
         return export_beside(predictor, logger) or predictor
+    return predictor
+
+
+def auto_runtime(path: Path, logger: logging.Logger) -> OnnxPredictor:
+    """An exported file on ONNX Runtime, or on OpenVINO when it is an INT8 file whose decisions export.py also
+    checked on OpenVINO: there OpenVINO ran INT8 1.5x ONNX Runtime's speed (FP32: no faster), docs/benchmarks.md."""
+    predictor = OnnxPredictor.from_file(path)
+    record = predictor.model.session.get_modelmeta().custom_metadata_map.get("quantization")
+    if record and json.loads(record).get("openvino_admitted"):
+        logger.info(f"backend auto: {path.name} on OpenVINO (an INT8 file whose decisions were checked on it)")
+        return runtime("openvino").from_file(path)
+    logger.info(f"backend auto: {path.name} on {RUNTIMES[AUTO_RUNTIME]}")
     return predictor
 
 

@@ -90,6 +90,8 @@ def test_int8_export_writes_a_quantised_model_with_the_fp32_metadata(files, run,
     record = json.loads(int8["quantization"])
     assert "QDQ, per-channel" in record["method"] and record["calibration"] == f"8 leaves of {int8_tree / 'train'}"
     assert record["validation_leaves"] == 16 and record["int8_macro_f1"] >= record["fp32_macro_f1"] - 0.005
+    # the same check on OpenVINO's INT8 kernels, which decides where --backend auto runs the file
+    assert record["openvino_admitted"] == (record["openvino_macro_f1"] >= record["fp32_macro_f1"] - 0.005)
     log = (run / "log.txt").read_text()
     check = re.search(r"INT8 decision check on (\S+) \(16 leaves\): macro-F1 FP32 ([0-9.]+), INT8 ([0-9.]+) at the "
                       r"file's thresholds; max \|prob difference\| INT8 vs FP32 ([0-9.e+-]+)", log)
@@ -186,6 +188,14 @@ def test_openvino_backend_of_a_checkpoint_and_auto_says_what_it_picked(files, ru
     assert isinstance(exported, OpenVinoPredictor) and exported.backend == "openvino"
     assert exported.info == dataclasses.replace(auto.info, thresholds=None)  # the checkpoint has no thresholds
     assert auto.backend == "onnx" and "backend auto: ckpt_best.onnx on ONNX Runtime" in caplog.text
+    with caplog.at_level(logging.INFO, logger="test_int8"):
+        auto_int8 = load_predictor(files["int8"], "auto", CPU, logger)
+    admitted = json.loads(props(files["int8"])["quantization"])["openvino_admitted"]
+    assert auto_int8.backend == ("openvino" if admitted else "onnx")
+    said = "ckpt_best.int8.onnx on OpenVINO (an INT8 file whose decisions were checked on it)" in caplog.text
+    assert said == admitted
+    assert re.search(r"INT8 on OpenVINO: macro-F1 [0-9.]+ on \S+ at the file's thresholds \((within|beyond) 0.005 of "
+                     r"FP32's\): auto runs the file on (OpenVINO|ONNX Runtime)", (run / "log.txt").read_text())
     assert app_script.page_backend(run / "ckpt_best.pth", "auto") == "torch"  # Grad-CAM
     assert app_script.page_backend(files["fp32"], "auto") == "auto"
     assert app_script.page_backend(run / "ckpt_best.pth", "openvino") == "openvino"
