@@ -5,10 +5,11 @@
   exported in memory first (parity-checked against PyTorch; nothing written).
 - ``openvino``: OpenVINO on the CPU, from the same files (``deploy.openvino_backend``).
 - ``auto`` (the default): the fastest correct backend without paying an export on every run. An
-  ``.onnx`` runs on :data:`AUTO_RUNTIME`; a checkpoint on a GPU runs on PyTorch; a checkpoint on the
-  CPU runs on :data:`AUTO_RUNTIME` when export.py's file for it sits beside it (same name, ``.onnx``,
-  written after the checkpoint, same model and preprocessing), else on PyTorch. ONNX Runtime is
-  several times PyTorch's speed on a CPU (``bench/infer_backends.py``), so ``export.py`` once is the way.
+  ``.onnx`` runs on the runtime :func:`fastest_runtime` picks (OpenVINO for transformers and for INT8
+  files checked on it, ONNX Runtime otherwise); a checkpoint on a GPU runs on PyTorch; a checkpoint on
+  the CPU runs the same way when export.py's file for it sits beside it (same name, ``.onnx``, written
+  after the checkpoint, same model and preprocessing), else on PyTorch. Either runtime is several
+  times PyTorch's speed on a CPU (``bench/infer_backends.py``), so ``export.py`` once is the way.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from rundir import onnx_file
 
 RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the CPU runtimes of an exported file
 BACKENDS = ("auto", "torch", *RUNTIMES)
-# auto's runtime of FP32 files: OpenVINO was not clearly faster than ONNX Runtime on EfficientNet-Lite0
-# (docs/deploy.md#openvino); INT8 files checked on OpenVINO run there (auto_runtime).
+# auto's runtime, as measured by bench/infer_backends.py (docs/benchmarks.md): OpenVINO ran Swin and ViT graphs
+# 1.75x to 2x ONNX Runtime's speed in FP32, and INT8 graphs 1.5x; CNNs in FP32 no faster (0.9x to 1.2x).
 AUTO_RUNTIME = "onnx"
+OPENVINO_FASTER = ("swin", "vit", "deit", "eva")  # MODEL.TYPE prefixes: the transformer families
 
 
 def is_onnx_file(path: Path) -> bool:
@@ -56,15 +58,24 @@ def load_predictor(path: Path, backend: str, device: torch.device, logger: loggi
 
 
 def auto_runtime(path: Path, logger: logging.Logger) -> OnnxPredictor:
-    """An exported file on ONNX Runtime, or on OpenVINO when it is an INT8 file whose decisions export.py also
-    checked on OpenVINO: there OpenVINO ran INT8 1.5x ONNX Runtime's speed (FP32: no faster), docs/benchmarks.md."""
+    """An exported file on the runtime :func:`fastest_runtime` names, which the log says."""
     predictor = OnnxPredictor.from_file(path)
+    name, reason = fastest_runtime(predictor)
+    logger.info(f"backend auto: {path.name} on {RUNTIMES[name]}{reason}")
+    return predictor if name == "onnx" else runtime(name).from_file(path)
+
+
+def fastest_runtime(predictor: OnnxPredictor) -> tuple[str, str]:
+    """(runtime, why) for an exported file: OpenVINO for a transformer's FP32 graph (exact to 1e-7 there) and
+    for an INT8 file whose decisions export.py also checked on OpenVINO; ONNX Runtime for the rest."""
     record = predictor.model.session.get_modelmeta().custom_metadata_map.get("quantization")
-    if record and json.loads(record).get("openvino_admitted"):
-        logger.info(f"backend auto: {path.name} on OpenVINO (an INT8 file whose decisions were checked on it)")
-        return runtime("openvino").from_file(path)
-    logger.info(f"backend auto: {path.name} on {RUNTIMES[AUTO_RUNTIME]}")
-    return predictor
+    if record:
+        if json.loads(record).get("openvino_admitted"):
+            return "openvino", " (an INT8 file whose decisions were checked on it)"
+        return AUTO_RUNTIME, ""
+    if predictor.info.model_type.startswith(OPENVINO_FASTER):
+        return "openvino", f" (faster than ONNX Runtime for {predictor.info.model_type} in FP32)"
+    return AUTO_RUNTIME, ""
 
 
 def runtime(backend: str) -> type[OnnxPredictor]:
@@ -94,12 +105,13 @@ def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor
     path = onnx_file(predictor.path)
     if not path.is_file() or path.stat().st_mtime < predictor.path.stat().st_mtime:
         return None
-    candidate = runtime(AUTO_RUNTIME).from_file(path)
+    candidate = OnnxPredictor.from_file(path)
     if without_thresholds(candidate.info) != without_thresholds(predictor.info):
         logger.warning(f"{path} describes another model than {predictor.path.name}: predicting with PyTorch")
         return None
-    logger.info(f"backend auto: {path.name}, export.py's file for {predictor.path.name}, on {RUNTIMES[AUTO_RUNTIME]}")
-    return candidate
+    name, reason = fastest_runtime(candidate)
+    logger.info(f"backend auto: {path.name}, export.py's file for {predictor.path.name}, on {RUNTIMES[name]}{reason}")
+    return candidate if name == "onnx" else runtime(name).from_file(path)
 
 
 def without_thresholds(info: ModelInfo) -> ModelInfo:
