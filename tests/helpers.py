@@ -250,3 +250,21 @@ TRAIN: {EPOCHS: 1, WARMUP_EPOCHS: 0}
 AUG: {AUTO_AUGMENT: none}
 DEVICE: cpu
 """
+
+
+# An odd-sized leaf photo (not square, not any model's size): maps and pictures must come back at its size.
+ODD_PHOTO_SIZE = (90, 70)
+
+
+def odd_leaf_photo(folder: Path) -> Path:
+    """A scab + rust leaf at ODD_PHOTO_SIZE, as a JPEG in ``folder``."""
+    path = folder / "leaf.jpg"
+    draw_leaf("scab rust", random.Random(3), size=ODD_PHOTO_SIZE).save(path, quality=95)
+    return path
+
+
+def load_run(run: Path):
+    """The run's ckpt_best.pth as an ``inference.Predictor`` on the CPU."""
+    import inference
+
+    return inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))

@@ -2,7 +2,6 @@
 per-layer GIFs, Grad-CAM on a ViT, the spatial transformer's side-by-side view, clear errors."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,11 +12,10 @@ from PIL import Image
 
 import attention
 import explain
-import inference
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
-from helpers import CNN, VIT, draw_leaf, load_script, make_tree, tiny_runs
+from helpers import CNN, ODD_PHOTO_SIZE, VIT, load_run, load_script, make_tree, odd_leaf_photo, tiny_runs
 
 visual_script = load_script("visual.py")
 
@@ -28,7 +26,7 @@ MODELS = {
     "cnn": (tuple(CNN), 0),
     "stn": (("MODEL.STN", "True"), 0),
 }
-IMAGE_SIZE = (90, 70)  # not square and not the model's size: pictures must come back at this size
+IMAGE_SIZE = ODD_PHOTO_SIZE
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +37,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def leaf(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("attention_leaves") / "leaf.jpg"
-    draw_leaf("scab rust", random.Random(3), size=IMAGE_SIZE).save(path, quality=95)
-    return path
-
-
-def load(run: Path) -> inference.Predictor:
-    return inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
+    return odd_leaf_photo(tmp_path_factory.mktemp("attention_leaves"))
 
 
 def visual(run: Path, *args: str) -> int:
@@ -94,7 +86,7 @@ def test_rollout_map_takes_the_class_row_over_the_patches():
 
 def test_uniform_attention_gives_a_flat_map_and_fused_attention_comes_back(runs):
     """Zero query and key weights: every block attends uniformly, so no patch is favoured."""
-    model = load(runs["vit"]).model
+    model = load_run(runs["vit"]).model
     for block in model.backbone.blocks:
         block.attn.qkv.weight.data[: 2 * block.attn.qkv.out_features // 3] = 0
         block.attn.qkv.bias.data[: 2 * block.attn.qkv.out_features // 3] = 0
@@ -112,7 +104,7 @@ def test_uniform_attention_gives_a_flat_map_and_fused_attention_comes_back(runs)
 
 
 def test_trained_vit_rollout_varies_and_fusions_differ(runs):
-    model = load(runs["vit"]).model
+    model = load_run(runs["vit"]).model
     images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     maps = {fusion: attention.attention_map(model, images, fusion) for fusion in attention.HEAD_FUSIONS}
     assert all(m.std() > 0 for m in maps.values())
@@ -140,7 +132,7 @@ def test_window_attention_is_laid_back_where_the_block_took_it():
 
 
 def test_swin_map_is_on_the_last_stage_grid_and_each_window_receives_a_total_of_one(runs):
-    model = load(runs["swin"]).model
+    model = load_run(runs["swin"]).model
     images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     blocks = model.backbone.layers[-1].blocks
     assert not any(blocks[0].shift_size) and any(blocks[1].shift_size)
@@ -176,7 +168,7 @@ def test_rollout_on_a_cnn_is_a_one_line_error_naming_the_file(runs, leaf):
 def test_layers_gif_has_one_frame_per_stage_or_block(runs, leaf, tmp_path, kind):
     out = tmp_path / kind
     assert visual(runs[kind], "--images", str(leaf), "--classes", "rust", "--layers", "--output", str(out)) == 0
-    backbone = load(runs[kind]).model.backbone
+    backbone = load_run(runs[kind]).model.backbone
     depth = len(backbone.blocks) if kind == "vit" else len(backbone.feature_info)  # blocks, or stages
     assert kind != "swin" or depth == len(backbone.layers)
     with Image.open(out / "leaf_layers.gif") as gif:
@@ -189,7 +181,7 @@ def test_layers_gif_has_one_frame_per_stage_or_block(runs, leaf, tmp_path, kind)
 
 @pytest.mark.parametrize("kind", ["vit", "arcpsa_vit"])
 def test_grad_cam_on_a_vit_gives_maps_of_the_image_size(runs, leaf, kind):
-    loaded = load(runs[kind])
+    loaded = load_run(runs[kind])
     model = loaded.model
     assert explain.default_target_layer(model) == "backbone.blocks[-1].norm1"
     layer = explain.find_module(model, explain.default_target_layer(model))
@@ -210,7 +202,7 @@ def test_stn_model_writes_the_photo_beside_its_warped_view(runs, leaf, tmp_path)
     assert pair.shape == (64, 128, 3)
     before, after = pair[:, :64], pair[:, 64:]
     assert before.std() > 10 and np.abs(before - after).max() <= 2
-    loaded = load(runs["stn"])
+    loaded = load_run(runs["stn"])
     loaded.model.stn.fc_loc[-1].bias.data = torch.tensor([0.5, 0.0, 0.0, 0.0, 0.5, 0.0])  # zoom into the centre
     preprocessing = loaded.info.preprocessing
     [path] = explain.explain_warp(loaded.model, load_image(leaf), "zoom", loaded.transform, preprocessing.mean,

@@ -16,7 +16,7 @@ from data.dataset import MultiLabelImageFolder
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
-from helpers import CNN, draw_leaf, load_script, make_tree, tiny_runs
+from helpers import CNN, ODD_PHOTO_SIZE, draw_leaf, load_run, load_script, make_tree, odd_leaf_photo, tiny_runs
 
 visual_script = load_script("visual.py")
 
@@ -25,7 +25,7 @@ MODELS = {
     "arcpsa": (("MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"), 10),
     "cnn": (tuple(CNN), 0),
 }
-IMAGE_SIZE = (90, 70)  # not square and not the model's size: maps must come back at this size
+IMAGE_SIZE = ODD_PHOTO_SIZE
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +41,12 @@ def runs(tmp_path_factory, cam_tree) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def leaf(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("leaves") / "leaf.jpg"
-    draw_leaf("scab rust", random.Random(3), size=IMAGE_SIZE).save(path, quality=95)
-    return path
-
-
-def load(run: Path) -> inference.Predictor:
-    return inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
+    return odd_leaf_photo(tmp_path_factory.mktemp("leaves"))
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
-    loaded = load(runs[kind])
+    loaded = load_run(runs[kind])
     cam = explain.build_cam(loaded.model)
     image = load_image(leaf)
     maps, probs = explain.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
@@ -70,7 +64,7 @@ def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
 @pytest.mark.parametrize("kind", ["swin", "arcpsa"])
 def test_map_i_belongs_to_class_i(runs, leaf, kind):
     """One call for every class equals one call per class, and asking in reverse order reverses the maps."""
-    loaded = load(runs[kind])
+    loaded = load_run(runs[kind])
     cam = explain.build_cam(loaded.model)
     image, transform = load_image(leaf), build_transform(False, loaded.config)
     every = list(range(len(CLASSES)))
@@ -83,7 +77,7 @@ def test_map_i_belongs_to_class_i(runs, leaf, kind):
 
 
 def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
-    loaded = load(runs["arcpsa"])
+    loaded = load_run(runs["arcpsa"])
     transform = build_transform(False, loaded.config)
     images = [load_image(leaf), draw_leaf("healthy", random.Random(5))]
     batch = torch.stack([transform(image) for image in images])
@@ -102,7 +96,7 @@ def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
 
 
 def test_default_target_layers(runs):
-    swin, cnn = load(runs["swin"]).model, load(runs["cnn"]).model
+    swin, cnn = load_run(runs["swin"]).model, load_run(runs["cnn"]).model
     assert explain.find_module(swin, explain.default_target_layer(swin)) is swin.backbone.layers[-1].blocks[-1].norm1
     assert explain.reshape_for(swin, swin.backbone.layers[-1].blocks[-1].norm1) is explain.nhwc_to_nchw
     assert explain.default_target_layer(cnn) == "backbone.layer4"
@@ -110,7 +104,7 @@ def test_default_target_layers(runs):
 
 
 def test_psa_neck_layer_is_channels_first(runs, leaf):
-    loaded = load(runs["arcpsa"])
+    loaded = load_run(runs["arcpsa"])
     assert explain.reshape_for(loaded.model, loaded.model.neck.psa) is None
     cam = explain.build_cam(loaded.model, target_layer="neck.psa")
     maps, _ = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 5])
@@ -119,14 +113,14 @@ def test_psa_neck_layer_is_channels_first(runs, leaf):
 
 @pytest.mark.parametrize("method", ["gradcam++", "layercam", "eigencam"])
 def test_other_methods(runs, leaf, method):
-    loaded = load(runs["swin"])
+    loaded = load_run(runs["swin"])
     cam = explain.build_cam(loaded.model, method)
     maps, _ = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
     assert maps.shape == (3, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.max() > 0
 
 
 def test_wrong_target_layer_lists_nearby_names(runs):
-    model = load(runs["swin"]).model
+    model = load_run(runs["swin"]).model
     with pytest.raises(ValueError, match=r"'backbone.layers.1.blocks.0.nrm1'.*backbone\.layers\.1\.blocks\.0\.norm1"):
         explain.build_cam(model, target_layer="backbone.layers.1.blocks.0.nrm1")
     with pytest.raises(ValueError, match="nearby names: .*backbone.layers"):
