@@ -28,6 +28,7 @@ imports, loading, export, first call).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def backends(predictor: Predictor, compile_too: bool, int8_too: bool) -> dict[st
     if int8_too:
         calibration = parity_images(predictor.info.preprocessing).numpy()
         int8 = with_metadata(quantize_int8(data, calibration),
-                             {**info_to_metadata(predictor.info), "quantization": "static INT8 (bench)"})
+                             {**info_to_metadata(predictor.info), "quantization": json.dumps({"method": "bench"})})
         found["ort int8"] = OnnxPredictor.from_bytes(int8, predictor.path).model
         try:
             found["openvino int8"] = OpenVinoPredictor.from_bytes(int8, predictor.path).model

@@ -224,9 +224,24 @@ def test_an_int8_graph_that_crashes_openvinos_compiler_is_a_one_line_error_not_a
     predictor = Predictor(build_model(config).eval(), config, Path("demo_swin.pth"), torch.device("cpu"), None)
     fp32, _ = export_checked(predictor.model, predictor.info, predictor.path)
     int8 = quantize_int8(fp32, parity_images(predictor.info.preprocessing).numpy())
-    data = with_metadata(int8, {**info_to_metadata(predictor.info), "quantization": "static INT8"})
+    data = with_metadata(int8, {**info_to_metadata(predictor.info), "quantization": json.dumps({"method": "static"})})
     with pytest.raises(ValueError, match=r"demo_swin\.int8\.onnx: OpenVINO .* crashed compiling this model "
                                          r"\(signal 11\); run it with --backend onnx"):
         OpenVinoPredictor.from_bytes(data, Path("demo_swin.int8.onnx"))
     assert OnnxPredictor.from_bytes(data, Path("demo_swin.int8.onnx")).model(parity_images(
         predictor.info.preprocessing)[:2]).shape == (2, len(CLASSES))  # ONNX Runtime runs it
+
+
+def test_an_int8_file_that_failed_its_check_on_openvino_is_refused_there(files, tmp_path):
+    """export.py records the OpenVINO check; a file that failed it runs on ONNX Runtime only."""
+    metadata = props(files["int8"])
+    record = {**json.loads(metadata["quantization"]), "openvino_admitted": False, "openvino_macro_f1": 0.5}
+    data = deploy.quantize.with_metadata(files["int8"].read_bytes(), {**metadata, "quantization": json.dumps(record)})
+    failed = tmp_path / "failed.int8.onnx"
+    failed.write_bytes(data)
+    with pytest.raises(ValueError, match=r"failed\.int8\.onnx: this INT8 file failed its decision check on OpenVINO "
+                                         r"at export \(macro-F1 0\.5000 against FP32's [0-9.]+\); run it with "
+                                         r"--backend onnx"):
+        OpenVinoPredictor.from_file(failed)
+    logger = logging.getLogger("test_int8")
+    assert load_predictor(failed, "auto", CPU, logger).backend == "onnx"
