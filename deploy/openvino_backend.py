@@ -32,6 +32,9 @@ sys.modules.setdefault("openvino_telemetry", None)  # an ImportError for openvin
 import openvino as ov  # noqa: E402 - after the telemetry opt-out above
 
 COMPILE_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY"}
+# One Core for the process, alive as long as any model it compiled: a compiled model outliving the Core
+# (and the CPU plugin it loaded) is what OpenVINO's documentation warns against.
+CORE = ov.Core()
 
 
 class OpenVinoModel(ExportedModel):
@@ -50,7 +53,7 @@ class OpenVinoModel(ExportedModel):
 def read_model(data: bytes, name: Path) -> ov.Model:
     """OpenVINO's model of serialised ONNX bytes; unreadable ones are a ValueError naming ``name``."""
     try:
-        return ov.Core().read_model(data)
+        return CORE.read_model(data)
     except RuntimeError as err:  # OpenVINO raises RuntimeError with its C++ call stack as the message
         lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith("Exception from")]
         reason = lines[0] if lines else "OpenVINO could not read it"
@@ -65,7 +68,7 @@ def framework_metadata(model: ov.Model) -> dict[str, str]:
 
 # Compiles a model file in a child process (telemetry kept out as above); only its exit status matters.
 COMPILE_PROBE = ("import sys; sys.modules.setdefault('openvino_telemetry', None); import openvino as ov; "
-                 "ov.Core().compile_model(ov.Core().read_model(sys.argv[1]), 'CPU', eval(sys.argv[2]))")
+                 "core = ov.Core(); core.compile_model(core.read_model(sys.argv[1]), 'CPU', eval(sys.argv[2]))")
 
 
 def check_compiles_apart(data: bytes, path: Path) -> None:
@@ -108,4 +111,4 @@ class OpenVinoPredictor(OnnxPredictor):
         if "quantization" in metadata:
             refuse_unchecked_int8(json.loads(metadata["quantization"]), path)
             check_compiles_apart(data, path)  # where OpenVINO's compiler has been seen to crash
-        return cls(OpenVinoModel(ov.Core().compile_model(model, "CPU", COMPILE_CONFIG)), info, Path(path))
+        return cls(OpenVinoModel(CORE.compile_model(model, "CPU", COMPILE_CONFIG)), info, Path(path))
