@@ -90,7 +90,7 @@ _C.MODEL.HEAD = "linear"
 _C.MODEL.FREEZE_BN = False
 
 # Swin backbone overrides (Swin models only); 0 or [] keeps the value of the timm model named by
-# MODEL.TYPE. Swin models also get img_size = DATA.IMG_SIZE.
+# MODEL.TYPE. Swin and ViT-family models also get img_size = DATA.IMG_SIZE.
 _C.MODEL.SWIN = CN()
 # Patch size of the patch embedding (pixels)
 _C.MODEL.SWIN.PATCH_SIZE = 0
