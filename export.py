@@ -154,7 +154,7 @@ def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, args: Na
     quantize.require_decisions(check, output)
     record = quantization_record(check, images, calibration)
     int8 = quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
-    record.update(openvino_check(int8, info, path, val, targets, check.fp32_f1, logger))
+    record.update(openvino_check(int8, info, path, val, workers, targets, check.fp32_f1, logger))
     return quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
 
 
@@ -165,8 +165,8 @@ def quantization_record(check: quantize.DecisionCheck, images: np.ndarray, calib
             "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference}
 
 
-def openvino_check(int8: bytes, info: ModelInfo, path: Path, val: TreeSplit, targets: np.ndarray, fp32_f1: float,
-                   logger: logging.Logger) -> dict:
+def openvino_check(int8: bytes, info: ModelInfo, path: Path, val: TreeSplit, workers: int, targets: np.ndarray,
+                   fp32_f1: float, logger: logging.Logger) -> dict:
     """The same decision check on OpenVINO's INT8 kernels (they round their own way): when it passes too,
     ``--backend auto`` runs the file on OpenVINO, the faster INT8 runtime here (docs/deploy.md#openvino)."""
     from deploy.openvino_backend import OpenVinoPredictor
@@ -176,7 +176,6 @@ def openvino_check(int8: bytes, info: ModelInfo, path: Path, val: TreeSplit, tar
     except ValueError as err:  # its compiler crashed (in a child process)
         logger.warning(f"INT8 on OpenVINO: {str(err).split(': ', 1)[1]}; auto keeps the file on ONNX Runtime")
         return {"openvino_admitted": False}
-    workers = min(info.num_workers, os.cpu_count() or 1)
     _, _, logits = split_logits(predictor, val, info.batch_size, workers)
     f1 = quantize.macro_f1(targets, sigmoid(logits), np.asarray(info.thresholds))
     admitted = f1 >= fp32_f1 - quantize.F1_TOLERANCE
