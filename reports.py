@@ -249,6 +249,50 @@ def seeds_markdown(summary: pd.DataFrame) -> str:
                                         "runs": summary["runs"], **cells}))
 
 
+# what a paired table compares besides SEED_METRICS: the best epoch's validation score
+PAIRED_METRICS = SEED_METRICS + (("val_macro_f1_tuned", "val macro-F1"),)
+
+
+def paired_by_seed(runs: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``config`` of ``runs``: ``pairs`` (its seeds that ``baseline`` also ran), then per metric the
+    mean over those seeds of run minus baseline run of the same seed, with its 95% Student-t half-width.
+
+    Why pairs: a seed fixes the initialisation and the batch order, so the difference between two settings
+    at the same seed varies much less than either score does; the interval of the mean difference is what
+    says whether one setting is ahead. ``baseline`` holds one setting's runs (one row per seed).
+    """
+    base = baseline.set_index("seed")
+    metrics = [(column, name) for column, name in PAIRED_METRICS if column in runs and column in baseline]
+    rows = []
+    for config, group in runs.groupby("config", sort=False):
+        group = group.set_index("seed")
+        seeds = group.index.intersection(base.index)
+        row = {"config": config, "pairs": len(seeds)}
+        for column, _ in metrics:
+            differences = (group.loc[seeds, column] - base.loc[seeds, column]).to_numpy()
+            row[column], row[f"{column}_ci95"] = (mean_confidence_interval(differences) if len(seeds)
+                                                  else (float("nan"), float("nan")))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _difference_pm(mean: float, half: float) -> str:
+    """``+0.012 ± 0.020``, bold where the interval leaves out 0 (outside the noise)."""
+    if np.isnan(mean):
+        return ""
+    if np.isnan(half):
+        return f"{mean:+.3f}"
+    text = f"{mean:+.3f} ± {half:.3f}"
+    return f"**{text}**" if abs(mean) > half else text
+
+
+def paired_markdown(paired: pd.DataFrame) -> str:
+    """``paired_by_seed``'s table in markdown, its ``config`` column as the row names."""
+    cells = {name: [_difference_pm(m, h) for m, h in zip(paired[column], paired[f"{column}_ci95"])]
+             for column, name in PAIRED_METRICS if column in paired}
+    return markdown_table(pd.DataFrame({"difference": paired["config"], "pairs": paired["pairs"], **cells}))
+
+
 def seeds_png(runs: pd.DataFrame, summary: pd.DataFrame) -> bytes:
     """One panel per metric: each run as a dot, each config's mean with its 95% confidence interval as a bar."""
     from matplotlib.figure import Figure

@@ -2,6 +2,7 @@
 
     python scripts/experiments.py configs/effnet_lite0_cpu.yaml configs/arcpsa_effnet_lite0_cpu.yaml \
         --seeds 3 --data-path dataset [--opts DATA.IMG_SIZE 160 TRAIN.EPOCHS 4] [--tta] [--output output/experiments]
+        [--baseline output/other_experiments]
 
 Each run is ``main.py --cfg CONFIG --tag seed<N> --opts ... SEED <N>`` then ``test.py`` on its
 ``ckpt_best.pth`` (test split, thresholds tuned on validation; with ``--tta``, flips averaged and the
@@ -9,7 +10,10 @@ thresholds the run tuned on validation with them), both as subprocesses; runs la
 ``OUTPUT/<MODEL.NAME>/seed<N>/``. Only when both are done is ``experiment.json`` written (atomically)
 in the run dir: its presence is what "finished" means, so the same command after a stop (Ctrl-C,
 SIGTERM: the run in progress saves its position) skips the finished runs and resumes the interrupted one.
-Writes ``results.csv`` (a row per run), ``summary.csv``, ``results.png`` and ``results.md`` to OUTPUT. Exit codes: 0 all
+Writes ``results.csv`` (a row per run), ``summary.csv``, ``results.png`` and ``results.md`` to OUTPUT;
+with two or more configs, results.md also pairs them by seed (each config minus the first), and with
+``--baseline OTHER`` (another OUTPUT of this script, e.g. the same recipe without an ``--opts`` change)
+each config minus the same config's runs there. Exit codes: 0 all
 runs done, 1 some run failed (the others are still run and tabulated), 2 bad input, 130 stopped.
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ from checkpoint import load_checkpoint_file
 from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
 from log import create_logger
-from reports import markdown_table, seeds_markdown, seeds_png, seeds_summary
+from reports import markdown_table, paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
 from rundir import RunDir
 from runlock import hold_run_lock
 from training.stop import GracefulStop
@@ -38,6 +42,7 @@ from utils import atomic_write_bytes, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FILE = "experiment.json"
+RESULTS_CSV = "results.csv"
 TEST_SPLIT = "test"
 
 
@@ -163,10 +168,41 @@ def scored_with_tta(runs: pd.DataFrame) -> bool:
     return "tta" in runs and bool(runs["tta"].fillna(False).astype(bool).any())
 
 
-def write_results(runs: pd.DataFrame, output: Path, command: str) -> pd.DataFrame:
+def read_baseline(folder: Path) -> pd.DataFrame:
+    """The runs of another experiments output (``--baseline``), checked before any work."""
+    path = folder / RESULTS_CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results of scripts/experiments.py (--baseline must be its --output)")
+    return pd.read_csv(path)
+
+
+def paired_text(runs: pd.DataFrame, baseline: pd.DataFrame | None = None, baseline_name: str = "") -> str:
+    """Markdown of the seed-paired differences: each config minus the first; with ``baseline`` (another
+    output's runs), also each config minus the same config's runs there."""
+    configs = list(dict.fromkeys(runs["config"]))
+    sections = []
+    if len(configs) > 1:
+        first = runs[runs["config"] == configs[0]]
+        paired = paired_by_seed(runs[runs["config"] != configs[0]], first)
+        sections.append(paired.assign(config=[f"`{c}` − `{configs[0]}`" for c in paired["config"]]))
+    if baseline is not None:
+        for config in configs:
+            theirs = baseline[baseline["config"] == config]
+            if len(theirs):
+                paired = paired_by_seed(runs[runs["config"] == config], theirs)
+                sections.append(paired.assign(config=[f"`{config}` − `{config}` of {baseline_name}"]))
+    if not sections:
+        return ""
+    return ("\n\nPaired by seed (the same seed: the same initialisation and batch order), mean difference ± "
+            "half-width of its 95% confidence interval over the pairs; **bold**: the interval leaves out 0, "
+            "outside the noise.\n\n" + paired_markdown(pd.concat(sections, ignore_index=True)))
+
+
+def write_results(runs: pd.DataFrame, output: Path, command: str, baseline: pd.DataFrame | None = None,
+                  baseline_name: str = "") -> pd.DataFrame:
     """results.csv (a row per run), summary.csv, results.png and results.md (ready for docs/results.md)."""
     summary = seeds_summary(runs)
-    atomic_write_text(runs.drop(columns=["opts"]).to_csv(index=False), output / "results.csv")
+    atomic_write_text(runs.drop(columns=["opts"]).to_csv(index=False), output / RESULTS_CSV)
     atomic_write_text(summary.to_csv(index=False), output / "summary.csv")
     atomic_write_bytes(seeds_png(runs, summary), output / "results.png")
     per_run = runs[[c for c in ("config", "seed", "macro_f1", "micro_f1", "samples_f1", "mAP", "val_macro_f1_tuned",
@@ -177,7 +213,7 @@ def write_results(runs: pd.DataFrame, output: Path, command: str) -> pd.DataFram
             "confidence interval of the mean over seeds (Student t). Two settings whose intervals overlap "
             "are not shown apart by these runs.\n\n"
             f"{seeds_markdown(summary)}\n![test scores per seed](results.png)\n\nPer run:\n\n"
-            f"{markdown_table(per_run)}")
+            f"{markdown_table(per_run)}{paired_text(runs, baseline, baseline_name)}")
     atomic_write_text(text, output / "results.md")
     return summary
 
@@ -190,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-path", type=Path, required=True, help="prepared tree with train/, val/ and test/")
     parser.add_argument("--opts", nargs="+", default=[], help="KEY VALUE pairs for every run (e.g. a smaller budget)")
     parser.add_argument("--tta", action="store_true", help="score the test split with flips averaged (test.py --tta)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another --output of this script: each config's runs paired by seed with the same "
+                             "config's runs there (e.g. the same recipe without an --opts change)")
     parser.add_argument("--output", type=Path, default=Path("output/experiments"),
                         help="root of the runs and the tables (default: output/experiments)")
     return parser.parse_args(argv)
@@ -201,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if not (args.data_path / "test").is_dir():
         raise FileNotFoundError(f"{args.data_path / 'test'}: no test split (--data-path must be a prepared tree)")
+    baseline = read_baseline(args.baseline) if args.baseline else None
     with hold_run_lock(args.output, "scripts/experiments.py"):  # one runner per --output; main.py locks each run
         logger = create_logger(args.output, name="experiments")
         experiments = plan(args.configs, args.seeds, args.output, args.opts)
@@ -208,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = read_results(experiments)
         if len(runs):
             command = shlex.join(["python", "scripts/experiments.py", *(sys.argv[1:] if argv is None else argv)])
-            summary = write_results(runs, args.output, command)
+            summary = write_results(runs, args.output, command, baseline, str(args.baseline))
             logger.info(f"{len(runs)} of {len(experiments)} runs finished; tables in {args.output / 'results.md'}:\n"
                         + summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return code

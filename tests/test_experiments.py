@@ -15,7 +15,7 @@ import pytest
 from cli import EXIT_INTERRUPTED
 from helpers import ROOT, TINY_YAML, load_script, make_tree
 from metrics import mean_confidence_interval
-from reports import seeds_markdown, seeds_png, seeds_summary
+from reports import paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
 from runlock import RunLockedError, hold_run_lock
 
 experiments = load_script("scripts/experiments.py")
@@ -47,6 +47,39 @@ def test_summary_table_and_plot():
     assert "| `b` | 3 | 0.820 ± 0.050 | 0.900 ± 0.000 | 0.600 ± 0.248 |" in text
     assert "| `a` | 1 | 0.700 | 0.600 | 0.800 |" in text
     assert seeds_png(runs, summary).startswith(b"\x89PNG")
+
+
+def test_paired_by_seed_on_known_numbers():
+    base = pd.DataFrame({"config": "bce", "seed": [0, 1, 2], "macro_f1": [0.80, 0.85, 0.83],
+                         "mAP": [0.90, 0.91, 0.92]})
+    # asl: +0.02, +0.01, +0.03 over bce at seeds 0-2 (mean 0.02, sd 0.01); seed 3 has no partner
+    asl = pd.DataFrame({"config": "asl", "seed": [0, 1, 2, 3], "macro_f1": [0.82, 0.86, 0.86, 0.99],
+                        "mAP": [0.90, 0.90, 0.92, 0.99]})
+    paired = paired_by_seed(asl, base)
+    assert paired.loc[0, "pairs"] == 3
+    assert paired.loc[0, "macro_f1"] == pytest.approx(0.02)
+    assert paired.loc[0, "macro_f1_ci95"] == pytest.approx(4.3027 * 0.01 / 3 ** 0.5, abs=1e-5)
+    assert paired.loc[0, "mAP"] == pytest.approx(-0.01 / 3)
+    assert "val_macro_f1_tuned" not in paired  # neither frame has it
+    text = paired_markdown(paired.assign(config=["asl − bce"]))
+    # +0.020 ± 0.025 straddles 0 (inside the noise, plain); mAP too
+    assert "| asl − bce | 3 | +0.020 ± 0.025 | -0.003 ± 0.014 |" in text
+    wide = paired_by_seed(asl.assign(macro_f1=asl["macro_f1"] + 0.1), base)
+    assert "**+0.120 ± 0.025**" in paired_markdown(wide)  # the interval leaves out 0: bold
+
+
+def test_results_pair_every_config_with_the_first_and_with_a_baseline(tmp_path):
+    runs = pd.DataFrame({"config": ["bce", "asl"] * 2, "seed": [0, 0, 1, 1], "opts": [[]] * 4,
+                         "macro_f1": [0.80, 0.83, 0.82, 0.84], "micro_f1": 0.9, "samples_f1": 0.9, "mAP": 0.9,
+                         "val_macro_f1_tuned": 0.9})
+    baseline = runs[runs["config"] == "bce"].assign(macro_f1=[0.79, 0.80])
+    experiments.write_results(runs, tmp_path, "python scripts/experiments.py ...", baseline, "output/plain")
+    text = (tmp_path / "results.md").read_text()
+    assert "| `asl` − `bce` | 2 | +0.025 ±" in text
+    assert "| `bce` − `bce` of output/plain | 2 | +0.015 ±" in text
+    assert "asl` of output/plain" not in text  # no asl runs in the baseline: no row
+    with pytest.raises(FileNotFoundError, match="results.csv"):
+        experiments.read_baseline(tmp_path / "nowhere")
 
 
 @pytest.fixture(scope="module")
