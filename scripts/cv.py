@@ -35,16 +35,15 @@ from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
 from data.folds import FOLDS_FILE, NO_FOLD, read_folds
-from data.labels import CLASSES, labels_to_vector
+from data.labels import CLASSES
 from ensemble import Ensemble
 from log import create_logger
-from metrics import summarize
+from oof import fold_metrics, mean_probabilities, probabilities_of, targets_of
 from reports import PREDICTIONS_CSV, markdown_table
 from rundir import RunDir
 from runlock import hold_run_lock
@@ -54,7 +53,6 @@ from utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 FOLD_RESULT = "fold.json"
-SUMMARY_KEYS = ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -142,19 +140,6 @@ def out_of_fold(runs: dict[int, RunDir]) -> pd.DataFrame:
     return oof[["image", "fold", *CLASSES, "true"]]
 
 
-def targets_of(oof: pd.DataFrame) -> np.ndarray:
-    return np.stack([labels_to_vector(labels) for labels in oof["true"]]).astype(int)
-
-
-def cv_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
-    """Per fold and pooled: F1s at the pooled out-of-fold thresholds, and mAP."""
-    rows = []
-    for name, part in [*((f"fold {f}", oof[oof["fold"] == f]) for f in sorted(oof["fold"].unique())), ("pooled", oof)]:
-        scores = summarize(targets_of(part), part[list(CLASSES)].to_numpy(), thresholds)
-        rows.append({"part": name, "images": len(part), **{k: round(scores[k], 4) for k in SUMMARY_KEYS}})
-    return pd.DataFrame(rows)
-
-
 def cv_folder(args: Namespace, config_files: list[Path]) -> Path:
     """OUTPUT/MODEL.NAME/TAG-cv (several configs: OUTPUT/NAME1+NAME2/TAG-cv): the log, the pooled results and
     the ensemble file."""
@@ -163,29 +148,19 @@ def cv_folder(args: Namespace, config_files: list[Path]) -> Path:
     return runs[0].parent.with_name(name) / f"{runs[0].name}-cv"
 
 
-def mean_out_of_fold(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Several configs' oof.csv frames as one: each leaf's probabilities averaged over the configs."""
-    first = frames[0]
-    for frame in frames[1:]:
-        if not (frame["image"].tolist() == first["image"].tolist() and (frame["fold"] == first["fold"]).all()):
-            raise ValueError("the configs' out-of-fold predictions are not of the same leaves and folds")
-    mean = np.mean([frame[list(CLASSES)].to_numpy() for frame in frames], axis=0)
-    return first.assign(**{c: mean[:, i] for i, c in enumerate(CLASSES)})
-
-
 def write_summary(args: Namespace, configs: list[Path], oof: pd.DataFrame, members: list[Path], folder: Path,
                   logger) -> None:
     """oof.csv, cv_metrics.json/.md, ensemble.json (with the thresholds tuned on all of oof.csv) and
     thresholds_samples.json."""
-    thresholds = tune_thresholds(targets_of(oof), oof[list(CLASSES)].to_numpy())
-    metrics = cv_metrics(oof, thresholds)
+    thresholds = tune_thresholds(targets_of(oof), probabilities_of(oof))
+    metrics = fold_metrics(oof, thresholds)
     atomic_write_text(oof.to_csv(index=False), folder / "oof.csv")
     atomic_write_text(json.dumps({"configs": [str(c) for c in configs], "opts": list(args.opts),
                                   "thresholds": dict(zip(CLASSES, map(float, thresholds))),
                                   "metrics": metrics.to_dict("records")}, indent=2) + "\n", folder / "cv_metrics.json")
     atomic_write_text(f"Out-of-fold predictions (TTA) at thresholds tuned on all {len(oof)} of them:\n\n"
                       + markdown_table(metrics), folder / "cv_metrics.md")
-    write_thresholds(tune_thresholds_for_samples(targets_of(oof), oof[list(CLASSES)].to_numpy()),
+    write_thresholds(tune_thresholds_for_samples(targets_of(oof), probabilities_of(oof)),
                      folder / "thresholds_samples.json")
     Ensemble(folder / "ensemble.json", tuple(members), (1.0,) * len(members), True, thresholds,
              f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(members)} members)").write()
@@ -233,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = cv_folder(args, list(args.configs))
         with hold_run_lock(folder, "scripts/cv.py"):
             logger = create_logger(folder, name="cv")
-            write_summary(args, list(args.configs), mean_out_of_fold(frames), members, folder, logger)
+            write_summary(args, list(args.configs), mean_probabilities(frames), members, folder, logger)
             logger.info(f"ensemble of {len(args.configs)} configs: {folder / 'ensemble.json'}")
     return EXIT_OK
 

@@ -27,8 +27,8 @@ import pandas as pd
 from sklearn.metrics import f1_score
 
 from cli import EXIT_OK, run_cli
-from data.labels import CLASSES, labels_to_vector
 from metrics import paired_bootstrap
+from oof import probabilities_of, read_probabilities, targets_of
 from reports import markdown_table
 from thresholds import decide, tune_thresholds, tune_thresholds_for_samples
 from utils import atomic_write_text
@@ -54,14 +54,10 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 
 def read_oof(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Folds (N,), probabilities (N, C) and multi-hot truths (N, C) of an oof.csv."""
-    frame = pd.read_csv(path, keep_default_na=False)
-    missing = {"fold", "true", *CLASSES} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{path}: not scripts/cv.py's oof.csv (missing columns {sorted(missing)})")
+    frame = read_probabilities(path, folds=True)
     if frame["fold"].nunique() < 2:
         raise ValueError(f"{path}: needs leaves of at least two folds to tune on some and decide others")
-    truths = np.stack([labels_to_vector(labels) for labels in frame["true"]]).astype(int)
-    return frame["fold"].to_numpy(), frame[list(CLASSES)].to_numpy(np.float64), truths
+    return frame["fold"].to_numpy(), probabilities_of(frame), targets_of(frame)
 
 
 def held_out_decisions(folds: np.ndarray, probs: np.ndarray, truths: np.ndarray, rule: str) -> np.ndarray:

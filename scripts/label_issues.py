@@ -33,8 +33,9 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cli import EXIT_OK, run_cli
-from data.labels import CLASSES, labels_to_vector, vector_to_labels
+from data.labels import CLASSES, vector_to_labels
 from ensemble import read_ensemble_thresholds
+from oof import probabilities_of, read_probabilities, targets_of
 from reports import png_bytes
 from thresholds import as_thresholds, read_thresholds
 from utils import atomic_write_bytes, atomic_write_text
@@ -51,26 +52,6 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--thresholds", type=Path, help="thresholds JSON (default: ensemble.json beside oof.csv)")
     parser.add_argument("--output", type=Path, help="folder of the results (default: label_issues/ beside oof.csv)")
     return parser.parse_args(argv)
-
-
-def read_oof(path: Path) -> pd.DataFrame:
-    """oof.csv, checked: an image column, the six probability columns in [0, 1], known true labels."""
-    try:
-        oof = pd.read_csv(path, keep_default_na=False)
-    except (OSError, pd.errors.ParserError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({err})") from None
-    missing = [c for c in ("image", *CLASSES, "true") if c not in oof.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (an oof.csv of scripts/cv.py?)")
-    probs = oof[list(CLASSES)].to_numpy(dtype=float)
-    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
-        raise ValueError(f"{path}: probabilities must lie in [0, 1]")
-    for line, labels in enumerate(oof["true"], start=2):
-        try:
-            labels_to_vector(labels)
-        except ValueError as err:
-            raise ValueError(f"{path}: line {line}: {err}") from None
-    return oof
 
 
 def oof_thresholds(args: Namespace) -> tuple[np.ndarray, str]:
@@ -94,8 +75,7 @@ def disagreement(given: np.ndarray, predicted: np.ndarray) -> str:
 
 def rank_issues(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
     """Every leaf, worst label quality first, with cleanlab's flag and the given vs predicted labels."""
-    probs = oof[list(CLASSES)].to_numpy(dtype=float)
-    given = np.stack([labels_to_vector(t) for t in oof["true"]]).astype(bool)
+    probs, given = probabilities_of(oof), targets_of(oof).astype(bool)
     labels = [np.flatnonzero(g).tolist() for g in given]  # cleanlab's form: the class indices of each leaf
     quality = get_label_quality_scores(labels, probs)
     flagged = find_label_issues(labels, probs)
@@ -147,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.top < 1:
         raise ValueError(f"--top must be positive, got {args.top}")
-    oof = read_oof(args.oof)
+    oof = read_probabilities(args.oof)
     image_of = image_paths(args.data_path)
     thresholds, source = oof_thresholds(args)
     table = rank_issues(oof, thresholds)

@@ -21,6 +21,7 @@ from ensemble import Ensemble, average_probs, probs_to_logits
 from helpers import ROOT, TINY_YAML, load_script
 from inference import sigmoid
 from models.ensemble import MeanOfProbabilities, MemberInput
+from oof import fold_metrics, targets_of
 from process.synthesize import synthesize
 from process.tree import DataOptions, prepare
 from rundir import RunDir
@@ -154,7 +155,7 @@ def test_out_of_fold_metrics_on_known_predictions(tmp_path):
         runs[fold] = run
     oof = cv.out_of_fold(runs)
     assert oof["image"].tolist() == ["a.jpg", "b.jpg"] and oof["fold"].tolist() == [0, 1]
-    metrics = cv.cv_metrics(oof, np.full(len(CLASSES), 0.5)).set_index("part")
+    metrics = fold_metrics(oof, np.full(len(CLASSES), 0.5)).set_index("part")
     assert list(metrics.index) == ["fold 0", "fold 1", "pooled"] and metrics.loc["pooled", "images"] == 2
     # complex: a.jpg found (TP), b.jpg not (TN); scab never predicted (FN on b.jpg): micro-F1 = 2*1/(2*1+1) = 2/3
     assert metrics.loc["pooled", "micro_f1_tuned"] == pytest.approx(2 / 3, abs=1e-4)
@@ -183,7 +184,7 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     np.testing.assert_allclose(oof.set_index("image").loc[member0["image"], list(CLASSES)], member0[list(CLASSES)])
     summary = json.loads((folder / "cv_metrics.json").read_text())
     assert [row["part"] for row in summary["metrics"]] == ["fold 0", "fold 1", "fold 2", "pooled"]
-    probs, targets = oof[list(CLASSES)].to_numpy(), cv.targets_of(oof)
+    probs, targets = oof[list(CLASSES)].to_numpy(), targets_of(oof)
     samples = read_thresholds(folder / "thresholds_samples.json")
     assert samples_f1(targets, decide(probs, samples, "at_least_one")) >= samples_f1(
         targets, decide(probs, np.array(list(summary["thresholds"].values())), "at_least_one"))

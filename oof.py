@@ -1,0 +1,79 @@
+"""Saved probabilities: out-of-fold files (scripts/cv.py's ``oof.csv``) and test.py's ``predictions.csv``.
+
+One home for reading them checked, scoring them per fold, and averaging several of them leaf by leaf:
+what cv.py pools, what decision_rules.py and label_issues.py read, and what blend.py combines.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from data.labels import CLASSES, labels_to_vector
+from ensemble import average_probs
+from metrics import summarize
+
+# the scores of a per-fold table (at thresholds tuned before, so the F1s are the "tuned" ones)
+SUMMARY_KEYS = ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")
+
+
+def read_probabilities(path: Path, folds: bool = False) -> pd.DataFrame:
+    """A CSV with an ``image`` column, the six probability columns in [0, 1] and known ``true`` labels
+    (and a ``fold`` column when ``folds``), sorted by image; any flaw is a one-line error naming the file."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    missing = [c for c in ("image", *(["fold"] if folds else []), *CLASSES, "true") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} "
+                         f"({'an oof.csv of scripts/cv.py' if folds else 'a predictions.csv of test.py'}?)")
+    try:
+        probs = frame[list(CLASSES)].to_numpy(dtype=np.float64)
+    except ValueError:
+        raise ValueError(f"{path}: the probability columns must be numbers") from None
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+        raise ValueError(f"{path}: probabilities must lie in [0, 1]")
+    for line, labels in enumerate(frame["true"], start=2):
+        try:
+            labels_to_vector(labels)
+        except ValueError as err:
+            raise ValueError(f"{path}: line {line}: {err}") from None
+    if frame["image"].duplicated().any():
+        raise ValueError(f"{path}: image {frame['image'][frame['image'].duplicated()].iloc[0]} appears twice")
+    return frame.sort_values("image", ignore_index=True)
+
+
+def probabilities_of(frame: pd.DataFrame) -> np.ndarray:
+    """(N, C) probabilities in class order."""
+    return frame[list(CLASSES)].to_numpy(dtype=np.float64)
+
+
+def targets_of(frame: pd.DataFrame) -> np.ndarray:
+    """(N, C) multi-hot truths of the ``true`` column."""
+    return np.stack([labels_to_vector(labels) for labels in frame["true"]]).astype(int)
+
+
+def fold_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
+    """Per fold and pooled: F1s at ``thresholds`` (the pooled out-of-fold ones), and mAP."""
+    rows = []
+    for name, part in [*((f"fold {f}", oof[oof["fold"] == f]) for f in sorted(oof["fold"].unique())), ("pooled", oof)]:
+        scores = summarize(targets_of(part), probabilities_of(part), thresholds)
+        rows.append({"part": name, "images": len(part), **{k: round(scores[k], 4) for k in SUMMARY_KEYS}})
+    return pd.DataFrame(rows)
+
+
+def mean_probabilities(frames: Sequence[pd.DataFrame], weights: Sequence[float] | None = None) -> pd.DataFrame:
+    """Several models' frames of the same leaves (sorted by image) as one: each leaf's probabilities
+    averaged with ``weights`` (equal when None); the leaves, their labels and folds must agree."""
+    first = frames[0]
+    for frame in frames[1:]:
+        same = frame["image"].tolist() == first["image"].tolist() and frame["true"].tolist() == first["true"].tolist()
+        if "fold" in first:
+            same = same and "fold" in frame and (frame["fold"].to_numpy() == first["fold"].to_numpy()).all()
+        if not same:
+            raise ValueError("the predictions are not of the same leaves, labels and folds")
+    mean = average_probs([probabilities_of(f) for f in frames], [1.0] * len(frames) if weights is None else weights)
+    return first.assign(**{c: mean[:, i] for i, c in enumerate(CLASSES)})
