@@ -56,6 +56,40 @@ def targets_of(frame: pd.DataFrame) -> np.ndarray:
     return np.stack([labels_to_vector(labels) for labels in frame["true"]]).astype(int)
 
 
+def pool_folds(frames: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Each fold's held-out predictions as one out-of-fold frame (image, fold, the six probabilities,
+    true), sorted by image; a leaf predicted by two folds is an error."""
+    parts = [frame[["image", *CLASSES, "true"]].assign(fold=fold) for fold, frame in frames.items()]
+    oof = pd.concat(parts, ignore_index=True).sort_values("image", ignore_index=True)
+    if oof["image"].duplicated().any():
+        raise ValueError(f"images predicted by more than one fold: {oof['image'][oof['image'].duplicated()].head(3)}")
+    return oof[["image", "fold", *CLASSES, "true"]]
+
+
+def fold_of_each(frames: Sequence[pd.DataFrame], names: Sequence[str], folds: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """The frames keyed by the fold their leaves hold out (``folds``: a tree's folds.csv), checked: each
+    frame is exactly one whole fold, and together they are every fold of the pool."""
+    fold_of = dict(zip(folds["image"], folds["fold"]))
+    pool = folds[folds["fold"] >= 0]
+    keyed: dict[int, pd.DataFrame] = {}
+    for frame, name in zip(frames, names):
+        found = {fold_of.get(image) for image in frame["image"]}
+        if len(found) != 1 or None in found or min(found) < 0:
+            raise ValueError(f"{name}: its leaves are not the held-out leaves of one fold of folds.csv "
+                             f"(folds found: {sorted(found, key=str)})")
+        fold = found.pop()
+        if fold in keyed:
+            raise ValueError(f"{name}: fold {fold} is given twice")
+        if len(frame) != int((pool["fold"] == fold).sum()):
+            raise ValueError(f"{name}: {len(frame)} leaves, but fold {fold} of folds.csv holds "
+                             f"{int((pool['fold'] == fold).sum())}")
+        keyed[fold] = frame
+    missing = sorted(set(pool["fold"]) - set(keyed))
+    if missing:
+        raise ValueError(f"no predictions for fold(s) {missing} of folds.csv")
+    return keyed
+
+
 def fold_metrics(oof: pd.DataFrame, thresholds: np.ndarray) -> pd.DataFrame:
     """Per fold and pooled: F1s at ``thresholds`` (the pooled out-of-fold ones), and mAP."""
     rows = []

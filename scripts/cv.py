@@ -43,7 +43,7 @@ from data.folds import FOLDS_FILE, NO_FOLD, read_folds
 from data.labels import CLASSES
 from ensemble import Ensemble
 from log import create_logger
-from oof import fold_metrics, mean_probabilities, probabilities_of, targets_of
+from oof import fold_metrics, mean_probabilities, pool_folds, probabilities_of, targets_of
 from reports import PREDICTIONS_CSV, markdown_table
 from rundir import RunDir
 from runlock import hold_run_lock
@@ -130,14 +130,8 @@ def run_folds(args: Namespace, config_file: Path, folds: list[int], logger) -> i
 
 def out_of_fold(runs: dict[int, RunDir]) -> pd.DataFrame:
     """Every pooled leaf once: image, fold, the six out-of-fold probabilities and its true labels."""
-    frames = []
-    for fold, run in runs.items():
-        frame = pd.read_csv(run.split_results("val") / PREDICTIONS_CSV, keep_default_na=False)
-        frames.append(frame[["image", *CLASSES, "true"]].assign(fold=fold))
-    oof = pd.concat(frames, ignore_index=True).sort_values("image", ignore_index=True)
-    if oof["image"].duplicated().any():
-        raise ValueError(f"images predicted by more than one fold: {oof['image'][oof['image'].duplicated()].head(3)}")
-    return oof[["image", "fold", *CLASSES, "true"]]
+    return pool_folds({fold: pd.read_csv(run.split_results("val") / PREDICTIONS_CSV, keep_default_na=False)
+                       for fold, run in runs.items()})
 
 
 def cv_folder(args: Namespace, config_files: list[Path]) -> Path:

@@ -14,6 +14,7 @@ from oof import fold_metrics, mean_probabilities, read_probabilities
 from thresholds import read_thresholds
 
 blend = load_script("scripts/blend.py")
+pool_folds = load_script("scripts/pool_folds.py")
 
 TRUE = ["complex", "healthy", "complex", "healthy"]
 
@@ -92,3 +93,39 @@ def test_blend_refuses_mismatched_arguments_before_reading(tmp_path):
     with pytest.raises(ValueError, match="--weights: expected 1 positive numbers"):
         blend.main(["--oof", str(oof), "--test", str(oof), "--weights", "0", "--output", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_pool_folds_keys_each_fold_file_by_folds_csv_and_averages_the_test_members(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    pd.DataFrame({"image": ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "t.jpg"], "split": ["train"] * 4 + ["test"],
+                  "fold": [0, 0, 1, 1, -1]}).to_csv(tree / "folds.csv", index=False)
+    oof = pd.read_csv(probabilities_csv(tmp_path / "all.csv", [0.9, 0.1, 0.8, 0.3], [0.1, 0.9, 0.2, 0.8]),
+                      keep_default_na=False).sort_values("image", ignore_index=True)
+    fold0, fold1 = tmp_path / "fold0.csv", tmp_path / "fold1.csv"
+    oof[oof["fold"] == 0].drop(columns="fold").to_csv(fold0, index=False)
+    oof[oof["fold"] == 1].drop(columns="fold").to_csv(fold1, index=False)
+    test_a = probabilities_csv(tmp_path / "test_a.csv", [0.6], [0.1], folds=False)
+    test_b = probabilities_csv(tmp_path / "test_b.csv", [0.2], [0.3], folds=False)
+    out = tmp_path / "pooled"
+    args = ["--data-path", str(tree), "--test", str(test_a), str(test_b), "--output", str(out)]
+    assert pool_folds.main(["--oof", str(fold1), str(fold0), *args]) == 0  # any order
+    pooled = read_probabilities(out / "oof.csv", folds=True)
+    assert pooled["fold"].tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(pooled["complex"], [0.9, 0.1, 0.8, 0.3])
+    test = read_probabilities(out / "test.csv")
+    np.testing.assert_allclose(test[["complex", "healthy"]].to_numpy(), [[0.4, 0.2]])
+    assert "pooled" in (out / "cv_metrics.md").read_text()
+
+    both = tmp_path / "both.csv"
+    oof.iloc[1:3].drop(columns="fold").to_csv(both, index=False)  # b.jpg (fold 0) and c.jpg (fold 1)
+    test_leaf = tmp_path / "test_leaf.csv"
+    pd.read_csv(test_a).assign(image="t.jpg").to_csv(test_leaf, index=False)  # fold -1
+    for files, message in [([fold0], r"no predictions for fold\(s\) \[1\]"),
+                           ([fold0, fold0], "fold0.csv: fold 0 is given twice"),
+                           ([both, fold1], r"both.csv: its leaves are not the held-out leaves of one fold"),
+                           ([test_leaf, fold1], r"test_leaf.csv: its leaves are not the held-out leaves"),
+                           ([tmp_path / "half.csv", fold1], "half.csv: 1 leaves, but fold 0 of folds.csv holds 2")]:
+        oof.iloc[:1].drop(columns="fold").to_csv(tmp_path / "half.csv", index=False)
+        with pytest.raises(ValueError, match=message):
+            pool_folds.main(["--oof", *map(str, files), *args])
