@@ -128,10 +128,11 @@ def table_text(table: pd.DataFrame) -> str:
 
 def paired_bootstrap(true: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int = 2000,
                      seed: int = 0) -> pd.DataFrame:
-    """Macro-, micro- and samples-F1 of decisions A and B on the same leaves: A - B and its 95% interval.
+    """Macro-, micro- and samples-F1 of decisions A and B on the same leaves, each with its 95% interval
+    (``a_low``/``a_high``, ``b_low``/``b_high``), and A - B with its own (``low``/``high``).
 
-    The leaves are resampled with replacement, the same resample for A and B; an interval that holds 0
-    is inside the noise (``outside_noise`` False).
+    The leaves are resampled with replacement, the same resample for A and B; an interval of A - B that
+    holds 0 is inside the noise (``outside_noise`` False).
     """
     from sklearn.metrics import f1_score
 
@@ -141,9 +142,12 @@ def paired_bootstrap(true: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: 
     draws = np.random.default_rng(seed).integers(0, len(true), (resamples, len(true)))
     rows = []
     for average in SUMMARY_ROWS:
-        diffs = np.array([f1(i, a, average) - f1(i, b, average) for i in draws])
-        low, high = np.percentile(diffs, [2.5, 97.5])
+        scores_a = np.array([f1(i, a, average) for i in draws])
+        scores_b = np.array([f1(i, b, average) for i in draws])
+        (a_low, a_high), (b_low, b_high) = np.percentile(scores_a, [2.5, 97.5]), np.percentile(scores_b, [2.5, 97.5])
+        low, high = np.percentile(scores_a - scores_b, [2.5, 97.5])
         all_a, all_b = f1(slice(None), a, average), f1(slice(None), b, average)
-        rows.append({"f1": average, "a": all_a, "b": all_b, "a_minus_b": all_a - all_b,
-                     "low": low, "high": high, "outside_noise": bool(low > 0 or high < 0)})
+        rows.append({"f1": average, "a": all_a, "a_low": a_low, "a_high": a_high, "b": all_b, "b_low": b_low,
+                     "b_high": b_high, "a_minus_b": all_a - all_b, "low": low, "high": high,
+                     "outside_noise": bool(low > 0 or high < 0)})
     return pd.DataFrame(rows)

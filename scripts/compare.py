@@ -3,9 +3,10 @@
     python scripts/compare.py A/test_test/predictions.csv B/test_test/predictions.csv [--resamples 2000] [--seed 0]
 
 Both files are test.py's ``predictions.csv`` of one split (columns ``image``, ``true``, ``predicted``).
-The leaves are resampled with replacement, the same resample for both runs, and the difference
-A - B of macro-, micro- and samples-F1 is computed on each; printed: the difference on all leaves
-and its 95% percentile interval. An interval that contains 0 is inside the noise.
+The leaves are resampled with replacement, the same resample for both runs, and macro-, micro- and
+samples-F1 of A, of B and of A - B are computed on each; printed: each on all leaves with its 95%
+percentile interval (``a_low``..``a_high``: the noise of one run's score on these leaves). An interval of
+A - B that contains 0 is inside the noise.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations

@@ -27,6 +27,9 @@ def test_a_run_right_everywhere_is_ahead_of_one_wrong_on_a_third_outside_the_noi
     table = paired_bootstrap(y, pa, pb, 300, 0).set_index("f1")
     assert table.loc["micro", "a"] == 1.0 and table.loc["micro", "b"] == pytest.approx(80 / 120)
     assert table["outside_noise"].all() and (table["low"] > 0).all()
+    assert (table[["a_low", "a_high"]] == 1.0).all().all()  # right on every resample
+    micro_b = table.loc["micro", ["b_low", "b", "b_high"]].to_numpy(dtype=float)
+    assert micro_b[0] < micro_b[1] < micro_b[2] and micro_b[2] - micro_b[0] < 0.25  # about +-1.96 * 0.043 around 2/3
     same = paired_bootstrap(y, pa, pa, 300, 0)
     assert (same["a_minus_b"] == 0).all() and not same["outside_noise"].any()
     assert np.allclose(same[["low", "high"]], 0)
