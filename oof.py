@@ -70,7 +70,7 @@ def fold_of_each(frames: Sequence[pd.DataFrame], names: Sequence[str], folds: pd
     """The frames keyed by the fold their leaves hold out (``folds``: a tree's folds.csv), checked: each
     frame is exactly one whole fold, and together they are every fold of the pool."""
     fold_of = dict(zip(folds["image"], folds["fold"]))
-    pool = folds[folds["fold"] >= 0]
+    sizes = folds.loc[folds["fold"] >= 0, "fold"].value_counts()
     keyed: dict[int, pd.DataFrame] = {}
     for frame, name in zip(frames, names):
         found = {fold_of.get(image) for image in frame["image"]}
@@ -80,11 +80,10 @@ def fold_of_each(frames: Sequence[pd.DataFrame], names: Sequence[str], folds: pd
         fold = found.pop()
         if fold in keyed:
             raise ValueError(f"{name}: fold {fold} is given twice")
-        if len(frame) != int((pool["fold"] == fold).sum()):
-            raise ValueError(f"{name}: {len(frame)} leaves, but fold {fold} of folds.csv holds "
-                             f"{int((pool['fold'] == fold).sum())}")
+        if len(frame) != sizes[fold]:
+            raise ValueError(f"{name}: {len(frame)} leaves, but fold {fold} of folds.csv holds {sizes[fold]}")
         keyed[fold] = frame
-    missing = sorted(set(pool["fold"]) - set(keyed))
+    missing = sorted(set(sizes.index) - set(keyed))
     if missing:
         raise ValueError(f"no predictions for fold(s) {missing} of folds.csv")
     return keyed

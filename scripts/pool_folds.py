@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cli import EXIT_OK, run_cli
 from data.folds import read_folds
+from data.labels import CLASSES
 from oof import (
     fold_metrics,
     fold_of_each,
@@ -48,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folds = read_folds(args.data_path)
     frames = fold_of_each([read_probabilities(p) for p in args.oof], [str(p) for p in args.oof], folds)
-    oof = pool_folds(dict(sorted(frames.items())))
+    oof = pool_folds(frames)
     test = mean_probabilities([read_probabilities(p) for p in args.test])
     per_fold = fold_metrics(oof, tune_thresholds(targets_of(oof), probabilities_of(oof)))
 
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(oof.to_csv(index=False), args.output / "oof.csv")
-    atomic_write_text(test[["image", *oof.columns[2:]]].to_csv(index=False), args.output / "test.csv")
+    atomic_write_text(test[["image", *CLASSES, "true"]].to_csv(index=False), args.output / "test.csv")
     atomic_write_text(f"{len(frames)} folds pooled, at thresholds tuned on all {len(oof)} out-of-fold leaves:\n\n"
                       + markdown_table(per_fold), args.output / "cv_metrics.md")
     print(f"out-of-fold ({len(oof)} leaves, {len(frames)} folds; {len(args.test)} test members averaged):\n"

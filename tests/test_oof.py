@@ -121,11 +121,12 @@ def test_pool_folds_keys_each_fold_file_by_folds_csv_and_averages_the_test_membe
     oof.iloc[1:3].drop(columns="fold").to_csv(both, index=False)  # b.jpg (fold 0) and c.jpg (fold 1)
     test_leaf = tmp_path / "test_leaf.csv"
     pd.read_csv(test_a).assign(image="t.jpg").to_csv(test_leaf, index=False)  # fold -1
+    half = tmp_path / "half.csv"
+    oof.iloc[:1].drop(columns="fold").to_csv(half, index=False)  # a.jpg alone of fold 0
     for files, message in [([fold0], r"no predictions for fold\(s\) \[1\]"),
                            ([fold0, fold0], "fold0.csv: fold 0 is given twice"),
                            ([both, fold1], r"both.csv: its leaves are not the held-out leaves of one fold"),
                            ([test_leaf, fold1], r"test_leaf.csv: its leaves are not the held-out leaves"),
-                           ([tmp_path / "half.csv", fold1], "half.csv: 1 leaves, but fold 0 of folds.csv holds 2")]:
-        oof.iloc[:1].drop(columns="fold").to_csv(tmp_path / "half.csv", index=False)
+                           ([half, fold1], "half.csv: 1 leaves, but fold 0 of folds.csv holds 2")]:
         with pytest.raises(ValueError, match=message):
             pool_folds.main(["--oof", *map(str, files), *args])
