@@ -1,7 +1,7 @@
 """Blend saved predictions of several models or ensembles, without their checkpoints.
 
     python scripts/blend.py --oof A-cv/oof.csv B-cv/oof.csv \
-        --test A_test/predictions.csv B_test/predictions.csv [--weights 1 1] --output output/blend
+        [--test A_test/predictions.csv B_test/predictions.csv] [--weights 1 1] --output output/blend
 
 Each ``--oof`` file (scripts/cv.py's ``oof.csv``: the same leaves and folds in every file) goes with the
 ``--test`` file in the same place: test.py's ``predictions.csv`` of the test split by the same model or
@@ -31,8 +31,9 @@ from utils import atomic_write_text
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--oof", type=Path, nargs="+", required=True, help="oof.csv of each model or ensemble")
-    parser.add_argument("--test", type=Path, nargs="+", required=True,
-                        help="the test split's predictions.csv of each, in the order of --oof")
+    parser.add_argument("--test", type=Path, nargs="+",
+                        help="the test split's predictions.csv of each, in the order of --oof "
+                             "(default: out of fold only, test not scored)")
     parser.add_argument("--weights", type=float, nargs="+", help="weight of each (default: equal)")
     parser.add_argument("--output", type=Path, required=True, help="folder of the blend's files")
     return parser.parse_args(argv)
@@ -40,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 
 def check_args(args: Namespace) -> None:
     """Matching counts and positive weights, before any file is read."""
-    if len(args.oof) != len(args.test):
+    if args.test is not None and len(args.oof) != len(args.test):
         raise ValueError(f"--oof has {len(args.oof)} files and --test {len(args.test)}: "
                          "give one test file per oof file")
     if args.weights is not None and (len(args.weights) != len(args.oof) or min(args.weights) <= 0):
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
     oof = mean_probabilities([read_probabilities(path, folds=True) for path in args.oof], args.weights)
-    test = mean_probabilities([read_probabilities(path) for path in args.test], args.weights)
+    test = None if args.test is None else mean_probabilities([read_probabilities(p) for p in args.test], args.weights)
     thresholds = tune_thresholds(targets_of(oof), probabilities_of(oof))
     per_fold = fold_metrics(oof, thresholds)
 
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(f"Blend of {len(args.oof)} at thresholds tuned on all {len(oof)} out-of-fold leaves:\n\n"
                       + markdown_table(per_fold), args.output / "cv_metrics.md")
     write_thresholds(thresholds, args.output / "thresholds.json")
+    print(f"out-of-fold ({len(oof)} leaves, thresholds tuned on them):\n{per_fold.to_string(index=False)}")
+    if test is None:
+        print("test split not scored (no --test)")
+        return EXIT_OK
     folder = args.output / "test"
     folder.mkdir(exist_ok=True)
     targets, probs = targets_of(test), probabilities_of(test)
@@ -68,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     write_split_results(folder, multilabel_metrics(targets, probs, thresholds), test["image"].tolist(), targets,
                         probs, thresholds, meta)
     scores = summarize(targets, probs, thresholds)
-    print(f"out-of-fold ({len(oof)} leaves, thresholds tuned on them):\n{per_fold.to_string(index=False)}")
     print(f"test ({len(test)} leaves) at those thresholds: " + json.dumps(
         {k: round(scores[k], 4) for k in ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")}))
     return EXIT_OK

@@ -84,6 +84,12 @@ def test_blend_tunes_on_the_blended_out_of_fold_and_scores_the_blended_test_once
     assert metrics["blend"]["weights"] == [1.0, 1.0]
     assert metrics["metrics"]["complex"]["f1"] == metrics["metrics"]["healthy"]["f1"] == pytest.approx(1.0)
     assert "pooled" in (out / "cv_metrics.md").read_text()
+    # without --test: the same out-of-fold blend and thresholds, and the test split left unscored
+    oof_only = tmp_path / "oof_only"
+    assert blend.main(["--oof", str(oof_a), str(oof_b), "--output", str(oof_only)]) == 0
+    assert (oof_only / "oof.csv").read_text() == (out / "oof.csv").read_text()
+    np.testing.assert_allclose(read_thresholds(oof_only / "thresholds.json"), thresholds)
+    assert not (oof_only / "test").exists()
 
 
 def test_blend_refuses_mismatched_arguments_before_reading(tmp_path):
