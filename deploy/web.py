@@ -6,27 +6,41 @@ overlay for each predicted class. Probabilities come from ``evaluation.file_logi
 path, so a photo scores the same in the page and on the command line, and its predictions.csv has
 test.py's columns (``reports.predictions_frame``). A refused or unreadable
 file gets a line saying why, and the others go on. Nothing leaves the machine: no analytics, system
-fonts, no CDN; uploads, examples and CSVs live in one temporary folder that the app removes.
+fonts, no CDN, and a file named by URL is never fetched.
+
+Nothing is served but the uploads: pictures and the CSV travel inside the results' HTML (data URIs),
+the example leaves are predicted where they lie, and no response names a server folder but the upload's
+own (gradio's upload answer, which the browser quotes back). Uploads are removed ``max_age_s`` after they
+arrived, and requests from another site's page (another Origin, or a DNS name rebound to this machine)
+are refused.
 """
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import os
-import uuid
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlsplit
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by gradio at import: no telemetry or update check
 
 import gradio as gr
 import numpy as np
+from gradio_client.utils import is_http_url_like
 from PIL import Image
 from pytorch_grad_cam.base_cam import BaseCAM
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from data.images import image_failure, load_image
+from cli import RunError
+from data.images import FORMAT_NAMES, image_failure, load_image
 from data.labels import CLASS_INDEX, CLASSES
 from deploy.uploads import UploadError, UploadLimits, check_upload, display_name
 from ensemble import EnsemblePredictor
@@ -34,9 +48,11 @@ from evaluation import file_logits
 from explain import build_cam, class_maps, overlay
 from inference import Backend, sigmoid
 from reports import PREDICTIONS_CSV, predictions_frame, submission_labels
-from utils import atomic_write_text
 
 PHOTO_SIDE = 448  # longer side of the photo and CAM pictures in the page
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+NON_FINITE = "the model computed NaN or infinity for the photos sent together with this one: none is shown"
+FILE_URL = re.compile(r"/file[=/]+https?:", re.IGNORECASE)  # gradio's file routes fetch a URL given as the path
 SYSTEM_FONTS = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 CSS = """
@@ -64,6 +80,7 @@ tr.passed .leaf-fill {background: #43a047;}
 .leaf-cams {display: flex; flex-wrap: wrap; gap: 10px; margin-top: 10px;}
 .leaf-cams figure {margin: 0; text-align: center;}
 .leaf-cam {height: 150px; border-radius: 6px;}
+.leaf-csv {display: inline-block; margin-bottom: 10px; font-weight: 600;}
 """
 
 
@@ -82,19 +99,18 @@ class LeafResult:
 
 @dataclass
 class LeafPage:
-    """What the page predicts with, and the folder (inside the app's temporary folder) its CSVs go to."""
+    """What the page predicts with."""
 
     predictor: Backend | EnsemblePredictor
     thresholds: np.ndarray
     cam: BaseCAM | None  # None: no Grad-CAM (ONNX backend)
     limits: UploadLimits
-    workdir: Path
     cam_model: Backend | None = None  # whose Grad-CAM: the predictor, or one member of an ensemble
     cam_source: str = ""  # how the page names it
 
     @classmethod
-    def serving(cls, predictor: Backend | EnsemblePredictor, thresholds: np.ndarray, limits: UploadLimits,
-                workdir: Path) -> "LeafPage":
+    def serving(cls, predictor: Backend | EnsemblePredictor, thresholds: np.ndarray, limits: UploadLimits
+                ) -> "LeafPage":
         """The page of ``predictor``: Grad-CAM on the PyTorch backend, none on ONNX Runtime (no gradients)
         nor for a backbone without a known target layer (explain.default_target_layer). An ensemble's bars
         are the ensemble's; its Grad-CAM is its first member's (one network's map: the average of several
@@ -108,7 +124,7 @@ class LeafPage:
             cam = build_cam(model.model) if model.backend == "torch" else None
         except ValueError:
             cam = None
-        return cls(predictor, thresholds, cam, limits, workdir, model, source)
+        return cls(predictor, thresholds, cam, limits, model, source)
 
     @property
     def description(self) -> str:
@@ -117,15 +133,15 @@ class LeafPage:
             return self.predictor.describe()
         return f"{self.predictor.info.describe()} on {self.predictor.backend}"
 
-    def predict(self, files: Sequence[str] | None) -> tuple[str, str | None]:
-        """(HTML of the results, path of their CSV or None) for the files the browser sent."""
+    def predict(self, files: Sequence[str] | None) -> str:
+        """The HTML of the results, their predictions.csv link included, for the files the browser sent."""
         if not files:
-            return '<p class="leaf-note">Drop leaf photos (JPEG, PNG, WebP) or click an example.</p>', None
+            return f'<p class="leaf-note">Drop leaf photos ({FORMAT_NAMES}) or click an example.</p>'
         files = list(files)
         results = self.score(files[: self.limits.max_files])
         results += [LeafResult(display_name(f), f"not read: at most {self.limits.max_files} photos at a time")
                     for f in files[self.limits.max_files:]]
-        return render_results(results, self.thresholds), self.write_csv(results)
+        return csv_link(self.csv_text(results)) + render_results(results, self.thresholds)
 
     def score(self, files: Sequence[str]) -> list[LeafResult]:
         """Upload checks, then one batch through the predictor, then Grad-CAM of the predicted classes."""
@@ -136,12 +152,18 @@ class LeafPage:
             except UploadError as error:
                 result.error = str(error)
         good = [(r, Path(p)) for r, p in zip(results, files) if not r.error]
-        if good:
+        if not good:
+            return results
+        try:
             logits, errors = file_logits(self.predictor, [p for _, p in good], len(good), num_workers=0)
-            for (result, path), logit, error in zip(good, logits, errors):
-                result.error = error
-                if not error:
-                    self.explain(result, path, sigmoid(logit))
+        except RunError:  # non-finite outputs (inference.require_finite): no bar of such a batch is shown
+            for result, _ in good:
+                result.error = NON_FINITE
+            return results
+        for (result, path), logit, error in zip(good, logits, errors):
+            result.error = error
+            if not error:
+                self.explain(result, path, sigmoid(logit))
         return results
 
     def explain(self, result: LeafResult, path: Path, probs: np.ndarray) -> None:
@@ -159,20 +181,33 @@ class LeafPage:
             maps, _ = class_maps(self.cam, photo, self.cam_model.transform, classes)
             result.cams = [(CLASSES[c], overlay(photo, m)) for c, m in zip(classes, maps)]
 
-    def write_csv(self, results: Sequence[LeafResult]) -> str | None:
-        """predictions.csv of the scored files, as test.py writes it: image, six probabilities, predicted."""
+    def csv_text(self, results: Sequence[LeafResult]) -> str:
+        """predictions.csv of the scored files, as test.py writes it: image, six probabilities, predicted
+        ('' when none was scored)."""
         scored = [r for r in results if r.probs is not None]
         if not scored:
-            return None
+            return ""
         frame = predictions_frame([r.name for r in scored], np.stack([r.probs for r in scored]), self.thresholds)
-        path = self.workdir / uuid.uuid4().hex / PREDICTIONS_CSV
-        atomic_write_text(frame.to_csv(index=False), path)
-        return str(path)
+        return frame.to_csv(index=False)
+
+    def check(self, example: Path) -> None:
+        """Predict one example leaf: a model that computes NaN or infinity stops the app before it serves
+        (inference.require_finite raises), rather than refusing every photo."""
+        file_logits(self.predictor, [example], 1, num_workers=0)
 
 
 # ---------------------------------------------------------------------------------------------
 # HTML
 # ---------------------------------------------------------------------------------------------
+
+
+def csv_link(text: str) -> str:
+    """A download link holding the CSV itself: no file on the server to serve, no folder to name."""
+    if not text:
+        return ""
+    data = base64.b64encode(text.encode()).decode("ascii")
+    return (f'<a class="leaf-csv" download="{PREDICTIONS_CSV}" href="data:text/csv;base64,{data}">'
+            f"Download {PREDICTIONS_CSV}</a>")
 
 
 def data_uri(picture: Image.Image | np.ndarray) -> str:
@@ -222,32 +257,99 @@ def render_results(results: Sequence[LeafResult], thresholds: np.ndarray) -> str
 # ---------------------------------------------------------------------------------------------
 
 
+def never_fetching(files: gr.File) -> gr.File:
+    """``files``, refusing an input FileData whose path is a URL, which gradio would resolve (through dns.google
+    when the host is not public) and download. gradio moves every input file of a request to its cache through
+    this method; it is replaced on the instance, since a subclass of a component makes gradio write a .pyi
+    stub beside this module."""
+    move = files.async_move_resource_to_block_cache
+
+    async def move_local_only(url_or_file_path: str | Path | None) -> str | None:
+        if is_http_url_like(url_or_file_path):
+            raise gr.Error("a photo is read from this page's uploads only, never fetched from a URL")
+        return await move(url_or_file_path)
+
+    files.async_move_resource_to_block_cache = move_local_only
+    return files
+
+
 def build_blocks(page: LeafPage, examples: Sequence[Path], title: str) -> gr.Blocks:
-    """The page: uploads, examples and the CSV on the left, one card per photo on the right."""
+    """The page: uploads and example leaves on the left, the CSV link and one card per photo on the right.
+
+    An example is predicted where it lies, by its button: neither its path nor its pixels go to the browser.
+    """
     cam = (f"Grad-CAM of the predicted classes by {page.cam_source}" if page.cam is not None else
            "no Grad-CAM (it needs a PyTorch checkpoint of a backbone with a known target layer)")
-    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as blocks:
+    age = page.limits.max_age_s
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(max(1, age // 5), age)) as blocks:
         gr.Markdown(f"## {html.escape(title)}\n{html.escape(page.description)}; "
                     f"{cam}. Each bar is a class's probability, its red mark the class's threshold; the labels "
                     f"(in bold) follow Kaggle's rules: never empty, `healthy` never with a disease.")
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
-                files = gr.File(label="Leaf photos", file_count="multiple", file_types=["image"], type="filepath")
-                gr.Examples([[[str(p)]] for p in examples], inputs=[files], label="Example leaves (synthetic)")
-                csv = gr.File(label="predictions.csv", interactive=False)
+                files = never_fetching(gr.File(label="Leaf photos", file_count="multiple", file_types=["image"],
+                                               type="filepath"))
+                gr.Markdown("Example leaves (synthetic):")
+                with gr.Row():
+                    buttons = {gr.Button(path.name, size="sm"): path for path in examples}
                 gr.Markdown(f"At most {page.limits.max_files} photos of {page.limits.max_bytes / 2**20:.0f} MB "
-                            f"and {page.limits.max_pixels / 1e6:.0f} megapixels each.")
+                            f"and {page.limits.max_pixels / 1e6:g} megapixels each; uploads are removed after "
+                            f"{age} s.")
             with gr.Column(scale=2):
-                results = gr.HTML(page.predict(None)[0], elem_id="results")
-        files.change(page.predict, inputs=files, outputs=[results, csv])
+                results = gr.HTML(page.predict(None), elem_id="results")
+        files.change(page.predict, inputs=files, outputs=results)
+        for button, path in buttons.items():
+            button.click(functools.partial(page.predict, [str(path)]), outputs=results, api_visibility="private")
     return blocks
 
 
-def serve(blocks: gr.Blocks, host: str, port: int, limits: UploadLimits, allowed: Path, queue_size: int,
+class SameSiteOnly:
+    """ASGI middleware: a 403 for what another site's page could send to this local server.
+
+    - an ``Origin`` other than the page's own (a cross-site form or fetch: it would upload blind);
+    - on a loopback address, a ``Host`` that is not a loopback name (a DNS name rebound to 127.0.0.1 makes
+      the attacker's page same-origin);
+    - a file route naming a URL (gradio would fetch it: nothing leaves the machine).
+    Requests without ``Origin`` (the page's own GETs, command-line clients) pass the first check.
+    """
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None) -> None:
+        self.app, self.hosts = app, hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reason = refusal(scope, self.hosts) if scope["type"] == "http" else ""
+        if reason:
+            await PlainTextResponse(reason, status_code=403)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def refusal(scope: Scope, hosts: frozenset[str] | None) -> str:
+    """Why ``SameSiteOnly`` refuses the request of ``scope`` ('' if it does not)."""
+    headers = Headers(scope=scope)
+    host, origin = headers.get("host", "").lower(), headers.get("origin")
+    if hosts is not None and urlsplit(f"//{host}").hostname not in hosts:
+        return "refused: this page answers to its own address only"
+    if origin is not None and origin.lower() != f"{scope['scheme']}://{host}":
+        return "refused: a request from another site's page"
+    if FILE_URL.search(scope["path"]):
+        return "refused: nothing is fetched from a URL"
+    return ""
+
+
+def page_hosts(host: str) -> frozenset[str] | None:
+    """The host names the page answers to: loopback names when it listens on loopback, else any (None)."""
+    return LOOPBACK if host.lower().strip("[]") in LOOPBACK else None
+
+
+def serve(blocks: gr.Blocks, host: str, port: int, limits: UploadLimits, private: Sequence[Path], queue_size: int,
           concurrency: int) -> None:
-    """Serve ``blocks`` until interrupted: a bounded queue, uploads capped at ``limits.max_bytes``."""
+    """Serve ``blocks`` until interrupted: a bounded queue, uploads capped at ``limits.max_bytes``, nothing of
+    ``private`` served (nor anything else outside gradio's upload folder: no ``allowed_paths``)."""
     theme = gr.themes.Soft(primary_hue="green", font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     blocks.queue(max_size=queue_size, default_concurrency_limit=concurrency)
-    blocks.launch(server_name=host, server_port=port, max_file_size=limits.max_bytes, allowed_paths=[str(allowed)],
+    blocks.launch(server_name=host, server_port=port, max_file_size=limits.max_bytes,
+                  blocked_paths=[str(path) for path in private],
+                  app_kwargs={"middleware": [Middleware(SameSiteOnly, hosts=page_hosts(host))]},
                   theme=theme, css=CSS, footer_links=[], ssr_mode=False, pwa=False, mcp_server=False,
                   enable_monitoring=False, show_error=True, max_threads=8)

@@ -201,7 +201,7 @@ def test_unlabelled_mode_predicts_good_images_and_reports_the_bad_one(run, photo
             "--device", "cpu", "--num-workers", "2", "--batch-size", "2"]
     assert test_script.main(args) == 0
     printed = capsys.readouterr().out
-    assert "broken.jpg: skipped (not an image Pillow can read)" in printed
+    assert "broken.jpg: skipped (not an image of an accepted format: JPEG, PNG, WebP, BMP or TIFF)" in printed
     predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert sorted(predictions["image"]) == ["cmyk.jpg", "gray.jpg", "plain.png", "rgba.png", "rotated.jpg"]
     probs = predictions[list(CLASSES)].to_numpy()
