@@ -12,11 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from data.folds import FOLDS_FILE, NO_FOLD, read_folds
-from data.images import image_failure, load_image
+from data.folds import FOLDS_FILE, IN_PROGRESS, NO_FOLD, read_folds
+from data.images import IMAGE_SUFFIXES, image_failure, load_image
 from data.labels import CLASSES, NUM_CLASSES, code_to_vector, is_code
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def read_image_list(path: str | Path) -> frozenset[str]:
@@ -56,7 +54,7 @@ def scan_tree(root: Path) -> list[tuple[str, np.ndarray]]:
                 path, target = found.get(file.name, (str(file), np.zeros(NUM_CLASSES, np.float32)))
                 found[file.name] = (path, np.maximum(target, code))
     if not found:
-        raise ValueError(f"{root}: no images in any class-code folder")
+        raise ValueError(f"{root}: empty split: no images in any class-code folder")
     return [found[name] for name in sorted(found)]
 
 
@@ -69,6 +67,11 @@ class TreeSplit:
     name: str
     fold: int = NO_FOLD
     exclude: str = ""  # a file listing image names to leave out (DATA.EXCLUDE, training only); '' = none
+
+    def __post_init__(self) -> None:
+        """Refuse a tree that a killed or failed prepare left half-written, before a single image is read."""
+        if (Path(self.data_path) / IN_PROGRESS).exists():
+            raise ValueError(f"{self.data_path}: prepare did not finish: re-run it")
 
     def __str__(self) -> str:
         if self.fold == NO_FOLD or self.name not in ("train", "val"):

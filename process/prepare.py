@@ -1,7 +1,7 @@
 """Turn a Plant Pathology dataset into the one-hot ImageNet-style tree, decoding every photo once.
 
     python process/prepare.py --src SRC --dst DST [--size 384] [--val 0.15] [--test 0.15] [--seed 0]
-                              [--workers N] [--force] [--max-pixels 100000000]
+                              [--workers N] [--force] [--max-pixels 64000000]
                               [--duplicates keep|union|drop|off] [--duplicate-distance 128] [--move-leaks]
                               [--folds K] [--fold-pool train,val] [--exclude FILE]
 
@@ -33,9 +33,18 @@ from pathlib import Path
 from termcolor import colored
 
 from cli import EXIT_FAILED, run_cli
-from data.dataset import read_image_list
+from data.images import MAX_PIXELS
 from process.duplicates import DEFAULT_DISTANCE, HASH_BITS, POLICIES
-from process.tree import MAX_PIXELS, DataOptions, NoUsableImages, prepare
+from process.tree import DataOptions, NoUsableImages, prepare
+
+
+def read_exclude(path: Path | None) -> tuple[str, ...]:
+    """--exclude's image names, sorted; data.dataset (torch) is imported only then, so prepare starts fast."""
+    if path is None:
+        return ()
+    from data.dataset import read_image_list
+
+    return tuple(sorted(read_image_list(path)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold-pool", default="train,val", help="splits the folds are made of (comma-separated)")
     parser.add_argument("--exclude", type=Path, help="file listing images to leave out (CSV 'image' column or lines)")
     args = parser.parse_args(argv)
-    exclude = tuple(sorted(read_image_list(args.exclude))) if args.exclude else ()
+    exclude = read_exclude(args.exclude)
     options = DataOptions(args.duplicates, args.duplicate_distance, args.move_leaks, args.folds,
                           tuple(s.strip() for s in args.fold_pool.split(",") if s.strip()), exclude)
     try:

@@ -1,8 +1,9 @@
 """Reading a Plant Pathology dataset: the Kaggle layout or a pre-split one, every CSV checked first.
 
-Why a module of its own: all input errors (unreadable CSV, unknown or missing labels, unsafe or
-duplicate image names, an image in two splits) are found here, before anything is written, and each
-is one InputError naming the file, the problem and the first offending lines.
+Why a module of its own: all input errors (unreadable CSV, unknown or missing labels, unsafe, hidden,
+overlong or duplicate image names, an image without read permission, an image in two splits) are
+found here, before anything is written, and each is one InputError naming the file, the problem and
+the first offending lines.
 
 The Kaggle layout is ``train.csv`` + ``train_images/``. A pre-split layout is ``{train,val,test}/``,
 each with one CSV and its images in ``images/`` or beside it. A CSV holds ``image``/``images`` and a
@@ -10,6 +11,7 @@ each with one CSV and its images in ``images/`` or beside it. A CSV holds ``imag
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
@@ -20,16 +22,30 @@ SPLITS = ("train", "val", "test")
 KAGGLE, PRE_SPLIT = "kaggle", "pre-split"
 IMAGE_COLUMNS = ("image", "images")
 SHOW_ROWS = 5  # offending rows named in an input error
+SHOW_CHARS = 60  # longest image name shown in an input error
+# The tree's <stem>.jpg under an atomic write's temp name ('.' + name + '.XXXXXXXX.tmp') fits NAME_MAX (255 bytes).
+MAX_NAME_BYTES = 240
 
 
 class InputError(ValueError):
     """Bad input (CSV, labels, image names, settings) found before anything is written."""
 
 
+def output_name(name: str) -> str:
+    """The file name of an image in the tree: ``<stem>.jpg``."""
+    return PurePosixPath(name).stem + ".jpg"
+
+
 def _name_problem(name: str) -> str | None:
-    """Why an image name cannot be used as a file name inside DST, or None."""
+    """Why an image name cannot be used as a file name inside DST, or None.
+
+    A hidden name (``.x.jpg``) would be written but skipped by the tree's readers, which ignore
+    dot-files as temp files; an overlong one would fail in a worker, half-way through.
+    """
     if not name:
         return "empty image name"
+    if "\0" in name:
+        return "image name with a NUL byte"
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
         return "absolute image name"
@@ -37,15 +53,35 @@ def _name_problem(name: str) -> str | None:
         return "image name with '..'"
     if len(parts) != 1:
         return "image name with a folder"
+    if parts[0].startswith("."):
+        return "hidden image name (starting with '.')"
+    if len(output_name(name).encode()) > MAX_NAME_BYTES:
+        return f"image name over {MAX_NAME_BYTES} bytes"
     return None
+
+
+def _shown(name: str) -> str:
+    """An image name fit for a one-line message: control characters escaped, long names cut."""
+    shown = name if name.isprintable() else repr(name)[1:-1]
+    return shown if len(shown) <= SHOW_CHARS else shown[:SHOW_CHARS] + "..."
 
 
 def _rows_message(problem: str, rows: pd.DataFrame) -> str:
     """``unknown label 'blight' in lines 3, 17 (a.jpg, b.jpg)``, naming the first rows only."""
     more = ", ..." if len(rows) > SHOW_ROWS else ""
     lines = ", ".join(str(n) for n in rows["line"].head(SHOW_ROWS)) + more
-    names = ", ".join(rows["image"].head(SHOW_ROWS)) + more
+    names = ", ".join(rows["image"].head(SHOW_ROWS).map(_shown)) + more
     return f"{problem} in line{'s' if len(rows) > 1 else ''} {lines} ({names})"
+
+
+def _check_readable(rows: pd.DataFrame, csv: Path) -> None:
+    """InputError for an image that exists but cannot be read: a permission to fix, not a photo to skip."""
+    locked = rows[[os.path.exists(s) and not os.access(s, os.R_OK) for s in rows["source"]]]
+    if locked.empty:
+        return
+    first = locked.iloc[0]
+    more = f"; {len(locked) - 1} more image(s) likewise" if len(locked) > 1 else ""
+    raise InputError(f"{first.source}: cannot read it (permission denied; line {first.line} of {csv}{more})")
 
 
 def _labels_from_strings(raw: pd.DataFrame) -> tuple[pd.Series, list[tuple[str, pd.Series]]]:
@@ -106,13 +142,14 @@ def read_labels_csv(csv: Path, image_dir: Path) -> pd.DataFrame:
     names = raw[image_column].str.strip()
     rows = pd.DataFrame({"image": names, "labels": labels, "line": raw.index + 2,
                          "source": [str(image_dir / n) for n in names],
-                         "output": [PurePosixPath(n).stem + ".jpg" for n in names]})
+                         "output": names.map(output_name)})
     name_problems = names.map(_name_problem)
     problems += [(p, name_problems == p) for p in name_problems.dropna().unique()]
     problems.append(("duplicate image name", rows["output"].duplicated(keep=False)))
     messages = [_rows_message(p, rows[mask]) for p, mask in problems if mask.any()]
     if messages:
         raise InputError(f"{csv}: {'; '.join(messages)}")
+    _check_readable(rows, csv)
     return rows
 
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from data.folds import NO_FOLD
 from data.labels import labels_to_vector
@@ -65,6 +64,8 @@ def assign_folds(rows: pd.DataFrame, k: int, seed: int, pool: Sequence[str]) -> 
     Iterative multi-label stratification (iterative-stratification's MultilabelStratifiedKFold) over
     units, each carrying the union of its images' labels; seeded, and stable for the same rows.
     """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # imports scikit-learn: only for --folds
+
     pooled = rows[rows["split"].isin(pool)]
     first = first_of_units(pooled)
     if len(first) < k:

@@ -8,17 +8,19 @@ Why it is built this way: training reads small JPEGs instead of 4000x2672 photos
 carries the multi-label truth. An unreadable image is skipped and reported. ``stats.json`` is written
 last and records a fingerprint of the inputs and settings: a finished DST with the same fingerprint is
 left untouched, and a killed run is redone. Every file appears whole under its final name or not at all.
-One process writes a DST at a time (``runlock``).
+One process writes a DST at a time (``runlock``). DST never overlaps SRC: prepare clears its outputs in
+DST, which must never touch a source file.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 import threading
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +32,9 @@ from PIL import Image
 from termcolor import colored
 from tqdm import tqdm
 
-from data.folds import FOLDS_FILE, NO_FOLD
-from data.images import image_failure, load_image
+from cli import RunError
+from data.folds import FOLDS_FILE, IN_PROGRESS, NO_FOLD
+from data.images import MAX_PIXELS, image_failure, load_image
 from data.labels import CLASSES, labels_to_codes
 from process.duplicates import (
     DEFAULT_DISTANCE,
@@ -54,13 +57,11 @@ from process.sources import KAGGLE, SPLITS, InputError, read_source
 from process.splits import assign_folds, assign_splits, folds_frame
 from reports import png_bytes
 from runlock import LOCK_NAME, hold_run_lock
-from utils import atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
+from utils import DiskFullError, atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
 
-MAX_PIXELS = 100_000_000  # a 4000x2672 photo has 10.7 MP; far beyond this is a decompression bomb
 JPEG_QUALITY = 95
 RESAMPLE = Image.Resampling.LANCZOS
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
-IN_PROGRESS = ".prepare-in-progress"  # holds the fingerprint of a run that has not finished
 STAGING = ".staged"  # resized JPEGs before the split is known (every hash is needed first)
 REPORTS = ("label_distribution.png", REPORT_CSV, SHEET_PNG, FOLDS_FILE)
 
@@ -81,13 +82,13 @@ def target_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
     return max(shorter, round(width * scale)), max(shorter, round(height * scale))
 
 
-def load_resized(path: str | Path, shorter: int) -> Image.Image:
+def load_resized(path: str | Path, shorter: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode once, upright (EXIF orientation) and RGB, with the shorter side at most ``shorter``.
 
     ``load_image`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding, never below the
     target, which is most of the speed-up on full-size photos; the filter then does the rest.
     """
-    upright = load_image(path, shorter)
+    upright = load_image(path, shorter, max_pixels)
     wanted = target_size(upright.size, shorter)
     return upright if wanted == upright.size else upright.resize(wanted, RESAMPLE)
 
@@ -101,6 +102,7 @@ class Task:
     staged: str
     size: int
     find_duplicates: bool = True
+    max_pixels: int = MAX_PIXELS  # larger images are skipped (data.images)
 
 
 def _link_or_copy(first: Path, other: Path) -> None:
@@ -118,6 +120,14 @@ def _link_or_copy(first: Path, other: Path) -> None:
     os.replace(temp, other)
 
 
+def jpeg_bytes(image: Image.Image) -> bytes:
+    """The JPEG in memory: Pillow's encoder writes to a file's descriptor itself and ignores a short write
+    (a disk filling up, ``ulimit -f``), leaving a truncated image; Python's write of the bytes raises."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
 def process_image(task: Task) -> tuple[str, bool, str, str]:
     """Convert one image into its staged JPEG; returns (image, ok, reason it was skipped, its hash)."""
     source = Path(task.source)
@@ -126,10 +136,13 @@ def process_image(task: Task) -> tuple[str, bool, str, str]:
     if source.stat().st_size == 0:
         return task.image, False, "empty file (0 bytes)", ""
     try:
-        image = load_resized(source, task.size)
+        image = load_resized(source, task.size, task.max_pixels)
     except Exception as error:  # noqa: BLE001 - Pillow raises many types on corrupt data; any means skip
         return task.image, False, image_failure(error), ""
-    atomic_write(Path(task.staged), lambda f: image.save(f, format="JPEG", quality=JPEG_QUALITY))
+    try:
+        atomic_write_bytes(jpeg_bytes(image), Path(task.staged))
+    except DiskFullError as error:  # its own type does not survive the trip back to prepare (pickling)
+        raise RunError(str(error)) from None
     return task.image, True, "", image_hash(image) if task.find_duplicates else ""
 
 
@@ -146,9 +159,8 @@ def die_with_parent() -> None:
 
 
 def _init_worker(max_pixels: int) -> None:
-    """Make an image over the pixel limit an error in this worker (Pillow only warns below 2x); die with prepare."""
+    """Keep Pillow's own bomb check (an error at twice its limit) above the task's limit; die with prepare."""
     Image.MAX_IMAGE_PIXELS = max_pixels
-    warnings.simplefilter("error", Image.DecompressionBombWarning)
     die_with_parent()
 
 
@@ -225,7 +237,7 @@ def stage(rows: pd.DataFrame, dst: Path, size: int, workers: int, max_pixels: in
     written by ``place`` once the splits are known, which needs every hash.
     """
     (dst / STAGING).mkdir(parents=True, exist_ok=True)
-    tasks = [Task(row.image, row.source, str(dst / STAGING / row.output), size, find_duplicates)
+    tasks = [Task(row.image, row.source, str(dst / STAGING / row.output), size, find_duplicates, max_pixels)
              for row in rows.itertuples()]
     results = run_tasks(tasks, workers, max_pixels)
     ok = np.array([good for _, good, _, _ in results], dtype=bool)
@@ -236,7 +248,12 @@ def stage(rows: pd.DataFrame, dst: Path, size: int, workers: int, max_pixels: in
 
 
 def place(rows: pd.DataFrame, dst: Path) -> None:
-    """Move each staged JPEG into the folder of its split and first label, hard-linked into the others."""
+    """Move each staged JPEG into the folder of its split and first label, hard-linked into the others.
+
+    Every split gets its folder, an empty one too: its readers then name it as empty, not as missing.
+    """
+    for split in SPLITS:
+        (dst / split).mkdir(exist_ok=True)
     for row in tqdm(rows.itertuples(), total=len(rows), desc="place", unit="img", leave=False):
         first, *others = (dst / row.split / code / row.output for code in labels_to_codes(row.labels))
         first.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +305,15 @@ def summary_table(stats: dict) -> str:
     table.loc["total", "skipped"] = len(stats["skipped"])  # a Kaggle layout's skipped photos had no split yet
     header, *body = table.to_string().splitlines()
     return "\n".join([colored(header, "cyan", attrs=["bold"]), *body])
+
+
+def warn_empty_splits(stats: dict, wanted: tuple[str, ...], dst: Path) -> None:
+    """A warning for each split asked for that came out empty (too few images): the commands refuse it."""
+    for split in wanted:
+        if not stats["splits"][split]["images"]:
+            print(colored(f"warning: {dst / split}: empty split (none of the {stats['total']['images']} usable "
+                          "images went there); main.py and test.py refuse it where they need it", "yellow"),
+                  file=sys.stderr)
 
 
 def report_skipped(skipped: list[dict], limit: int = 10) -> None:
@@ -351,6 +377,39 @@ def check_settings(size: int, val: float, test: float, workers: int | None, max_
         raise InputError(f"--fold-pool takes splits among {', '.join(SPLITS)}, got {','.join(options.fold_pool)}")
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """What a folder is, whatever its name (symbolic links, bind mounts): its device and inode."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _existing_folders_up(path: Path) -> set[tuple[int, int]]:
+    """The identities of ``path`` (symbolic links followed) and of every existing folder above it."""
+    resolved = path.resolve()
+    return {_identity(p) for p in (resolved, *resolved.parents) if p.exists()}
+
+
+def check_destination(src: Path, dst: Path) -> None:
+    """InputError when DST cannot be a folder of its own, apart from SRC, before anything is written.
+
+    prepare clears and rewrites its outputs in DST (``train/``, ``train.csv``, ...): a DST that is SRC,
+    lies inside it or holds it would lose the user's source files, so no option overrides this.
+    """
+    first = next(p for p in (dst, *dst.absolute().parents) if p.exists() or p.is_symlink())
+    if not first.is_dir():
+        raise InputError(f"{dst}: {'exists' if first == dst else f'{first} exists'} and is not a folder")
+    source = _identity(src)
+    if dst.exists() and _identity(dst) == source:
+        where = "is the same folder as --src"
+    elif source in _existing_folders_up(dst):
+        where = "is inside --src"
+    elif dst.exists() and _identity(dst) in _existing_folders_up(src):
+        where = "holds --src"
+    else:
+        return
+    raise InputError(f"{dst}: {where} {src}: prepare never writes where its source is; choose a --dst apart from it")
+
+
 def resolve_duplicates(rows: pd.DataFrame, layout: str, split: tuple[float, float, int], options: DataOptions,
                        staged: Path) -> tuple[pd.DataFrame, dict, dict[str, str | bytes]]:
     """Group near-copies, apply the label policy, split (Kaggle layout) or check the given split for leaks.
@@ -409,6 +468,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
     src, dst = Path(src), Path(dst)
     check_settings(size, val, test, workers, max_pixels, options)
     rows, layout = read_source(src)
+    check_destination(src, dst)
     rows = drop_excluded(rows, options.exclude)
     split_here = layout == KAGGLE
     settings = {"layout": layout, "size": size, "quality": JPEG_QUALITY, "max_pixels": max_pixels,
@@ -434,6 +494,8 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
         stats.update({"folds": folds} if folds else {})
         write_outputs(dst, kept.drop(columns="hash"), stats, {**reports, **fold_files})
     print(summary_table(stats))
+    asked = tuple(s for s, share in zip(SPLITS, (1, val, test)) if share) if split_here else SPLITS
+    warn_empty_splits(stats, asked, dst)
     if duplicates["policy"] != "off":
         print(colored(summary_line(duplicates), "yellow" if duplicates["groups"] else "green"))
     print(colored(f"wrote {len(kept)} images to {dst} ({len(skipped)} skipped)", "green"))
