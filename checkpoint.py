@@ -20,7 +20,6 @@ same updates and ends with the same weights.
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,9 @@ def load_checkpoint_file(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as err:
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 - the unpickler fails on foreign bytes with any type (IndexError, KeyError, ...)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({first_line})") from None
     if not isinstance(obj, dict):
@@ -68,6 +69,19 @@ def load_training_checkpoint(path: Path) -> dict:
 def inference_weights(ckpt: dict, config: CfgNode) -> dict:
     """EMA weights when the checkpoint has them and MODEL.EMA.EVAL is on, else the raw ones."""
     return ckpt["ema"] if ckpt.get("ema") is not None and config.MODEL.EMA.EVAL else ckpt["model"]
+
+
+def require_finite_weights(state: object, path: Path) -> dict:
+    """``state`` when it is a state dict of tensors whose floating-point ones are all finite, else a ValueError
+    naming the file: a NaN or infinite weight makes every prediction NaN, so such a file is refused when it
+    is loaded, not after it has labelled a batch of leaves."""
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(f"{path}: its weights are not a state dict of tensors")
+    counts = {name: int((~torch.isfinite(value)).sum()) for name, value in state.items() if value.is_floating_point()}
+    bad = [name for name, count in counts.items() if count]
+    if bad:
+        raise ValueError(f"{path}: {sum(counts.values())} non-finite values in its weights (first: {bad[0]})")
+    return state
 
 
 def training_state(config: CfgNode, trainer: Any, epoch: int, step: int, best: Any, metrics: dict) -> dict:

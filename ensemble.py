@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import numbers
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -24,9 +26,9 @@ import numpy as np
 import torch
 
 from data.labels import CLASSES
-from inference import Backend, ModelInfo, Predictor, sigmoid
+from inference import Backend, ModelInfo, Predictor, require_finite, sigmoid
 from models.ensemble import PROB_EPS, MeanOfProbabilities, MemberInput
-from thresholds import as_thresholds
+from thresholds import check_thresholds
 from utils import atomic_write_text
 
 ENSEMBLE_SUFFIX = ".json"
@@ -45,21 +47,20 @@ class Ensemble:
 
     @classmethod
     def read(cls, path: Path) -> "Ensemble":
-        """An ensemble file; bad content is a ValueError naming the file."""
+        """An ensemble file; bad content (weights that are not finite positive numbers, thresholds out of range)
+        is a ValueError naming the file."""
+        spec = read_spec(path)
         try:
-            spec = json.loads(Path(path).read_text())
             members = tuple(Path(path).parent / m["checkpoint"] for m in spec["members"])
-            weights = tuple(float(m.get("weight", 1.0)) for m in spec["members"])
-            thresholds = spec.get("thresholds")
-            values = None if thresholds is None else as_thresholds([thresholds[c] for c in CLASSES], len(CLASSES))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            weights = tuple(check_weight(m.get("weight", 1.0), index, path) for index, m in enumerate(spec["members"]))
+        except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{path}: not a readable ensemble file ({err!r})") from None
-        if not members or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f"{path}: an ensemble needs members with non-negative weights that sum above 0")
+        if not members:
+            raise ValueError(f"{path}: an ensemble needs at least one member")
         missing = [str(m) for m in members if not m.is_file()]
         if missing:
             raise FileNotFoundError(f"{path}: member checkpoint(s) not found: {', '.join(missing)}")
-        return cls(Path(path), members, weights, bool(spec.get("tta", False)), values,
+        return cls(Path(path), members, weights, bool(spec.get("tta", False)), spec_thresholds(spec, path),
                    str(spec.get("thresholds_from", "")))
 
     def write(self) -> None:
@@ -72,13 +73,34 @@ class Ensemble:
         atomic_write_text(json.dumps(spec, indent=2) + "\n", self.path)
 
 
+def read_spec(path: Path) -> dict:
+    """The JSON object of an ensemble file; anything else is a ValueError naming it."""
+    try:
+        spec = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable ensemble file ({err!r})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: not a readable ensemble file (a JSON {type(spec).__name__}, not an object)")
+    return spec
+
+
+def check_weight(value: object, index: int, path: Path) -> float:
+    """A member's weight as a float; one that is not a finite number above 0 is a ValueError naming the file
+    (NaN or Infinity would make every averaged probability NaN, a negative one would subtract a member)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+        raise ValueError(f"{path}: the weight of member {index + 1} is {value!r:.40}, not a finite number above 0")
+    return float(value)
+
+
+def spec_thresholds(spec: dict, path: Path) -> np.ndarray | None:
+    """The thresholds of an ensemble file's object (None: not tuned), checked as every file's are."""
+    thresholds = spec.get("thresholds")
+    return None if thresholds is None else check_thresholds(thresholds, path)
+
+
 def read_ensemble_thresholds(path: Path) -> np.ndarray | None:
     """Only the thresholds of an ensemble file (None: not tuned), whether or not its member checkpoints are at hand."""
-    try:
-        thresholds = json.loads(Path(path).read_text()).get("thresholds")
-        return None if thresholds is None else as_thresholds([thresholds[c] for c in CLASSES], len(CLASSES))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a readable ensemble file ({err!r})") from None
+    return spec_thresholds(read_spec(path), path)
 
 
 def is_ensemble_file(path: Path) -> bool:
@@ -123,8 +145,9 @@ class EnsemblePredictor:
         return f"ensemble of {len(self.members)} ({kinds}){', TTA per member' if self.ensemble.tta else ''}"
 
     def combine(self, member_logits: Sequence[np.ndarray]) -> np.ndarray:
-        """Logits of the weighted mean of the members' probabilities."""
-        return probs_to_logits(average_probs([sigmoid(x) for x in member_logits], self.ensemble.weights))
+        """Logits of the weighted mean of the members' probabilities (finite, or a RunError naming the file)."""
+        averaged = average_probs([sigmoid(x) for x in member_logits], self.ensemble.weights)
+        return require_finite(probs_to_logits(averaged), self.path)
 
 
 def member_input(info: ModelInfo) -> MemberInput:

@@ -24,6 +24,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from attention import attention_map, layer_maps
+from cli import RunError
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
 from models.vit import PatchGrid, is_vit_backbone
 from reports import png_bytes
@@ -191,9 +192,14 @@ def gif_bytes(overlays: Sequence[np.ndarray], captions: Sequence[str], seconds: 
 
 
 def explain_image(cam: BaseCAM, image: Image.Image, stem: str, transform: Callable, classes: Sequence[int],
-                  thresholds: np.ndarray, folder: Path, gif: bool) -> list[Path]:
-    """All pictures of one image (files named after ``stem``); returns the files written."""
+                  thresholds: np.ndarray, folder: Path, gif: bool, model_file: Path) -> list[Path]:
+    """All pictures of one image (files named after ``stem``); returns the files written. Non-finite
+    logits or maps are a RunError naming ``model_file``: nothing is drawn from them."""
     maps, probs = class_maps(cam, image, transform, classes)
+    logits = cam.outputs[:1].detach().float().cpu().numpy()  # what the probabilities come from
+    if not (np.isfinite(logits).all() and np.isfinite(maps).all()):
+        raise RunError(f"{model_file}: the model computed non-finite logits or Grad-CAM maps (NaN or inf) "
+                       f"for {stem}; nothing is drawn from them")
     names = [CLASSES[c] for c in classes]
     overlays = [overlay(image, m) for m in maps]
     written = []

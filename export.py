@@ -8,9 +8,11 @@
 The model (dynamic batch, fixed height and width, output ``logits``: sigmoid gives the
 probabilities) is checked with ``onnx.checker`` and compared with PyTorch in ONNX Runtime on
 synthetic leaves put through the model's own transform; the largest probability difference is
-printed and must stay <= 1e-4, else nothing is written (exit 1). Its metadata holds the classes,
-the thresholds (``--thresholds FILE``, else the run's thresholds.json, else the checkpoint's, as
-in test.py), the input size, resize mode, interpolation, mean and std. Run it with
+printed and must stay <= 1e-4 (a NaN does not), else nothing is written (exit 1). A checkpoint with
+NaN or infinite weights is refused before any work (exit 2), non-finite logits on those leaves
+after it (exit 1). Its metadata holds the classes, the thresholds (``--thresholds FILE``, else the
+run's thresholds.json, else the checkpoint's, as in test.py), the input size, resize mode,
+interpolation, mean and std, and no absolute path (an absolute data path is left out). Run it with
 ``test.py --checkpoint FILE.onnx`` or ``app.py --checkpoint FILE.onnx``.
 
 An ensemble file (scripts/cv.py's ``ensemble.json``) becomes one graph holding every member
@@ -22,7 +24,8 @@ the in-graph resize moves the probabilities from test.py's per-member preprocess
 
 ``--int8`` writes a statically quantised model instead (``deploy.quantize``; default output
 ``ckpt_best.int8.onnx``), calibrated on ``--calib-images`` leaves of the run's ``--calib-split``
-through the model's own transform, with the FP32 file's metadata. It is admitted by its decisions:
+through the model's own transform, with the FP32 file's metadata. Both splits are checked before
+the FP32 export (a missing tree or split: exit 2). It is admitted by its decisions:
 on the validation split of ``--data-path`` (default: the model's), its macro-F1 at the file's
 thresholds must stay within 0.005 of the (parity-checked) FP32 model's, else nothing is written
 (exit 1); the largest probability difference is printed. Thresholds re-tuned on the INT8
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         predictor = Predictor.from_checkpoint(path, torch.device("cpu"))
         model, info = predictor.model, predictor.info
+    splits = int8_splits(args, info) if args.int8 else None  # before the FP32 work: bad input fails in seconds
     thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
     info = dataclasses.replace(info, thresholds=tuple(map(float, thresholds)))
     logger.info(f"exporting {info.describe()} from {path}")
@@ -113,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     opset = next(o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx"))
     logger.info(f"onnx.checker: ok (opset {opset}); max |prob difference| ONNX Runtime vs PyTorch on synthetic "
                 f"images: {parity:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
-    if args.int8:
+    if splits is not None:
         try:
-            data = int8_export(data, info, path, output, args, logger)
+            data = int8_export(data, info, path, output, splits, args.calib_images, logger)
         except quantize.DecisionError as err:
             logger.error(f"{err}: nothing written")
             return EXIT_FAILED
@@ -124,17 +128,33 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, args: Namespace,
-                logger: logging.Logger) -> bytes:
-    """The INT8 model of the FP32 bytes, calibrated on the run's leaves and admitted by its decisions on
-    validation (a :class:`deploy.quantize.DecisionError` otherwise), with the FP32 file's metadata and,
-    when they help, thresholds re-tuned on its own validation probabilities."""
-    data_path = args.data_path or Path(info.data_path)
-    calibration = TreeSplit(data_path, args.calib_split, info.fold)
-    images = quantize.calibration_images(calibration, info.preprocessing, args.calib_images)
+def int8_splits(args: Namespace, info: ModelInfo) -> tuple[TreeSplit, TreeSplit]:
+    """(calibration, validation) splits of ``--data-path`` (default: the model's), each checked to hold leaves:
+    a missing or half-prepared tree is bad input, said before minutes of FP32 export and quantisation."""
+    data_path = Path(args.data_path or info.data_path)
+    if not data_path.is_dir():
+        raise FileNotFoundError(f"{data_path}: no such prepared tree (--int8 calibrates and checks on one: "
+                                "give --data-path)")
+    splits = TreeSplit(data_path, args.calib_split, info.fold), TreeSplit(data_path, "val", info.fold)
+    for split in splits:
+        split.samples()  # FileNotFoundError or ValueError naming the split
+    return splits
+
+
+def described(split: TreeSplit) -> str:
+    """``split`` named from its tree's folder name on: what a file's metadata says, free of this machine's folders."""
+    return str(dataclasses.replace(split, data_path=Path(Path(split.data_path).name)))
+
+
+def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, splits: tuple[TreeSplit, TreeSplit],
+                count: int, logger: logging.Logger) -> bytes:
+    """The INT8 model of the FP32 bytes, calibrated on ``count`` leaves of the calibration split and admitted by its
+    decisions on the validation split (a :class:`deploy.quantize.DecisionError` otherwise), with the FP32 file's
+    metadata and, when they help, thresholds re-tuned on its own validation probabilities."""
+    calibration, val = splits
+    images = quantize.calibration_images(calibration, info.preprocessing, count)
     logger.info(f"quantising: {quantize.QUANTISATION}, calibrated on {len(images)} leaves of {calibration}")
     int8 = quantize.with_metadata(quantize.quantize_int8(fp32, images), info_to_metadata(info))
-    val = TreeSplit(data_path, "val", info.fold)
     workers = min(info.num_workers, os.cpu_count() or 1)
     (_, targets, fp32_logits), (_, _, int8_logits) = (
         split_logits(OnnxPredictor.from_bytes(data, path), val, info.batch_size, workers) for data in (fp32, int8))
@@ -144,7 +164,7 @@ def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, args: Na
                 f"{check.max_difference:.2e}")
     if check.keeps_retuned:
         info = dataclasses.replace(info, thresholds=tuple(map(float, check.retuned)),
-                                   thresholds_from=f"tuned on the INT8 model's probabilities of {val}")
+                                   thresholds_from=f"tuned on the INT8 model's probabilities of {described(val)}")
         logger.info(f"thresholds re-tuned on the INT8 validation probabilities raise its macro-F1 to "
                     f"{check.retuned_f1:.4f}: the file keeps them ({np.round(check.retuned, 4).tolist()}), and "
                     f"test.py and app.py take them before the run's thresholds.json")
@@ -160,7 +180,7 @@ def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, args: Na
 
 def quantization_record(check: quantize.DecisionCheck, images: np.ndarray, calibration: TreeSplit) -> dict:
     """The ``quantization`` metadata: how the file was quantised and what its decision check found."""
-    return {"method": quantize.QUANTISATION, "calibration": f"{len(images)} leaves of {calibration}",
+    return {"method": quantize.QUANTISATION, "calibration": f"{len(images)} leaves of {described(calibration)}",
             "validation_leaves": check.leaves, "fp32_macro_f1": round(check.fp32_f1, 6),
             "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference}
 

@@ -19,11 +19,13 @@ from typing import Callable, ClassVar, ContextManager, Iterable, Protocol, Seque
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from checkpoint import inference_weights, load_checkpoint_file, require_keys
+from checkpoint import inference_weights, load_checkpoint_file, require_finite_weights, require_keys
+from cli import RunError
 from config import config_from_string
 from data.labels import CLASSES, NUM_CLASSES
 from data.transforms import EvalPreprocessing
@@ -31,6 +33,7 @@ from distributed import all_gather_objects, get_rank, is_distributed
 from models import build_model
 from models.ensemble import tta_logits
 from runtime import amp_dtype, autocast_factory, place_model
+from thresholds import check_thresholds
 
 
 @dataclass(frozen=True)
@@ -102,26 +105,24 @@ class Predictor:
         """Rebuild the model of ``path`` from its own config and load its inference weights.
 
         Anything that is not a checkpoint of this project (another class list, a plain tensor,
-        random bytes) is a ValueError naming the file.
+        random bytes, a config that is not YAML, non-finite weights or thresholds) is a ValueError naming the file.
         """
         path = Path(path)
         ckpt = require_keys(load_checkpoint_file(path), path, ("model", "config"))
         classes = list(ckpt.get("classes") or CLASSES)
         if classes != list(CLASSES):
             raise ValueError(f"{path}: the checkpoint's classes {classes} are not this code's {list(CLASSES)}")
-        try:
-            config = config_from_string(ckpt["config"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: its config does not load here ({err})") from None
+        config = checkpoint_config(ckpt, path)
+        saved = ckpt.get("thresholds")
+        thresholds = None if saved is None else check_thresholds(saved, path).tolist()
         model = build_model(config)
         try:
-            model.load_state_dict(inference_weights(ckpt, config))
+            model.load_state_dict(require_finite_weights(inference_weights(ckpt, config), path))
         except RuntimeError as err:
             raise ValueError(f"{path}: weights do not fit the model of its own config "
                              f"({str(err).splitlines()[0]})") from None
-        thresholds = ckpt.get("thresholds")
         model = place_model(model, config, device).eval()
-        return cls(model, config, path, device, list(thresholds) if thresholds else None)
+        return cls(model, config, path, device, thresholds)
 
     @property
     def info(self) -> ModelInfo:
@@ -138,7 +139,28 @@ class Predictor:
 
     def logits(self, loader: Iterable, tta: bool = False) -> tuple[np.ndarray, list]:
         """Logits (N, 6) in loader order, and the second item of every sample (targets or load errors)."""
-        return predict_logits(self.model, loader, self.device, tta, self.autocast)
+        logits, extras = predict_logits(self.model, loader, self.device, tta, self.autocast)
+        return require_finite(logits, self.path), extras
+
+
+def checkpoint_config(ckpt: dict, path: Path) -> CfgNode:
+    """The config a checkpoint carries; one that does not load here (not YAML, unknown keys) is a ValueError
+    naming the file, with the first line of what went wrong."""
+    try:
+        return config_from_string(ckpt["config"])
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path}: its config does not load here ({reason})") from None
+
+
+def require_finite(logits: np.ndarray, path: Path) -> np.ndarray:
+    """``logits`` when every one is finite, else a :class:`cli.RunError` naming the model file: a NaN would
+    label a leaf by whatever a comparison with NaN gives, so no prediction of such a batch is kept."""
+    bad = ~np.isfinite(logits).all(axis=-1)
+    if bad.any():
+        raise RunError(f"{path}: the model computed non-finite logits (NaN or inf) for {int(bad.sum())} of "
+                       f"{len(logits)} images; its predictions are not to be used")
+    return logits
 
 
 @torch.no_grad()

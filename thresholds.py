@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -126,18 +127,36 @@ def tune_thresholds_for_samples(y_true: np.ndarray, probs: np.ndarray, rule: str
     return thresholds
 
 
+def check_thresholds(values: object, source: str | Path) -> np.ndarray:
+    """``values`` as float64 thresholds in CLASSES order, else a ValueError naming ``source``: the one check of
+    thresholds read from any file (thresholds.json, a checkpoint, an exported file's metadata, an ensemble file).
+
+    ``values``: a map of every class to its threshold, or one threshold per class in CLASSES order. Each must be a
+    finite number within [0, 1]: -1 would give every leaf every class, 5 or NaN none, silently.
+    """
+    if isinstance(values, Mapping):
+        if set(values) != set(CLASSES):
+            raise ValueError(f"{source}: thresholds must map exactly the classes {list(CLASSES)}")
+        values = [values[name] for name in CLASSES]
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != len(CLASSES):
+        raise ValueError(f"{source}: thresholds must be one number per class ({len(CLASSES)}), not {values!r:.60}")
+    for name, value in zip(CLASSES, values):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{source}: the threshold of {name} is {value!r:.40}, not a number")
+        if not 0 <= value <= 1:  # False for NaN too
+            raise ValueError(f"{source}: the threshold of {name} is {value}, not within [0, 1]")
+    return np.array(values, dtype=np.float64)
+
+
 def read_thresholds(path: Path) -> np.ndarray:
     """``{class: threshold}`` with every class, each in [0, 1], in CLASSES order."""
     try:
         values = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable thresholds JSON ({err})") from None
-    if not isinstance(values, dict) or set(values) != set(CLASSES):
+    if not isinstance(values, dict):
         raise ValueError(f"{path}: thresholds must map exactly the classes {list(CLASSES)}")
-    thresholds = np.array([values[name] for name in CLASSES], dtype=np.float64)
-    if not ((thresholds >= 0) & (thresholds <= 1)).all():
-        raise ValueError(f"{path}: thresholds must lie in [0, 1]")
-    return thresholds
+    return check_thresholds(values, path)
 
 
 def write_thresholds(thresholds: Sequence[float], path: Path) -> None:

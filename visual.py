@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.method == ROLLOUT:
             files = explain_attention(model, image, stem, transform, cam_folder, args.head_fusion, args.discard_ratio)
         else:
-            files = explain_image(cam, image, stem, transform, classes, thresholds, cam_folder, args.gif)
+            files = explain_image(cam, image, stem, transform, classes, thresholds, cam_folder, args.gif,
+                                  predictor.path)
         if args.layers:
             files += explain_layers(model, image, stem, transform, cam_folder)
         if model.stn is not None:

@@ -14,13 +14,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from deploy.onnx_backend import OnnxPredictor
+from deploy.onnx_backend import OnnxPredictor, read_quantization
 from inference import Backend, ModelInfo, Predictor
 from rundir import onnx_file
 
@@ -68,9 +67,9 @@ def auto_runtime(path: Path, logger: logging.Logger) -> OnnxPredictor:
 def fastest_runtime(predictor: OnnxPredictor) -> tuple[str, str]:
     """(runtime, why) for an exported file: OpenVINO for a transformer's FP32 graph (exact to 1e-7 there) and
     for an INT8 file whose decisions export.py also checked on OpenVINO; ONNX Runtime for the rest."""
-    record = predictor.model.session.get_modelmeta().custom_metadata_map.get("quantization")
-    if record:
-        if json.loads(record).get("openvino_admitted"):
+    record = read_quantization(predictor.model.session.get_modelmeta().custom_metadata_map, predictor.path)
+    if record is not None:
+        if record.get("openvino_admitted"):
             return "openvino", " (an INT8 file whose decisions were checked on it)"
         return AUTO_RUNTIME, ""
     if predictor.info.model_type.startswith(OPENVINO_FASTER):
@@ -106,7 +105,7 @@ def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor
     if not path.is_file() or path.stat().st_mtime < predictor.path.stat().st_mtime:
         return None
     candidate = OnnxPredictor.from_file(path)
-    if without_thresholds(candidate.info) != without_thresholds(predictor.info):
+    if model_identity(candidate.info) != model_identity(predictor.info):
         logger.warning(f"{path} describes another model than {predictor.path.name}: predicting with PyTorch")
         return None
     name, reason = fastest_runtime(candidate)
@@ -114,6 +113,7 @@ def export_beside(predictor: Predictor, logger: logging.Logger) -> OnnxPredictor
     return candidate if name == "onnx" else runtime(name).from_file(path)
 
 
-def without_thresholds(info: ModelInfo) -> ModelInfo:
-    """Thresholds may be re-chosen at export; everything else must match for two files to be one model."""
-    return dataclasses.replace(info, thresholds=None, thresholds_from="")
+def model_identity(info: ModelInfo) -> ModelInfo:
+    """What must match for two files to be one model: thresholds may be re-chosen at export, and an absolute
+    data path is left out of the exported file; everything else."""
+    return dataclasses.replace(info, thresholds=None, thresholds_from="", data_path="")

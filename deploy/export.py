@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cli import RunError
 from data.transforms import EvalPreprocessing
 from deploy.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxModel, info_to_metadata, open_session
-from inference import ModelInfo, Predictor
+from inference import ModelInfo, Predictor, require_finite
 from models.ensemble import tta_logits
 
 PARITY_TOLERANCE = 1e-4
@@ -29,8 +30,8 @@ PARITY_PHOTOS = 8
 PARITY_PHOTO_SIZE = (400, 300)
 
 
-class ParityError(RuntimeError):
-    """ONNX Runtime and PyTorch disagree beyond PARITY_TOLERANCE: the export is not to be used."""
+class ParityError(RunError):
+    """ONNX Runtime and PyTorch disagree beyond PARITY_TOLERANCE (or by NaN): the export is not to be used."""
 
 
 def export_onnx(model: nn.Module, info: ModelInfo) -> bytes:
@@ -46,11 +47,20 @@ def export_onnx(model: nn.Module, info: ModelInfo) -> bytes:
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     proto = program.model_proto
+    strip_node_metadata(proto)
     proto.doc_string = (f"{info.describe()}: {INPUT_NAME} float32 N x 3 x {size} x {size} (normalised RGB) -> "
                         f"{OUTPUT_NAME} N x {len(info.classes)} (sigmoid gives the probabilities)")
     onnx.helper.set_model_props(proto, info_to_metadata(info))
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
+
+
+def strip_node_metadata(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node debugging metadata: its stack traces name this machine's folders (the
+    source tree, the virtual environment), and running the graph needs none of it."""
+    for graph_nodes in (proto.graph.node, *(function.node for function in proto.functions)):
+        for node in graph_nodes:
+            del node.metadata_props[:]
 
 
 def parity_photo(rng: np.random.Generator, size: tuple[int, int] = PARITY_PHOTO_SIZE) -> Image.Image:
@@ -70,26 +80,33 @@ def parity_images(preprocessing: EvalPreprocessing, seed: int = 0) -> torch.Tens
 
 
 @torch.inference_mode()
-def max_prob_difference(model: nn.Module, other: nn.Module, images: torch.Tensor) -> float:
-    """Largest |probability difference| between two models on ``images``, as one batch and one by one."""
-    expected = torch.sigmoid(model(images).float())
+def max_prob_difference(model: nn.Module, other: nn.Module, images: torch.Tensor, name: Path) -> float:
+    """Largest |probability difference| between two models on ``images``, as one batch and one by one;
+    ``model``'s logits must be finite (else a RunError naming the model file ``name``)."""
+    expected = torch.sigmoid(torch.from_numpy(require_finite(model(images).float().numpy(), name)))
     batched = torch.sigmoid(other(images).float())
     singles = torch.cat([torch.sigmoid(other(image[None]).float()) for image in images])
     return max((batched - expected).abs().max().item(), (singles - expected).abs().max().item())
 
 
+def check_parity(difference: float, name: Path) -> None:
+    """Raises :class:`ParityError`, naming the model file ``name``, unless ``difference`` is within
+    PARITY_TOLERANCE (a NaN difference is not)."""
+    if not difference <= PARITY_TOLERANCE:
+        raise ParityError(f"{name}: ONNX Runtime differs from PyTorch by {difference:.2e} in probability "
+                          f"(tolerance {PARITY_TOLERANCE:.0e})")
+
+
 def export_checked(model: nn.Module, info: ModelInfo, name: Path) -> tuple[bytes, float]:
     """(ONNX bytes, parity) of ``model`` (a checkpoint's network, or an ensemble's) with ``info`` stored in it.
 
-    Raises :class:`ParityError`, naming the model file ``name``, when ONNX Runtime strays more than
-    PARITY_TOLERANCE from PyTorch.
+    Raises a RunError naming the model file ``name`` when PyTorch's logits are not finite, and
+    :class:`ParityError` when ONNX Runtime strays more than PARITY_TOLERANCE from them.
     """
     data = export_onnx(model, info)
     onnx_model = OnnxModel(open_session(data, name))
-    difference = max_prob_difference(model, onnx_model, parity_images(info.preprocessing))
-    if difference > PARITY_TOLERANCE:
-        raise ParityError(f"{name}: ONNX Runtime differs from PyTorch by {difference:.2e} in probability "
-                          f"(tolerance {PARITY_TOLERANCE:.0e})")
+    difference = max_prob_difference(model, onnx_model, parity_images(info.preprocessing), name)
+    check_parity(difference, name)
     return data, difference
 
 

@@ -17,7 +17,6 @@ too); without the ``openvino_telemetry`` package the converter takes its own no-
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,16 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from deploy.onnx_backend import INPUT_NAME, OUTPUT_NAME, ExportedModel, OnnxPredictor, info_from_metadata
+from deploy.onnx_backend import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportedModel,
+    OnnxPredictor,
+    check_input_size,
+    info_from_metadata,
+    read_quantization,
+    require_finite_initializers,
+)
 
 sys.modules.setdefault("openvino_telemetry", None)  # an ImportError for openvino's converter: its no-op stub
 import openvino as ov  # noqa: E402 - after the telemetry opt-out above
@@ -92,8 +100,8 @@ def refuse_unchecked_int8(record: dict, path: Path) -> None:
     can decide very differently from ONNX Runtime's (EfficientNet-Lite0 on real leaves: validation
     macro-F1 0.58 against 0.89), and nothing else would say so."""
     if record.get("openvino_admitted") is False:
-        found = record.get("openvino_macro_f1")
-        measured = f" (macro-F1 {found:.4f} against FP32's {record['fp32_macro_f1']:.4f})" if found is not None else ""
+        found, fp32 = record.get("openvino_macro_f1"), record.get("fp32_macro_f1")
+        measured = f" (macro-F1 {found:.4f} against FP32's {fp32:.4f})" if None not in (found, fp32) else ""
         raise ValueError(f"{path}: this INT8 file failed its decision check on OpenVINO at export{measured}; "
                          "run it with --backend onnx")
 
@@ -105,10 +113,22 @@ class OpenVinoPredictor(OnnxPredictor):
 
     @classmethod
     def from_bytes(cls, data: bytes, path: Path) -> Self:
+        """A serialised export compiled by OpenVINO, checked as ONNX Runtime's are; ``path`` names it in errors."""
         model = read_model(data, path)
         metadata = framework_metadata(model)
         info = info_from_metadata(metadata, path)
-        if "quantization" in metadata:
-            refuse_unchecked_int8(json.loads(metadata["quantization"]), path)
+        check_input_size(info, input_dims(model), path)
+        require_finite_initializers(data, path)
+        record = read_quantization(metadata, path)
+        if record is not None:
+            refuse_unchecked_int8(record, path)
             check_compiles_apart(data, path)  # where OpenVINO's compiler has been seen to crash
         return cls(OpenVinoModel(CORE.compile_model(model, "CPU", COMPILE_CONFIG)), info, Path(path))
+
+
+def input_dims(model: ov.Model) -> list[int | None]:
+    """The dimensions of the model's image input (None where dynamic); [] when it has no such input."""
+    found = [port for port in model.inputs if INPUT_NAME in port.get_names()]
+    if not found:
+        return []
+    return [dim.get_length() if dim.is_static else None for dim in found[0].get_partial_shape()]

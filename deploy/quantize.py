@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from cli import RunError
 from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.transforms import EvalPreprocessing
 from deploy.onnx_backend import INPUT_NAME
@@ -32,8 +33,9 @@ CALIBRATION_BATCH = 8
 QUANTISATION = "static INT8 (ONNX Runtime quantize_static, QDQ, per-channel INT8 weights, UINT8 activations, MinMax)"
 
 
-class DecisionError(RuntimeError):
-    """The INT8 model decides worse than FP32 beyond F1_TOLERANCE on validation: it is not to be used."""
+class DecisionError(RunError):
+    """The INT8 model decides worse than FP32 beyond F1_TOLERANCE on validation (or its check measured NaN):
+    it is not to be used."""
 
 
 class LeafBatches:
@@ -111,7 +113,6 @@ class DecisionCheck:
         return max(self.int8_f1, self.retuned_f1)
 
 
-
 def check_decisions(targets: np.ndarray, fp32_probs: np.ndarray, int8_probs: np.ndarray,
                     thresholds: np.ndarray) -> DecisionCheck:
     """How INT8 decides against FP32 on the same labelled leaves, at ``thresholds`` and at its own re-tuned ones."""
@@ -123,7 +124,12 @@ def check_decisions(targets: np.ndarray, fp32_probs: np.ndarray, int8_probs: np.
 
 def require_decisions(check: DecisionCheck, name: Path) -> None:
     """Raises :class:`DecisionError`, naming the model file ``name``, when INT8's macro-F1 falls more than
-    F1_TOLERANCE below FP32's (doing better than FP32 is no reason to refuse it)."""
+    F1_TOLERANCE below FP32's (doing better than FP32 is no reason to refuse it), or when a number of the
+    check is NaN or infinite (every comparison with NaN is false: it would pass)."""
+    measured = (check.fp32_f1, check.f1, check.max_difference)
+    if not all(np.isfinite(measured)):
+        raise DecisionError(f"{name}: the INT8 decision check measured non-finite numbers (macro-F1 FP32 "
+                            f"{check.fp32_f1}, INT8 {check.f1}, max |prob difference| {check.max_difference})")
     if check.f1 < check.fp32_f1 - F1_TOLERANCE:
         raise DecisionError(f"{name}: INT8 macro-F1 on validation {check.f1:.4f} is {check.fp32_f1 - check.f1:.4f} "
                             f"below FP32's {check.fp32_f1:.4f} (tolerance {F1_TOLERANCE})")

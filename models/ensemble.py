@@ -8,6 +8,7 @@ returned as logits, so the graph has the output of any single model.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,6 +49,8 @@ class MeanOfProbabilities(nn.Module):
         super().__init__()
         if not (len(members) == len(inputs) == len(weights)) or not members:
             raise ValueError("an ensemble needs one input description and one weight per member")
+        if not all(0 < w < math.inf for w in weights):  # NaN fails too: it would make every output NaN
+            raise ValueError(f"an ensemble's weights must be finite numbers above 0, not {list(weights)}")
         self.members = nn.ModuleList(members)
         self.sizes = [i.img_size for i in inputs]
         self.tta = tta

@@ -88,7 +88,7 @@ def test_int8_export_writes_a_quantised_model_with_the_fp32_metadata(files, run,
     assert dataclasses.replace(int8_info, thresholds=None, thresholds_from="") == \
         dataclasses.replace(fp32_info, thresholds=None)
     record = json.loads(int8["quantization"])
-    assert "QDQ, per-channel" in record["method"] and record["calibration"] == f"8 leaves of {int8_tree / 'train'}"
+    assert "QDQ, per-channel" in record["method"] and record["calibration"] == f"8 leaves of {int8_tree.name}/train"
     assert record["validation_leaves"] == 16 and record["int8_macro_f1"] >= record["fp32_macro_f1"] - 0.005
     # the same check on OpenVINO's INT8 kernels, which decides where --backend auto runs the file
     assert record["openvino_admitted"] == (record["openvino_macro_f1"] >= record["fp32_macro_f1"] - 0.005)
