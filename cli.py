@@ -9,6 +9,7 @@ dir in use by another process: one ``error:`` line), 2 bad input (a one-line
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import subprocess
@@ -26,17 +27,49 @@ class RunError(RuntimeError):
     """A run that cannot go on for a reason outside its input: one ``error:`` line, exit code 1."""
 
 
+# Files that cannot be read or written as named (unreadable, unwritable, a folder where a file is wanted,
+# a file where a folder is, a name too long): bad input, exit 2, as a missing file (FileNotFoundError) is.
+BAD_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST,
+                             errno.ENAMETOOLONG})
+
+
+# What the system's words mean where a file or a folder was wanted (mkdir raises EEXIST for a file in the way)
+_PATH_PROBLEMS = {errno.EEXIST: "exists and is not a folder", errno.EISDIR: "is a folder, not a file",
+                  errno.ENOTDIR: "a part of this path is a file, not a folder"}
+
+
+def error_line(error: BaseException) -> str:
+    """``<file>: <problem>`` for an OSError that names its file (open, mkdir, ...), else the error's own text."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        problem = _PATH_PROBLEMS.get(error.errno, error.strerror[0].lower() + error.strerror[1:])
+        return f"{error.filename}: {problem}"
+    return str(error)
+
+
+def _fail(error: BaseException, code: int) -> None:
+    """One red ``error:`` line on stderr, then exit with ``code``: what a user needs, no traceback."""
+    print(colored(f"error: {error_line(error)}", "red"), file=sys.stderr)
+    sys.exit(code)
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Exit with ``main()``'s code; bad input (ValueError, FileNotFoundError) is one line and code 2,
-    a :class:`RunError` one line and code 1, a KeyboardInterrupt (a second Ctrl-C) one line and 130."""
+    """Exit with ``main()``'s code; bad input (ValueError, FileNotFoundError, a file that cannot be read or
+    written as named) is one line and code 2, a :class:`RunError` or a full disk one line and code 1, a
+    KeyboardInterrupt (a second Ctrl-C) one line and 130."""
+    from utils import disk_full_errno  # utils imports this module
+
     try:
         code = main()
     except (ValueError, FileNotFoundError) as error:
-        print(colored(f"error: {error}", "red"), file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        _fail(error, EXIT_BAD_INPUT)
     except RunError as error:
-        print(colored(f"error: {error}", "red"), file=sys.stderr)
-        sys.exit(EXIT_FAILED)
+        _fail(error, EXIT_FAILED)
+    except OSError as error:
+        if error.errno in BAD_PATH_ERRNOS and error.filename is not None:
+            _fail(error, EXIT_BAD_INPUT)
+        if disk_full_errno(error) is not None and error.filename is not None:  # a write outside utils.atomic_write
+            _fail(error, EXIT_FAILED)
+        raise
     except KeyboardInterrupt:
         print(colored("interrupted", "yellow"), file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

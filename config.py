@@ -320,13 +320,16 @@ REMOVED_KEYS = {
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
 
-def _dotted_keys(tree: dict, prefix: str = "") -> list[str]:
-    """Every key of a nested dict as ``A.B.C``, parents included."""
+def _dotted_keys(tree: dict, where: str, prefix: str = "") -> list[str]:
+    """Every key of a nested dict as ``A.B.C``, parents included; a key that is not a name (yaml reads
+    ``1:`` as a number) is a ValueError naming ``where``."""
     keys = []
     for key, value in tree.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: {prefix}{key!r} is not a config key (keys are names)")
         keys.append(prefix + key)
         if isinstance(value, dict):
-            keys += _dotted_keys(value, f"{prefix}{key}.")
+            keys += _dotted_keys(value, where, f"{prefix}{key}.")
     return keys
 
 
@@ -348,21 +351,62 @@ def _drop_removed(saved: CN) -> None:
             node.pop(leaf, None)
 
 
-def _update_config_from_file(config: CN, cfg_file: str) -> None:
-    """Merge ``cfg_file`` into ``config``, its ``BASE:`` files first."""
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def _check_yaml_name(cfg_file: str, named_by: str = "") -> None:
+    """Only yaml is read: yacs would execute a ``.py`` config as code."""
+    if os.path.splitext(cfg_file)[1].lower() not in CONFIG_SUFFIXES:
+        where = f"{named_by}: BASE {cfg_file}" if named_by else cfg_file
+        raise ValueError(f"{where}: not a yaml config (only {'/'.join(CONFIG_SUFFIXES)} files are read)")
+
+
+def _read_yaml_config(cfg_file: str) -> dict:
+    """The mapping of a yaml config file."""
+    _check_yaml_name(cfg_file)
     if not os.path.isfile(cfg_file):
         raise FileNotFoundError(f"{cfg_file}: no such config file")
-    with open(cfg_file, "r") as f:
-        yaml_cfg = yaml.safe_load(f) or {}
-    _check_not_removed(_dotted_keys(yaml_cfg), cfg_file)
-    for base in yaml_cfg.setdefault("BASE", [""]):
-        if base:
-            _update_config_from_file(config, os.path.join(os.path.dirname(cfg_file), base))
+    try:
+        with open(cfg_file, "rb") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{cfg_file}: not valid yaml{where} ({getattr(err, 'problem', None) or err})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{cfg_file}: a config is a mapping of KEY: value lines, not a {type(loaded).__name__}")
+    return loaded
+
+
+def _base_files(yaml_cfg: dict, cfg_file: str) -> list[str]:
+    """The ``BASE:`` files of a config, as paths relative to the current directory."""
+    bases = yaml_cfg.get("BASE", [""])
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ValueError(f"{cfg_file}: BASE must be a list of yaml files, got {bases!r}")
+    bases = [base for base in bases if base]
+    for base in bases:
+        _check_yaml_name(base, named_by=cfg_file)
+    return [os.path.join(os.path.dirname(cfg_file), base) for base in bases]
+
+
+def _update_config_from_file(config: CN, cfg_file: str, including: tuple[str, ...] = ()) -> None:
+    """Merge ``cfg_file`` into ``config``, its ``BASE:`` files first (``including``: the files that
+    include it, to refuse a cycle instead of recursing forever)."""
+    yaml_cfg = _read_yaml_config(cfg_file)
+    chain = (*including, os.path.realpath(cfg_file))
+    _check_not_removed(_dotted_keys(yaml_cfg, cfg_file), cfg_file)
+    for base in _base_files(yaml_cfg, cfg_file):
+        if os.path.realpath(base) in chain:
+            cycle = " -> ".join(os.path.basename(path) for path in (*chain, base))
+            raise ValueError(f"{cfg_file}: BASE includes a file that includes it (a cycle: {cycle})")
+        _update_config_from_file(config, base, chain)
     config.defrost()
     print(f"=> merge config from {cfg_file}")
     try:
-        config.merge_from_file(cfg_file)
-    except (KeyError, AssertionError) as err:  # yacs: "Non-existent config key: ..."
+        config.merge_from_other_cfg(CN(yaml_cfg))  # what yacs' merge_from_file does, without reading the file again
+    except (KeyError, AssertionError, ValueError) as err:  # yacs: "Non-existent config key", "Type mismatch"
         raise ValueError(f"{cfg_file}: {err.args[0] if err.args else err}") from None
     config.freeze()
 
@@ -393,7 +437,10 @@ def _merge_opts(config: CN, opts: list) -> None:
             if not isinstance(node, CN) or part not in node:
                 raise ValueError(f"--opts: unknown config key {key}")
             node = node[part]
-    config.merge_from_list(opts)
+    try:
+        config.merge_from_list(opts)
+    except (ValueError, AssertionError) as err:  # yacs: "Type mismatch ... for config key: TRAIN.EPOCHS"
+        raise ValueError(f"--opts: {err.args[0] if err.args else err}") from None
 
 
 def update_config(config: CN, args: Any) -> None:
@@ -430,6 +477,8 @@ def _check_config(config: CN) -> None:
         )
     if config.MODEL.HEAD not in ("linear", "arcface"):
         raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
+    _check_run_dir_names(config)
+    _check_counts(config)
     _check_augmentation(config.AUG)
     if config.LOSS.NAME not in LOSSES:
         raise ValueError(f"LOSS.NAME must be one of {', '.join(LOSSES)}, got {config.LOSS.NAME!r}")
@@ -453,6 +502,30 @@ def _check_config(config: CN) -> None:
         raise ValueError("TRAIN.BACKBONE_LR_SCALE must be >= 0, TRAIN.LAYER_DECAY in (0, 1] and "
                          f"TRAIN.FREEZE_BACKBONE_EPOCHS >= 0; got {train.BACKBONE_LR_SCALE}, "
                          f"{train.LAYER_DECAY}, {train.FREEZE_BACKBONE_EPOCHS}")
+
+
+def _check_run_dir_names(config: CN) -> None:
+    """MODEL.NAME and TAG (--tag) are one folder name each, so that the run dir stays under OUTPUT."""
+    for key, name in (("TAG (--tag)", config.TAG), ("MODEL.NAME", config.MODEL.NAME)):
+        if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+            raise ValueError(f"{key} {name!r} must be a plain folder name (no '/', not '..'): the run dir is "
+                             "OUTPUT/MODEL.NAME/TAG")
+
+
+# Counts that only make sense from 1 (or 0) up: 0 epochs would exit 0 having trained nothing, a batch of
+# 0 or PRINT_FREQ 0 would fail only after the data and the model are built.
+_MINIMUMS = (("TRAIN.EPOCHS", 1), ("DATA.BATCH_SIZE", 1), ("TRAIN.ACCUMULATION_STEPS", 1), ("PRINT_FREQ", 1),
+             ("DATA.NUM_WORKERS", 0), ("TRAIN.WARMUP_EPOCHS", 0), ("SAVE_FREQ", 0), ("TRAIN.PATIENCE", 0))
+
+
+def _check_counts(config: CN) -> None:
+    """Every key of _MINIMUMS at or above its minimum."""
+    for key, minimum in _MINIMUMS:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if value < minimum:
+            raise ValueError(f"{key} must be >= {minimum}, got {value}")
 
 
 def _check_normalization(data: CN) -> None:

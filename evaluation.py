@@ -6,6 +6,7 @@ through here, so a model file is scored the same way everywhere.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -113,9 +114,20 @@ def predict_files(predictor: Backend | EnsemblePredictor, patterns: Sequence[str
     if not good.any():
         raise ValueError(f"none of the {len(paths)} images could be read")
     kept = [p for p, ok in zip(paths, good) if ok]
-    frame = predictions_frame([p.name for p in kept], sigmoid(logits[good]), thresholds)
+    frame = predictions_frame(file_keys(kept, logger), sigmoid(logits[good]), thresholds)
     frame.insert(1, "path", [str(p) for p in kept])
     logger.info(f"predicted {len(kept)} images ({len(paths) - len(kept)} skipped)")
     return frame
 
 
+def file_keys(paths: Sequence[Path], logger: logging.Logger) -> list[str]:
+    """The ``image`` keys of predicted files: their names, as Kaggle's submission wants; when two files share
+    a name (``a/x.jpg``, ``b/x.jpg``), every file's path relative to the folder that holds them all, so that
+    no two rows of submission.csv have the same key."""
+    names = [path.name for path in paths]
+    if len(set(names)) == len(names):
+        return names
+    absolute = [Path(os.path.abspath(path)) for path in paths]
+    root = Path(os.path.commonpath([path.parent for path in absolute]))
+    logger.warning(f"some file names occur more than once: the image keys are paths relative to {root}")
+    return [path.relative_to(root).as_posix() for path in absolute]

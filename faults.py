@@ -3,9 +3,10 @@
 With ``PP_PAUSE_AT=POINT`` (or ``POINT#N``, the N-th time this process gets there) a process that
 reaches that point prints ``paused at POINT`` and waits (at most a minute) until a signal handler
 has run, so that a test can send a real SIGTERM, SIGINT or SIGKILL exactly there. Points:
-``update`` (after an optimizer update), ``validation`` (an epoch's validation begins), ``saved``
-(an epoch's files are all written) and ``writing:NAME`` (file NAME written and synced under its
-temp name, not yet renamed). Without the variable a call does nothing.
+``start-up`` (main.py holds its run dir's lock, before training), ``update`` (after an optimizer
+update), ``validation`` (an epoch's validation begins), ``saved`` (an epoch's files are all written)
+and ``writing:NAME`` (file NAME written and synced under its temp name, not yet renamed).
+Without the variable a call does nothing.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from data.dataset import TreeSplit
 from data.transforms import resolve_normalization
 from distributed import init_distributed, lost_ranks_message
 from evaluation import evaluate_checkpoint
+from faults import pause_at
 from log import create_logger
 from reports import coloured_table
 from rundir import RunDir
@@ -36,6 +37,7 @@ from runlock import hold_run_lock
 from runtime import keep_freed_memory, select_device
 from training.engine import NonFiniteLossError
 from training.run import train
+from training.stop import sigterm_interrupts
 from utils import atomic_write_text
 
 
@@ -83,15 +85,18 @@ def run_eval(config: CfgNode, device: torch.device, rank: int, logger: logging.L
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    config = get_config(args)
-    if args.print_run_dir:
-        print(RunDir.of(config).path)
-        return EXIT_OK
-    # One writer per run dir, taken before anything in it is touched (rank 0 holds it for torchrun).
-    lock = not config.EVAL_MODE and int(os.environ.get("RANK", "0")) == 0
-    with hold_run_lock(RunDir.of(config).path, "main.py training") if lock else contextlib.nullcontext():
-        return run(resolve_normalization(config))
+    # A SIGTERM at any moment exits 130 like Ctrl-C and releases the lock; the epochs' GracefulStop saves first.
+    with sigterm_interrupts():
+        args = parse_args(argv)
+        config = get_config(args)
+        if args.print_run_dir:
+            print(RunDir.of(config).path)
+            return EXIT_OK
+        # One writer per run dir, taken before anything in it is touched (rank 0 holds it for torchrun).
+        lock = not config.EVAL_MODE and int(os.environ.get("RANK", "0")) == 0
+        with hold_run_lock(RunDir.of(config).path, "main.py training") if lock else contextlib.nullcontext():
+            pause_at("start-up")
+            return run(resolve_normalization(config))
 
 
 def run(config: CfgNode) -> int:
@@ -107,7 +112,9 @@ def run(config: CfgNode) -> int:
             return run_eval(config, device, rank, logger)
         return train(config, device, rank, logger)
     except NonFiniteLossError as err:
-        logger.error(f"{err}; the last good checkpoint is kept: {folder.latest_checkpoint}")
+        latest = folder.latest_checkpoint
+        kept = latest if latest.is_file() else "none (it diverged before its first checkpoint)"
+        logger.error(f"{err}; the last good checkpoint is kept: {kept}")
         return EXIT_FAILED
     except RuntimeError as err:
         lost = lost_ranks_message(err) if world_size > 1 else None

@@ -1,8 +1,8 @@
 """Atomic files: a reader (test.py, a resumed run) never sees half a file, even after a crash or a kill.
 
 Every output of the toolkit is written to a temp file in the same folder, synced, then renamed
-over its name; checkpoints also sync the folder. A full disk is a :class:`DiskFullError` (exit 1)
-and leaves the previous file unchanged.
+over its name; checkpoints also sync the folder. A full disk (or quota, or ``ulimit -f``) is a
+:class:`DiskFullError` (exit 1) and leaves the previous file unchanged.
 """
 from __future__ import annotations
 
@@ -15,22 +15,32 @@ from typing import IO, Any, Callable
 from cli import RunError
 from faults import pause_at
 
+# Writes that fail for lack of room: (what happened, what to do) for a full disk, a full quota, the file
+# size limit of ``ulimit -f``
+DISK_FULL_REASONS = {
+    errno.ENOSPC: ("no space left on the device", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space"),
+    errno.EFBIG: ("file size limit exceeded (ulimit -f)", "raise the limit"),
+}
+
 
 class DiskFullError(RunError):
-    """No space left while writing a file; the file it was to replace is unchanged."""
+    """No room left while writing a file (``code``: the errno); the file it was to replace is unchanged."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"no space left on the device while writing {path}; the previous {path.name} (if any) "
-                         "is unchanged: free some space and run the same command again")
+    def __init__(self, path: Path, code: int = errno.ENOSPC) -> None:
+        reason, remedy = DISK_FULL_REASONS[code]
+        super().__init__(f"{reason} while writing {path}; the previous {path.name} (if any) is unchanged: "
+                         f"{remedy} and run the same command again")
 
 
-def _is_disk_full(error: BaseException | None) -> bool:
-    """ENOSPC/EDQUOT anywhere in the chain (torch.save wraps the OSError of a failed write in a RuntimeError)."""
+def disk_full_errno(error: BaseException | None) -> int | None:
+    """The errno of DISK_FULL_REASONS anywhere in the chain (torch.save wraps the OSError of a failed write
+    in a RuntimeError), else None."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+        if isinstance(error, OSError) and error.errno in DISK_FULL_REASONS:
+            return error.errno
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def _sync_folder(folder: Path) -> None:
@@ -51,7 +61,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], keep_prev
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # named after the file being written, not its temp name
+        code = disk_full_errno(error)
+        if code is not None:
+            raise DiskFullError(path, code) from error
+        raise type(error)(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -66,8 +82,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], keep_prev
             _sync_folder(path.parent)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if _is_disk_full(error):
-            raise DiskFullError(path) from error
+        code = disk_full_errno(error)
+        if code is not None:
+            raise DiskFullError(path, code) from error
         raise
 
 

@@ -1,5 +1,6 @@
 """Config merging: defaults <- yaml (with BASE includes) <- --opts <- flags; strict keys; 6 classes."""
 import os
+import re
 import subprocess
 import sys
 from argparse import Namespace
@@ -80,7 +81,15 @@ def test_num_classes_cannot_become_1000(tmp_path: Path):
                                        (["DATA.STD", "[0.5, 0.0, 0.5]"], "DATA.STD must be positive"),
                                        (["DATA.INTERPOLATION", "cubic"], "DATA.INTERPOLATION 'cubic'"),
                                        (["TRAIN.LAYER_DECAY", "1.5"], "TRAIN.LAYER_DECAY"),
-                                       (["TRAIN.FREEZE_BACKBONE_EPOCHS", "-1"], "FREEZE_BACKBONE_EPOCHS")])
+                                       (["TRAIN.FREEZE_BACKBONE_EPOCHS", "-1"], "FREEZE_BACKBONE_EPOCHS"),
+                                       # counts that would train nothing, or fail only once everything is built
+                                       (["TRAIN.EPOCHS", "0"], "TRAIN.EPOCHS must be >= 1, got 0"),
+                                       (["DATA.BATCH_SIZE", "0"], "DATA.BATCH_SIZE must be >= 1"),
+                                       (["TRAIN.ACCUMULATION_STEPS", "0"], "TRAIN.ACCUMULATION_STEPS must be >= 1"),
+                                       (["PRINT_FREQ", "0"], "PRINT_FREQ must be >= 1"),
+                                       (["DATA.NUM_WORKERS", "-1"], "DATA.NUM_WORKERS must be >= 0"),
+                                       # a type yacs cannot coerce, named with its source
+                                       (["TRAIN.EPOCHS", "abc"], "--opts: Type mismatch .* TRAIN.EPOCHS")])
 def test_bad_values_are_errors(opts: list, key: str):
     with pytest.raises(ValueError, match=key):
         get_config(Namespace(opts=opts))
@@ -250,3 +259,58 @@ def test_each_yaml_states_only_what_differs_from_its_base(path: Path):
         if list(node) == list(value) if isinstance(node, (list, tuple)) else node == value:
             restated.append(key)
     assert not restated, f"{path.name} restates its base's values: {restated}"
+
+
+# Config files that are not a mapping of known keys: each one line naming the file (file name -> text, match).
+BAD_YAML = {
+    "syntax": ("MODEL: [\n", r"bad\.yaml: not valid yaml at line 2"),
+    "list": ("- 1\n- 2\n", r"bad\.yaml: a config is a mapping of KEY: value lines, not a list"),
+    "scalar": ("just text\n", r"bad\.yaml: a config is a mapping .* not a str"),
+    "type_mismatch": ("TRAIN:\n  EPOCHS: abc\n", r"bad\.yaml: Type mismatch .* TRAIN\.EPOCHS"),
+    "number_key": ("1: 2\n", r"bad\.yaml: 1 is not a config key"),
+    "base_not_a_list": ("BASE: other.yaml\n", r"bad\.yaml: BASE must be a list of yaml files"),
+    "base_cycle": ("BASE: ['bad.yaml']\n", r"bad\.yaml: BASE includes a file that includes it \(a cycle: "
+                                           r"bad\.yaml -> bad\.yaml\)"),
+}
+
+
+@pytest.mark.parametrize("text, message", BAD_YAML.values(), ids=list(BAD_YAML))
+def test_bad_yaml_is_one_error_naming_the_file(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        get_config(Namespace(cfg=str(write(tmp_path / "bad.yaml", text))))
+
+
+def test_a_base_cycle_through_another_file_is_named(tmp_path: Path):
+    """a -> b -> a recursed until Python's RecursionError; a diamond (two bases sharing one) is no cycle."""
+    write(tmp_path / "a.yaml", "BASE: ['b.yaml']\n")
+    write(tmp_path / "b.yaml", "BASE: ['a.yaml']\n")
+    with pytest.raises(ValueError, match=r"b\.yaml: .*a cycle: a\.yaml -> b\.yaml -> a\.yaml"):
+        get_config(Namespace(cfg=str(tmp_path / "a.yaml")))
+    write(tmp_path / "common.yaml", "DATA:\n  IMG_SIZE: 96\n")
+    write(tmp_path / "left.yaml", "BASE: ['common.yaml']\n")
+    write(tmp_path / "right.yaml", "BASE: ['common.yaml']\nMODEL:\n  NAME: right\n")
+    diamond = get_config(Namespace(cfg=str(write(tmp_path / "top.yaml", "BASE: ['left.yaml', 'right.yaml']\n"))))
+    assert (diamond.DATA.IMG_SIZE, diamond.MODEL.NAME) == (96, "right")
+
+
+@pytest.mark.parametrize("suffix", [".py", ".txt", ""])
+def test_only_yaml_files_are_read_so_a_python_config_never_runs(tmp_path: Path, suffix: str):
+    """yacs executes a .py config; one named by --cfg or in BASE: is refused before it is opened (this one is
+    a yaml mapping too, as an attacker would write it, so that it reaches yacs)."""
+    marker = tmp_path / "ran"
+    code = write(tmp_path / f"evil{suffix}", f"ran: str = open({str(marker)!r}, 'w').name\n")
+    with pytest.raises(ValueError, match=rf"evil{re.escape(suffix)}: not a yaml config"):
+        get_config(Namespace(cfg=str(code)))
+    innocent = write(tmp_path / "innocent.yml", f"BASE: ['{code.name}']\n")
+    with pytest.raises(ValueError, match=rf"innocent\.yml: BASE evil{re.escape(suffix)}: not a yaml config"):
+        get_config(Namespace(cfg=str(innocent)))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("opts", [["TAG", "../../.."], ["TAG", "a/b"], ["TAG", ".."], ["MODEL.NAME", "../elsewhere"]])
+def test_run_dir_names_cannot_leave_output(opts: list):
+    with pytest.raises(ValueError, match=r"must be a plain folder name"):
+        get_config(Namespace(opts=opts))
+    if opts[0] == "TAG":  # --tag, as main.py and test.py pass it
+        with pytest.raises(ValueError, match=r"TAG \(--tag\)"):
+            get_config(Namespace(tag=opts[1]))

@@ -26,11 +26,13 @@ from thresholds import DEFAULT_THRESHOLD
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; nothing computed after it may be saved."""
+    """The training loss, or the validation after an epoch's updates, became NaN or infinite; nothing
+    computed after it may be saved."""
 
-    def __init__(self, epoch: int, step: int, value: float) -> None:
+    def __init__(self, epoch: int, step: int | None, value: float, what: str = "training loss") -> None:
+        where = f"epoch {epoch} step {step}" if step is not None else f"the end of epoch {epoch}"
         super().__init__(
-            f"non-finite training loss ({value}) at epoch {epoch} step {step}: stopping "
+            f"non-finite {what} ({value}) at {where}: stopping "
             "(lower TRAIN.BASE_LR, keep TRAIN.CLIP_GRAD on, or check the data)"
         )
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from yacs.config import CfgNode
@@ -41,7 +42,15 @@ from rundir import RunDir
 from runtime import amp_dtype, autocast_factory, place_model
 from seeding import seed_epoch, seed_everything, set_rng_state
 from thresholds import DEFAULT_THRESHOLD, tune_thresholds, write_thresholds
-from training.engine import EpochResult, Trainer, TrainOutputs, build_optimizer, evaluate, train_one_epoch
+from training.engine import (
+    EpochResult,
+    NonFiniteLossError,
+    Trainer,
+    TrainOutputs,
+    build_optimizer,
+    evaluate,
+    train_one_epoch,
+)
 from training.history import read_history, write_history
 from training.schedule import build_scheduler
 from training.stop import GracefulStop
@@ -148,7 +157,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
         remove_killed_writes(run)
     resume_file, ckpt = load_resume_checkpoint(config, run.dir, logger) or (None, None)
     if ckpt is not None:
-        restore_training(ckpt, trainer)
+        restore_or_refuse(resume_file, ckpt, trainer, config)
     elif config.MODEL.PRETRAINED:
         load_pretrained(config, model, logger)
     if dist.is_initialized():
@@ -175,6 +184,47 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     if code == EXIT_OK and rank == 0:
         report_best(run)
     return code
+
+
+def restore_or_refuse(path: Path, ckpt: dict, trainer: Trainer, config: CfgNode) -> None:
+    """``restore_training``; a checkpoint of another model or optimizer layout (the config changed since it
+    was saved, e.g. the model's size or head) is one line naming it, not torch's size-mismatch traceback."""
+    try:
+        restore_training(ckpt, trainer)
+    except (RuntimeError, ValueError) as error:  # load_state_dict: size mismatch, missing or unexpected keys
+        changed = changed_model_keys(ckpt.get("config", ""), config)
+        detail = f"changed: {short_list(changed, 4)}" if changed else str(error).strip().splitlines()[-1].strip()
+        raise ValueError(f"{path}: the config changed since this checkpoint was saved, it cannot resume it "
+                         f"({detail}); train this config under another --tag, or move the run dir away") from None
+
+
+# The keys that decide the shapes of the weights and of the optimizer's parameter groups.
+_SHAPE_KEYS = ("MODEL.", "DATA.IMG_SIZE", "TRAIN.LAYER_DECAY", "TRAIN.BACKBONE_LR_SCALE", "TRAIN.OPTIMIZER.")
+# MODEL keys that name files or the run, not the model
+_NOT_SHAPE_KEYS = ("MODEL.NAME", "MODEL.RESUME", "MODEL.PRETRAINED")
+
+
+def changed_model_keys(saved: str, config: CfgNode) -> list[str]:
+    """``KEY old -> new`` for each key of _SHAPE_KEYS that differs between a checkpoint's saved config
+    (its yaml text) and ``config``."""
+    try:
+        old = _flat(yaml.safe_load(saved) or {})
+    except yaml.YAMLError:
+        return []
+    new = _flat(yaml.safe_load(config.dump()))
+    return [f"{key} {old.get(key)} -> {value}" for key, value in new.items()
+            if key.startswith(_SHAPE_KEYS) and key not in _NOT_SHAPE_KEYS and old.get(key) != value]
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A nested dict as ``{"A.B": value}``."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def remove_killed_writes(run: Run) -> None:
@@ -219,7 +269,7 @@ def train_epochs(run: Run, start_epoch: int, start_step: int, stop: GracefulStop
                                  outputs=run.resumed_outputs if step else None)
         if result.interrupted:
             return save_interrupted(run, epoch, result, stop)
-        metrics, thresholds = validate_epoch(run)
+        metrics, thresholds = validate_epoch(run, epoch)
         improved = best.improves(metrics[config.TRAIN.BEST_METRIC])
         if improved:
             best.value, best.epoch, best.thresholds = metrics[config.TRAIN.BEST_METRIC], epoch, thresholds
@@ -262,11 +312,16 @@ def stage_backbone(run: Run, epoch: int) -> None:
         run.logger.info(f"epoch {epoch}: backbone {'frozen: only the neck and head learn' if frozen else 'unfrozen'}")
 
 
-def validate_epoch(run: Run) -> tuple[dict, list[float]]:
-    """(summary with val_loss, thresholds tuned on val) of the selection weights."""
+def validate_epoch(run: Run, epoch: int) -> tuple[dict, list[float]]:
+    """(summary with val_loss, thresholds tuned on val) of the selection weights.
+
+    Weights that diverged during the epoch (a finite training loss, then NaN weights) stop the run here as
+    a non-finite loss does, before anything of the epoch is saved."""
     trainer = run.trainer
     pause_at("validation")
     evaluation = evaluate(run.eval_model(), run.loader_val, trainer.criterion, trainer.device, trainer.autocast)
+    if not (math.isfinite(evaluation.loss) and np.isfinite(evaluation.probs).all()):
+        raise NonFiniteLossError(epoch, None, evaluation.loss, what="validation loss")
     thresholds = [float(t) for t in tune_thresholds(evaluation.targets, evaluation.probs)]
     summary = summarize(evaluation.targets, evaluation.probs, thresholds)
     return {"val_loss": evaluation.loss, **summary}, thresholds

@@ -1,10 +1,28 @@
 """Stopping a run gracefully: a signal becomes a request that the training loop honours after a step."""
 from __future__ import annotations
 
+import contextlib
 import signal
-from typing import Any
+from typing import Any, Iterator
 
 from faults import note_signal, pause_at
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    note_signal()
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, wherever :class:`GracefulStop` is not active
+    (start-up, the final report): the run unwinds, releases its lock and exits 130 instead of dying
+    with 143 and leaving its ``.lock``."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class GracefulStop:
