@@ -2,7 +2,9 @@
 
 Each ``bash`` block's commands are checked the cheap way a typo shows: a script's command line must
 parse with that script's own argparse parser (nothing is run past the parsing), a config or script it
-names must exist, a ``make`` target must be in the Makefile.
+names must exist, a ``make`` target must be in the Makefile. Every relative link of the README, the
+user's guide (``docs/``) and the experiments pages (``experiments/``) must lead to a file that exists,
+and a ``#anchor`` to a heading of the page it names.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import pytest
 
 from helpers import ROOT, load_script
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+GUIDE = sorted((ROOT / "docs").glob("*.md"))
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.md"))
+PAGES = [ROOT / "README.md", *GUIDE, *EXPERIMENTS]
 EXTERNAL = ("pip", "kaggle", "unzip", "tmux", "cd", "export", "ls")
 
 
@@ -89,10 +93,55 @@ def test_documented_command_works_as_written(page: str, command: str, monkeypatc
 def test_every_page_shows_commands_and_is_linked_from_the_readme():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
-    for page in PAGES[1:]:
-        assert f"docs/{page.name}" in readme, f"README does not link {page.name}"
+    for page in GUIDE + EXPERIMENTS:
+        name = page.relative_to(ROOT).as_posix()
+        assert f"({name}" in readme, f"README does not link {name}"
 
 
 def test_a_mistyped_flag_is_caught(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(SystemExit):
         check_parses("test.py", ["--cfg", "configs/demo_cpu.yaml", "--split-name", "val"], monkeypatch)
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The ``#anchors`` GitHub gives the page's headings (lower case, punctuation dropped, spaces to hyphens)."""
+    anchors: set[str] = set()
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def relative_links(page: Path) -> list[str]:
+    """The page's link targets outside code blocks that are not URLs."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+
+
+LINKS = [(page, target) for page in PAGES for target in relative_links(page)]
+
+
+@pytest.mark.parametrize("page, target", LINKS, ids=[f"{p.relative_to(ROOT).as_posix()}: {t}" for p, t in LINKS])
+def test_relative_link_resolves(page: Path, target: str):
+    path, _, anchor = target.partition("#")
+    linked = (page.parent / path).resolve() if path else page
+    assert linked.exists(), f"{page.relative_to(ROOT)}: {target} leads nowhere"
+    if anchor:
+        assert linked.suffix == ".md", f"{page.relative_to(ROOT)}: {target}: an anchor on a page that is not markdown"
+        assert anchor in heading_anchors(linked), f"{page.relative_to(ROOT)}: {target}: no such heading"
+
+
+def test_anchors_of_the_guide_and_experiments_name_what_they_measure():
+    for page in PAGES:
+        for anchor in heading_anchors(page):
+            assert not re.search(r"(^|-)(issue|items?)(-|$)", anchor), f"{page.relative_to(ROOT)}: #{anchor}"
+
+
+def test_the_guide_holds_no_raw_run_outputs():
+    assert not [p for p in (ROOT / "docs").rglob("*") if p.suffix in (".csv", ".json", ".log", ".pth", ".onnx")]
+    assert not (ROOT / "docs" / "runs").exists()
