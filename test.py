@@ -20,8 +20,10 @@ scores); ``submission.csv`` applies Kaggle's rules on top (see ``reports.submiss
 
 ``--backend onnx`` computes the logits with ONNX Runtime (an ``.onnx`` as --checkpoint, or the
 checkpoint exported in memory), ``--backend openvino`` with OpenVINO from the same files; ``auto``
-(the default) picks ONNX Runtime on the CPU when export.py has written the checkpoint's ``.onnx``
-(see ``deploy.backends``). Preprocessing, batching and every output are the same code for all.
+(the default) runs an ``.onnx`` on OpenVINO for a transformer's FP32 file or an INT8 file admitted on
+OpenVINO and on ONNX Runtime for the rest, and a checkpoint on the CPU the same way when export.py has
+written its ``.onnx`` beside it, else on PyTorch (see ``deploy.backends.fastest_runtime``).
+Preprocessing, batching and every output are the same code for all.
 """
 from __future__ import annotations
 
