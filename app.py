@@ -29,16 +29,17 @@ import tempfile
 from argparse import Namespace
 from pathlib import Path
 
-from cli import EXIT_OK, RunError, add_run_arguments, find_checkpoint, run_cli
 from data.images import MAX_PIXELS
 from deploy.backends import BACKENDS, is_onnx_file, load_predictor
 from deploy.uploads import UploadLimits
-from ensemble import EnsemblePredictor, is_ensemble_file
-from log import create_logger
+from evaluation.ensemble_file import EnsemblePredictor, is_ensemble_file
+from evaluation.thresholds import resolve_thresholds
 from process.leaves import write_example_leaves
-from rundir import RunDir
-from runtime import select_device
-from thresholds import resolve_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint
+from utils.cli import run_cli
+from utils.errors import EXIT_OK, RunError
+from utils.log import create_logger
+from utils.runtime import select_device
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

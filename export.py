@@ -46,18 +46,19 @@ import numpy as np
 import onnx
 import torch
 
-from cli import EXIT_FAILED, EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import TreeSplit
 from deploy import quantize
-from deploy.export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
 from deploy.onnx_backend import OnnxPredictor, info_to_metadata
-from ensemble import Ensemble, EnsemblePredictor, ensemble_module, is_ensemble_file
-from evaluation import split_logits
-from inference import ModelInfo, Predictor, sigmoid
-from log import create_logger
-from rundir import RunDir, onnx_file
-from thresholds import resolve_thresholds
-from utils import atomic_write_bytes
+from deploy.onnx_export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
+from evaluation.ensemble_file import Ensemble, EnsemblePredictor, ensemble_module, is_ensemble_file
+from evaluation.evaluate import split_logits
+from evaluation.inference import ModelInfo, Predictor, sigmoid
+from evaluation.thresholds import resolve_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint, onnx_file
+from utils.cli import run_cli
+from utils.errors import EXIT_FAILED, EXIT_OK
+from utils.files import atomic_write_bytes
+from utils.log import create_logger
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

@@ -32,16 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import TreeSplit
 from deploy.backends import BACKENDS, load_predictor
-from ensemble import EnsemblePredictor, is_ensemble_file
-from evaluation import evaluate_split, predict_files
-from log import create_logger
-from reports import coloured_table, write_file_predictions
-from rundir import RunDir
-from runtime import keep_freed_memory, select_device
-from thresholds import resolve_thresholds, tune_thresholds, write_thresholds
+from evaluation.ensemble_file import EnsemblePredictor, is_ensemble_file
+from evaluation.evaluate import evaluate_split, predict_files
+from evaluation.reports import coloured_table, write_file_predictions
+from evaluation.thresholds import resolve_thresholds, tune_thresholds, write_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.log import create_logger
+from utils.runtime import keep_freed_memory, select_device
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

@@ -27,13 +27,14 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
-from attention import HEAD_FUSIONS, attention_kind
-from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import MultiLabelImageFolder, collect_images
 from data.images import image_failure, load_image
 from data.labels import CLASSES
-from ensemble import Ensemble, is_ensemble_file
-from explain import (
+from evaluation.ensemble_file import Ensemble, is_ensemble_file
+from evaluation.inference import Predictor
+from evaluation.thresholds import resolve_thresholds
+from explain.attention import HEAD_FUSIONS, attention_kind
+from explain.gradcam import (
     MAX_SIDE,
     METHODS,
     SWIN_TARGET_LAYER,
@@ -47,11 +48,11 @@ from explain import (
     explain_warp,
     unique_stem,
 )
-from inference import Predictor
-from log import create_logger
-from rundir import RunDir
-from runtime import select_device
-from thresholds import resolve_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.log import create_logger
+from utils.runtime import select_device
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

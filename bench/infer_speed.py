@@ -29,13 +29,13 @@ from config import get_config
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import decode_size, resolve_normalization
-from evaluation import predict_files
-from inference import Predictor, sigmoid
+from evaluation.evaluate import predict_files
+from evaluation.inference import Predictor, sigmoid
+from evaluation.thresholds import DEFAULT_THRESHOLD
 from models import build_model
 from process.synthesize import parse_size, synthesize
-from rundir import RunDir
-from runtime import select_device
-from thresholds import DEFAULT_THRESHOLD
+from training.rundir import RunDir
+from utils.runtime import select_device
 
 ACCEPTANCE = 3.0
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint_file
-from cli import EXIT_INTERRUPTED
 from process.synthesize import synthesize
 from process.tree import prepare
-from rundir import RunDir
+from training.checkpoint import load_checkpoint_file
+from training.rundir import RunDir
+from utils.errors import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = (signal.SIGTERM, signal.SIGKILL)

@@ -22,8 +22,8 @@ from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.folds import NO_FOLD
 from data.labels import CLASSES
 from data.transforms import build_transform
-from distributed import get_rank, get_world_size
-from seeding import seeded
+from utils.distributed import get_rank, get_world_size
+from utils.seeding import seeded
 
 # ---------------------------------------------------------------------------------------------
 # Oversampling (training split only)

@@ -1,6 +1,6 @@
 """Static INT8 quantisation of an exported model, and the decision check that admits it (``export.py --int8``).
 
-The FP32 graph of ``deploy.export`` goes through ONNX Runtime's own tools: ``quant_pre_process``
+The FP32 graph of ``deploy.onnx_export`` goes through ONNX Runtime's own tools: ``quant_pre_process``
 (shape inference and graph optimisation, as its documentation advises before quantising), then
 ``quantize_static`` in QDQ format with per-channel INT8 weights and UINT8 activations, whose ranges
 are calibrated (MinMax) on leaves of the run's tree put through the model's own evaluation
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cli import RunError
 from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.transforms import EvalPreprocessing
 from deploy.onnx_backend import INPUT_NAME
-from metrics import multilabel_metrics
-from thresholds import tune_thresholds
+from evaluation.metrics import multilabel_metrics
+from evaluation.thresholds import tune_thresholds
+from utils.errors import RunError
 
 F1_TOLERANCE = 0.005  # how far INT8's validation macro-F1 may fall below FP32's
 CALIBRATION_BATCH = 8
@@ -61,8 +61,8 @@ def calibration_images(split: TreeSplit, preprocessing: EvalPreprocessing, count
 def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
     """The statically quantised model of the FP32 ``fp32`` bytes, calibrated on ``images`` (metadata unset)."""
     # ONNX Runtime's quantisation tools import its transformers package, which appends its own folder to
-    # sys.path; its metrics.py and models/ would then shadow this project's modules wherever the project is
-    # not first on the path (pytest, an installed package). The path is put back as it was.
+    # sys.path; its models/ would then shadow this project's ``models`` package (the one top-level name they
+    # share) wherever the project is not first on the path (an installed package). The path is put back.
     path = list(sys.path)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -20,12 +20,13 @@ import json
 from argparse import Namespace
 from pathlib import Path
 
-from cli import EXIT_OK, run_cli
-from metrics import multilabel_metrics, summarize
-from oof import fold_metrics, mean_probabilities, probabilities_of, read_probabilities, targets_of
-from reports import markdown_table, write_split_results
-from thresholds import tune_thresholds, write_thresholds
-from utils import atomic_write_text
+from evaluation.metrics import multilabel_metrics, summarize
+from evaluation.oof import fold_metrics, mean_probabilities, probabilities_of, read_probabilities, targets_of
+from evaluation.reports import markdown_table, write_split_results
+from evaluation.thresholds import tune_thresholds, write_thresholds
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

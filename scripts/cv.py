@@ -37,19 +37,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
 from data.folds import FOLDS_FILE, NO_FOLD, read_folds
 from data.labels import CLASSES
-from ensemble import Ensemble
-from log import create_logger
-from oof import fold_metrics, mean_probabilities, pool_folds, probabilities_of, targets_of
-from reports import PREDICTIONS_CSV, markdown_table
-from rundir import RunDir
-from runlock import hold_run_lock
-from thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
+from evaluation.ensemble_file import Ensemble
+from evaluation.oof import fold_metrics, mean_probabilities, pool_folds, probabilities_of, targets_of
+from evaluation.reports import PREDICTIONS_CSV, markdown_table
+from evaluation.thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
+from training.rundir import RunDir
 from training.stop import GracefulStop
-from utils import atomic_write_text
+from utils.cli import run_child, run_cli
+from utils.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from utils.files import atomic_write_text
+from utils.log import create_logger
+from utils.runlock import hold_run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 FOLD_RESULT = "fold.json"

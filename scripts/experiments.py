@@ -30,15 +30,16 @@ from typing import Sequence
 
 import pandas as pd
 
-from checkpoint import load_checkpoint_file
-from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
-from log import create_logger
-from reports import markdown_table, paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
-from rundir import RunDir
-from runlock import hold_run_lock
+from evaluation.reports import markdown_table, paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
+from training.checkpoint import load_checkpoint_file
+from training.rundir import RunDir
 from training.stop import GracefulStop
-from utils import atomic_write_bytes, atomic_write_text
+from utils.cli import run_child, run_cli
+from utils.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from utils.files import atomic_write_bytes, atomic_write_text
+from utils.log import create_logger
+from utils.runlock import hold_run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FILE = "experiment.json"

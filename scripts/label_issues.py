@@ -32,13 +32,14 @@ from cleanlab.multilabel_classification.filter import find_label_issues
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cli import EXIT_OK, run_cli
 from data.labels import CLASSES, vector_to_labels
-from ensemble import read_ensemble_thresholds
-from oof import probabilities_of, read_probabilities, targets_of
-from reports import png_bytes
-from thresholds import as_thresholds, read_thresholds
-from utils import atomic_write_bytes, atomic_write_text
+from evaluation.ensemble_file import read_ensemble_thresholds
+from evaluation.oof import probabilities_of, read_probabilities, targets_of
+from evaluation.thresholds import as_thresholds, read_thresholds
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.figures import png_bytes
+from utils.files import atomic_write_bytes, atomic_write_text
 
 SHEET_COLUMNS = 10
 ENSEMBLE_FILE = "ensemble.json"  # scripts/cv.py's, beside oof.csv: the out-of-fold thresholds

@@ -19,10 +19,9 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
-from cli import EXIT_OK, run_cli
 from data.folds import read_folds
 from data.labels import CLASSES
-from oof import (
+from evaluation.oof import (
     fold_metrics,
     fold_of_each,
     mean_probabilities,
@@ -31,9 +30,11 @@ from oof import (
     read_probabilities,
     targets_of,
 )
-from reports import markdown_table
-from thresholds import tune_thresholds
-from utils import atomic_write_text
+from evaluation.reports import markdown_table
+from evaluation.thresholds import tune_thresholds
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

@@ -31,15 +31,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import RunError
 from data.images import MAX_PIXELS, load_image
 from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.uploads import UploadError, UploadLimits, check_upload
-from ensemble import Ensemble, EnsemblePredictor
+from evaluation.ensemble_file import Ensemble, EnsemblePredictor
 from helpers import ROOT, load_script, make_tree, tiny_runs
 from process.leaves import render_leaf
 from process.tree import Task, process_image
+from utils.errors import RunError
 
 # The first test of a selection waits for training, the server (START_SECONDS) and Chromium; uploads wait 120 s each.
 pytestmark = pytest.mark.timeout(900)

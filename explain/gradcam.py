@@ -1,5 +1,5 @@
 """Grad-CAM of the evaluation logits: per-class maps, overlays, grids and GIFs (pictures as bytes or files);
-attention maps, per-layer views and the spatial transformer's warp as pictures (maps from attention.py).
+attention maps, per-layer views and the spatial transformer's warp as pictures (maps from explain.attention).
 
 Grad-CAM differentiates the model's own evaluation logits (for ArcFace: ``SCALE * cos theta``
 against the trained centres, no margin, no label), the very logits test.py turns into
@@ -23,12 +23,12 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from attention import attention_map, layer_maps
-from cli import RunError
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
+from explain.attention import attention_map, layer_maps
 from models.vit import PatchGrid, is_vit_backbone
-from reports import png_bytes
-from utils import atomic_write_bytes
+from utils.errors import RunError
+from utils.figures import png_bytes
+from utils.files import atomic_write_bytes
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM,

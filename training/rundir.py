@@ -10,6 +10,8 @@ checkpoint's ``.onnx`` beside it.
 """
 from __future__ import annotations
 
+import argparse
+from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +96,25 @@ class RunDir:
 def onnx_file(checkpoint: Path) -> Path:
     """export.py's default output for a checkpoint: the same path as ``.onnx``."""
     return Path(checkpoint).with_suffix(".onnx")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that find a trained run and its checkpoint (test.py, visual.py, export.py, app.py)."""
+    parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
+    parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
+    parser.add_argument("--tag", help="run tag (default: the config's TAG)")
+    parser.add_argument("--checkpoint", "--resume", dest="checkpoint", type=Path,
+                        help="checkpoint file (default: the run's ckpt_best.pth); --resume is the upstream fork's name")
+
+
+def find_checkpoint(args: Namespace) -> Path:
+    """``args.checkpoint``, else the best checkpoint of the run named by ``args.cfg``/``opts``/``tag``."""
+    from config import get_config
+
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    config = get_config(Namespace(cfg=args.cfg, opts=args.opts, tag=args.tag))
+    path = RunDir.of(config).best_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (train with main.py first, or give --checkpoint FILE)")
+    return path

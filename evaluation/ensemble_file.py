@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from data.labels import CLASSES
-from inference import Backend, ModelInfo, Predictor, require_finite, sigmoid
+from evaluation.inference import Backend, ModelInfo, Predictor, require_finite, sigmoid
+from evaluation.thresholds import check_thresholds
 from models.ensemble import PROB_EPS, MeanOfProbabilities, MemberInput
-from thresholds import check_thresholds
-from utils import atomic_write_text
+from utils.files import atomic_write_text
 
 ENSEMBLE_SUFFIX = ".json"
 

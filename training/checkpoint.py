@@ -28,10 +28,10 @@ from torch import nn
 from yacs.config import CfgNode
 
 from data.labels import CLASSES
-from log import short_list
-from rundir import RunDir
-from seeding import get_rng_state
-from utils import atomic_save
+from training.rundir import RunDir
+from utils.files import atomic_save
+from utils.log import short_list
+from utils.seeding import get_rng_state
 
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "step")
 

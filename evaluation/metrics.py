@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from data.labels import CLASSES
-from thresholds import DEFAULT_THRESHOLD, as_thresholds, tune_thresholds
+from evaluation.thresholds import DEFAULT_THRESHOLD, as_thresholds, tune_thresholds
 
 SUMMARY_ROWS = ("macro", "micro", "samples")
 

@@ -6,7 +6,6 @@ returned as PNG bytes, so every caller writes them atomically.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,25 +15,12 @@ import pandas as pd
 from termcolor import colored
 
 from data.labels import CLASSES, vector_to_labels
-from metrics import mean_confidence_interval, table_text
-from thresholds import decide
-from utils import atomic_write_bytes, atomic_write_text
+from evaluation.metrics import mean_confidence_interval, table_text
+from evaluation.thresholds import decide
+from utils.figures import png_bytes
+from utils.files import atomic_write_bytes, atomic_write_text
 
 PREDICTIONS_CSV, SUBMISSION_CSV = "predictions.csv", "submission.csv"
-
-
-def png_bytes(picture: Any, dpi: int = 100) -> bytes:
-    """A matplotlib Figure, a PIL image or an RGB uint8 array, encoded as PNG."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    if isinstance(picture, np.ndarray):
-        picture = Image.fromarray(picture)
-    if isinstance(picture, Image.Image):
-        picture.save(buffer, format="PNG")
-    else:
-        picture.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
