@@ -48,11 +48,11 @@ import torch
 
 from data.dataset import TreeSplit
 from deploy import quantize
+from deploy.model_file import load_network_file, network_of
 from deploy.onnx_backend import OnnxPredictor, info_to_metadata
 from deploy.onnx_export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
-from evaluation.ensemble_file import Ensemble, EnsemblePredictor, ensemble_module, is_ensemble_file
 from evaluation.evaluate import split_logits
-from evaluation.inference import ModelInfo, Predictor, sigmoid
+from evaluation.inference import ModelInfo, sigmoid
 from evaluation.thresholds import resolve_thresholds
 from training.rundir import RunDir, add_run_arguments, find_checkpoint, onnx_file
 from utils.cli import run_cli
@@ -94,19 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     path = find_checkpoint(args)
     output = args.output or (int8_file(path) if args.int8 else onnx_file(path))
     logger = create_logger(output.parent, name="export")
-    if is_ensemble_file(path):
-        ensemble = Ensemble.read(path)
-        members = [Predictor.from_checkpoint(m, torch.device("cpu")) for m in ensemble.members]
-        predictor = EnsemblePredictor(ensemble, members)
-        model, info = ensemble_module(ensemble, members)
-    else:
-        predictor = Predictor.from_checkpoint(path, torch.device("cpu"))
-        model, info = predictor.model, predictor.info
+    predictor = load_network_file(path, torch.device("cpu"))
+    model, info, members = network_of(predictor)
     splits = int8_splits(args, info) if args.int8 else None  # before the FP32 work: bad input fails in seconds
     thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
     info = dataclasses.replace(info, thresholds=tuple(map(float, thresholds)))
     logger.info(f"exporting {info.describe()} from {path}")
-    if is_ensemble_file(path) and len({m.info.preprocessing for m in members}) > 1:
+    if len({m.info.preprocessing for m in members}) > 1:
         moved = member_preprocessing_difference(model, info, members)
         logger.info(f"members differ in preprocessing: the in-graph resize moves probabilities by at most "
                     f"{moved:.2e} from test.py's per-member preprocessing (synthetic photos)")

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from data.dataset import TreeSplit
-from deploy.backends import BACKENDS, load_predictor
-from evaluation.ensemble_file import EnsemblePredictor, is_ensemble_file
+from deploy.backends import BACKENDS
+from deploy.model_file import describe, load_model_file, uses_tta_thresholds
 from evaluation.evaluate import evaluate_split, predict_files
 from evaluation.reports import coloured_table, write_file_predictions
 from evaluation.thresholds import resolve_thresholds, tune_thresholds, write_thresholds
@@ -77,16 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir.of_checkpoint(path)
     results = args.output or (run.predictions if args.images else run.split_results(args.split))
     logger = create_logger(results, name="test")
-    if is_ensemble_file(path):
-        predictor = EnsemblePredictor.load(path, args.backend, device, logger)
-        logger.info(f"{predictor.describe()} from {path}")
-        # the file's thresholds were tuned on its members' TTA probabilities already: no thresholds_tta.json
-        thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
-    else:
-        predictor = load_predictor(path, args.backend, device, logger)
-        logger.info(f"model {predictor.info.describe()} from {path} on {predictor.backend} ({predictor.device})"
-                    f"{', TTA' if args.tta else ''}")
-        thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, args.tta)
+    predictor = load_model_file(path, args.backend, device, logger)
+    logger.info(describe(predictor, path, args.tta))
+    thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, uses_tta_thresholds(predictor, args.tta))
     info = predictor.info
     batch_size = args.batch_size or info.batch_size
     workers = args.num_workers if args.num_workers is not None else min(info.num_workers, os.cpu_count() or 1)
