@@ -214,9 +214,9 @@ def _loader_args(config: CfgNode) -> dict:
     )
 
 
-def build_val_loader(config: CfgNode, split: str = "val") -> tuple[Dataset, DataLoader]:
-    """``(dataset, loader)`` of an evaluation split: each image once across all ranks, in order."""
-    dataset = _split(config, split, is_train=False)
+def build_val_loader(config: CfgNode) -> tuple[Dataset, DataLoader]:
+    """``(dataset, loader)`` of the validation split: each image once across all ranks, in order."""
+    dataset = _split(config, "val", is_train=False)
     sampler = ShardSampler(len(dataset), get_rank(), get_world_size())
     return dataset, DataLoader(dataset, sampler=sampler, drop_last=False, **_loader_args(config))
 

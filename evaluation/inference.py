@@ -97,7 +97,6 @@ class Predictor:
     path: Path
     device: torch.device
     thresholds: list[float] | None  # those saved in the checkpoint, if any
-    classes: tuple[str, ...] = CLASSES
     backend: ClassVar[str] = "torch"
 
     @classmethod

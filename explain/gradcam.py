@@ -49,21 +49,6 @@ PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
 # ---------------------------------------------------------------------------------------------
 
 
-class EvalLogits(nn.Module):
-    """The network reduced to ``images -> evaluation logits``: what Grad-CAM differentiates.
-
-    The forward never passes labels, so an ArcFace head gives ``SCALE * cos theta`` against its
-    trained centres (the margin is a training-only term), exactly test.py's logits.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
-
-
 def default_target_layer(model: nn.Module) -> str:
     """Swin and ViT family: the last block's first norm; other timm backbones: their last feature stage."""
     backbone = model.backbone
@@ -114,9 +99,13 @@ def reshape_for(model: nn.Module, layer: nn.Module) -> Callable | None:
 
 
 def build_cam(model: nn.Module, method: str = "gradcam", target_layer: str | None = None) -> BaseCAM:
-    """A pytorch_grad_cam object on the evaluation logits of ``model`` at ``target_layer``."""
+    """A pytorch_grad_cam object on the evaluation logits of ``model`` at ``target_layer``.
+
+    Grad-CAM calls the model with images only, never labels, so an ArcFace head gives ``SCALE * cos theta``
+    against its trained centres (the margin is a training-only term): exactly test.py's logits.
+    """
     layer = find_module(model, target_layer or default_target_layer(model))
-    return METHODS[method](EvalLogits(model).eval(), [layer], reshape_transform=reshape_for(model, layer))
+    return METHODS[method](model.eval(), [layer], reshape_transform=reshape_for(model, layer))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,12 +76,13 @@ def test_map_i_belongs_to_class_i(runs, leaf, kind):
     np.testing.assert_allclose(backwards[::-1], maps, atol=1e-4)
 
 
-def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
+def test_grad_cam_differentiates_the_evaluation_logits_of_test_py(runs, leaf):
     loaded = load_run(runs["arcpsa"])
     transform = build_transform(False, loaded.config)
     images = [load_image(leaf), draw_leaf("healthy", random.Random(5))]
     batch = torch.stack([transform(image) for image in images])
-    wrapped = gradcam.EvalLogits(loaded.model).eval()(batch)
+    cam = gradcam.build_cam(loaded.model)
+    wrapped = cam.model(batch)
     logits, _ = inference.predict_logits(loaded.model, DataLoader(list(zip(batch, [0, 0])), batch_size=2),
                                    torch.device("cpu"))
     assert torch.allclose(wrapped, torch.from_numpy(logits).float(), atol=1e-5)

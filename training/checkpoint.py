@@ -104,11 +104,6 @@ def training_state(config: CfgNode, trainer: Any, epoch: int, step: int, best: A
     }
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` atomically: the previous file stays until the new one is complete and synced."""
-    atomic_save(state, path)
-
-
 def save_latest(state: dict, run: RunDir) -> None:
     """The run's ckpt_latest.pth; the file it replaces is kept as ckpt_latest.prev.pth, the fallback should
     the new one ever turn out unreadable (a copy cut short, a disk that lost data)."""

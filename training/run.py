@@ -32,7 +32,6 @@ from training.checkpoint import (
     load_pretrained,
     load_resume_checkpoint,
     restore_training,
-    save_checkpoint,
     save_latest,
     training_state,
 )
@@ -51,7 +50,7 @@ from training.schedule import build_scheduler
 from training.stop import GracefulStop
 from utils.errors import EXIT_INTERRUPTED, EXIT_OK
 from utils.faults import pause_at
-from utils.files import atomic_write_bytes, atomic_write_text, remove_partial_writes
+from utils.files import atomic_save, atomic_write_bytes, atomic_write_text, remove_partial_writes
 from utils.log import short_list
 from utils.runtime import amp_dtype, autocast_factory, place_model
 from utils.seeding import seed_epoch, seed_everything, set_rng_state
@@ -345,10 +344,10 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     state = training_state(config, run.trainer, epoch, 0, run.best, run.metrics)
     if improved:
         folder.thresholds(tta=True).unlink(missing_ok=True)  # those of the checkpoint being replaced
-        save_checkpoint(state, folder.best_checkpoint)
+        atomic_save(state, folder.best_checkpoint)
         write_thresholds(run.best.thresholds, folder.thresholds())
     if config.SAVE_FREQ and (epoch + 1) % config.SAVE_FREQ == 0:
-        save_checkpoint(state, folder.epoch_checkpoint(epoch))
+        atomic_save(state, folder.epoch_checkpoint(epoch))
     save_latest(state, folder)
     pause_at("saved")
 
