@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from data.labels import NUM_CLASSES, labels_to_vector
-from evaluation.metrics import paired_bootstrap
+from evaluation.statistics import paired_bootstrap
 from utils.cli import run_cli
 from utils.errors import EXIT_OK
 

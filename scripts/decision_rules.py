@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from evaluation.metrics import paired_bootstrap
 from evaluation.oof import probabilities_of, read_probabilities, targets_of
 from evaluation.reports import markdown_table
+from evaluation.statistics import paired_bootstrap
 from evaluation.thresholds import decide, tune_thresholds, tune_thresholds_for_samples
 from utils.cli import run_cli
 from utils.errors import EXIT_OK

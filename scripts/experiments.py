@@ -31,7 +31,8 @@ from typing import Sequence
 import pandas as pd
 
 from config import get_config
-from evaluation.reports import markdown_table, paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
+from evaluation.reports import markdown_table
+from evaluation.statistics import paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
 from training.checkpoint import load_checkpoint_file
 from training.rundir import RunDir
 from training.stop import GracefulStop

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from data.labels import CLASSES
-from evaluation.metrics import paired_bootstrap
+from evaluation.statistics import paired_bootstrap
 from helpers import load_script
 
 compare = load_script("scripts/compare.py")

@@ -12,8 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.metrics import mean_confidence_interval
-from evaluation.reports import paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
+from evaluation.statistics import (
+    mean_confidence_interval,
+    paired_by_seed,
+    paired_markdown,
+    seeds_markdown,
+    seeds_png,
+    seeds_summary,
+)
 from helpers import ROOT, TINY_YAML, load_script, make_tree
 from utils.errors import EXIT_INTERRUPTED
 from utils.runlock import RunLockedError, hold_run_lock
