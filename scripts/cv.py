@@ -46,7 +46,7 @@ from evaluation.reports import PREDICTIONS_CSV, markdown_table
 from evaluation.thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
 from training.rundir import RunDir
 from training.stop import GracefulStop
-from utils.cli import run_child, run_cli
+from utils.cli import run_cli, run_job
 from utils.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from utils.files import atomic_write_text
 from utils.log import create_logger
@@ -104,14 +104,9 @@ def run_fold(args: Namespace, config_file: Path, fold: int, stop: GracefulStop, 
         logger.info(f"fold {fold}: finished earlier, skipped ({result})")
         return EXIT_OK
     env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-    for command in fold_commands(args, config_file, fold, run):
-        code = run_child(command, stop, logger, env)
-        if code != EXIT_OK:
-            return code
     record = {"fold": fold, "opts": list(args.opts), "checkpoint": str(run.best_checkpoint),
               "predictions": str(run.split_results("val") / PREDICTIONS_CSV)}
-    atomic_write_text(json.dumps(record, indent=2) + "\n", result)
-    return EXIT_OK
+    return run_job(fold_commands(args, config_file, fold, run), lambda: record, result, stop, logger, env)
 
 
 def run_folds(args: Namespace, config_file: Path, folds: list[int], logger) -> int:

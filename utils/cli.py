@@ -1,18 +1,21 @@
 """Command-line plumbing every script shares: ``run_cli`` (an exception to one ``error:`` line and its exit
-code, see :mod:`utils.errors`), child commands that pass a stop on.
+code, see :mod:`utils.errors`), child commands that pass a stop on, and jobs of them with a finished marker
+(scripts/cv.py's folds, scripts/experiments.py's runs).
 """
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
 import sys
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from termcolor import colored
 
 from utils.errors import BAD_PATH_ERRNOS, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, RunError, error_line
-from utils.files import disk_full_errno
+from utils.files import atomic_write_text, disk_full_errno
 
 
 def _fail(error: BaseException, code: int) -> None:
@@ -63,3 +66,18 @@ def run_child(command: list[str], stop: Any, logger: logging.Logger, env: dict |
                     child.send_signal(signal.SIGTERM)
                     forwarded = True
     return EXIT_INTERRUPTED if stop.requested and code != EXIT_OK else code
+
+
+def run_job(commands: Sequence[list[str]], record: Callable[[], dict], finished: Path, stop: Any,
+            logger: logging.Logger, env: dict | None = None) -> int:
+    """Run ``commands`` one after another as children (main.py, then test.py); when every one exits 0, write
+    ``record()`` as JSON to ``finished``, the marker that lets the same command skip the job next time.
+
+    Returns the first non-zero exit code (no marker then), else 0.
+    """
+    for command in commands:
+        code = run_child(command, stop, logger, env)
+        if code != EXIT_OK:
+            return code
+    atomic_write_text(json.dumps(record(), indent=2) + "\n", finished)
+    return EXIT_OK
