@@ -32,6 +32,7 @@ from evaluation.oof import (
 )
 from evaluation.reports import markdown_table
 from evaluation.thresholds import tune_thresholds
+from training.rundir import CvDir
 from utils.cli import run_cli
 from utils.errors import EXIT_OK
 from utils.files import atomic_write_text
@@ -55,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     per_fold = fold_metrics(oof, tune_thresholds(targets_of(oof), probabilities_of(oof)))
 
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(oof.to_csv(index=False), args.output / "oof.csv")
-    atomic_write_text(test[["image", *CLASSES, "true"]].to_csv(index=False), args.output / "test.csv")
+    files = CvDir(args.output)
+    atomic_write_text(oof.to_csv(index=False), files.oof)
+    atomic_write_text(test[["image", *CLASSES, "true"]].to_csv(index=False), files.test_predictions)
     atomic_write_text(f"{len(frames)} folds pooled, at thresholds tuned on all {len(oof)} out-of-fold leaves:\n\n"
-                      + markdown_table(per_fold), args.output / "cv_metrics.md")
+                      + markdown_table(per_fold), files.metrics_md)
     print(f"out-of-fold ({len(oof)} leaves, {len(frames)} folds; {len(args.test)} test members averaged):\n"
           f"{per_fold.to_string(index=False)}")
     return EXIT_OK

@@ -92,6 +92,53 @@ class RunDir:
         """visual.py's folder."""
         return self.path / "cam"
 
+    @property
+    def fold_record(self) -> Path:
+        """scripts/cv.py's marker of a finished fold (its checkpoint and held-out predictions)."""
+        return self.path / "fold.json"
+
+
+@dataclass(frozen=True)
+class CvDir:
+    """The pooled results of folds: scripts/cv.py's OUTPUT/MODEL.NAME/TAG-cv, and the --output of
+    scripts/blend.py and scripts/pool_folds.py; every file name of it in one place."""
+
+    path: Path
+
+    @property
+    def oof(self) -> Path:
+        """Every pooled leaf: its fold, its out-of-fold probabilities, its labels."""
+        return self.path / "oof.csv"
+
+    @property
+    def test_predictions(self) -> Path:
+        """The members' test probabilities averaged (scripts/pool_folds.py)."""
+        return self.path / "test.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.path / "cv_metrics.json"
+
+    @property
+    def metrics_md(self) -> Path:
+        """Per fold and pooled, at thresholds tuned on every out-of-fold leaf."""
+        return self.path / "cv_metrics.md"
+
+    @property
+    def thresholds(self) -> Path:
+        """scripts/blend.py's thresholds, tuned on the blend's out-of-fold probabilities."""
+        return self.path / "thresholds.json"
+
+    @property
+    def samples_thresholds(self) -> Path:
+        """Thresholds tuned for samples-F1 of leaves that always get a label."""
+        return self.path / "thresholds_samples.json"
+
+    @property
+    def ensemble(self) -> Path:
+        """The folds' best checkpoints as one model, with the out-of-fold thresholds."""
+        return self.path / "ensemble.json"
+
 
 def onnx_file(checkpoint: Path) -> Path:
     """export.py's default output for a checkpoint: the same path as ``.onnx``."""
