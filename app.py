@@ -29,16 +29,17 @@ import tempfile
 from argparse import Namespace
 from pathlib import Path
 
-from cli import EXIT_OK, RunError, add_run_arguments, find_checkpoint, run_cli
 from data.images import MAX_PIXELS
-from deploy.backends import BACKENDS, is_onnx_file, load_predictor
+from deploy.backends import BACKENDS, is_onnx_file
+from deploy.model_file import load_model_file
 from deploy.uploads import UploadLimits
-from ensemble import EnsemblePredictor, is_ensemble_file
-from log import create_logger
+from evaluation.thresholds import resolve_thresholds
 from process.leaves import write_example_leaves
-from rundir import RunDir
-from runtime import select_device
-from thresholds import resolve_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint
+from utils.cli import run_cli
+from utils.errors import EXIT_OK, RunError
+from utils.log import create_logger
+from utils.runtime import select_device
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -114,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
         logger = create_logger(private, name="app")
         backend = page_backend(path, args.backend)
-        if is_ensemble_file(path):
-            predictor = EnsemblePredictor.load(path, backend, select_device(args.device), logger)
-        else:
-            predictor = load_predictor(path, backend, select_device(args.device), logger)
+        predictor = load_model_file(path, backend, select_device(args.device), logger)
         thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
         page = LeafPage.serving(predictor, thresholds, limits)
         examples = write_example_leaves(private / "examples")

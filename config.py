@@ -5,6 +5,7 @@ working; the keys marked "ours" are the multi-label additions.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -12,6 +13,8 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from data.labels import CLASSES, NUM_CLASSES
+
+logger = logging.getLogger(__name__)
 
 LOSSES = ("bce", "focal", "asl")
 # AUG.PRESET: the training pipeline's structure (data/transforms.py)
@@ -403,7 +406,7 @@ def _update_config_from_file(config: CN, cfg_file: str, including: tuple[str, ..
             raise ValueError(f"{cfg_file}: BASE includes a file that includes it (a cycle: {cycle})")
         _update_config_from_file(config, base, chain)
     config.defrost()
-    print(f"=> merge config from {cfg_file}")
+    logger.debug(f"merge config from {cfg_file}")
     try:
         config.merge_from_other_cfg(CN(yaml_cfg))  # what yacs' merge_from_file does, without reading the file again
     except (KeyError, AssertionError, ValueError) as err:  # yacs: "Non-existent config key", "Type mismatch"

@@ -36,28 +36,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import logging
-import os
 from argparse import Namespace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
-from cli import EXIT_FAILED, EXIT_OK, add_run_arguments, find_checkpoint, run_cli
-from data.dataset import TreeSplit
 from deploy import quantize
-from deploy.export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
-from deploy.onnx_backend import OnnxPredictor, info_to_metadata
-from ensemble import Ensemble, EnsemblePredictor, ensemble_module, is_ensemble_file
-from evaluation import split_logits
-from inference import ModelInfo, Predictor, sigmoid
-from log import create_logger
-from rundir import RunDir, onnx_file
-from thresholds import resolve_thresholds
-from utils import atomic_write_bytes
+from deploy.model_file import load_network_file, network_of
+from deploy.onnx_export import PARITY_TOLERANCE, ParityError, export_checked, member_preprocessing_difference
+from evaluation.thresholds import resolve_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint, onnx_file
+from utils.cli import run_cli
+from utils.errors import EXIT_FAILED, EXIT_OK
+from utils.files import atomic_write_bytes
+from utils.log import create_logger
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -93,19 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     path = find_checkpoint(args)
     output = args.output or (int8_file(path) if args.int8 else onnx_file(path))
     logger = create_logger(output.parent, name="export")
-    if is_ensemble_file(path):
-        ensemble = Ensemble.read(path)
-        members = [Predictor.from_checkpoint(m, torch.device("cpu")) for m in ensemble.members]
-        predictor = EnsemblePredictor(ensemble, members)
-        model, info = ensemble_module(ensemble, members)
-    else:
-        predictor = Predictor.from_checkpoint(path, torch.device("cpu"))
-        model, info = predictor.model, predictor.info
-    splits = int8_splits(args, info) if args.int8 else None  # before the FP32 work: bad input fails in seconds
+    predictor = load_network_file(path, torch.device("cpu"))
+    model, info, members = network_of(predictor)
+    # before the FP32 work: bad input fails in seconds
+    splits = quantize.int8_splits(args.data_path, args.calib_split, info) if args.int8 else None
     thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
     info = dataclasses.replace(info, thresholds=tuple(map(float, thresholds)))
     logger.info(f"exporting {info.describe()} from {path}")
-    if is_ensemble_file(path) and len({m.info.preprocessing for m in members}) > 1:
+    if len({m.info.preprocessing for m in members}) > 1:
         moved = member_preprocessing_difference(model, info, members)
         logger.info(f"members differ in preprocessing: the in-graph resize moves probabilities by at most "
                     f"{moved:.2e} from test.py's per-member preprocessing (synthetic photos)")
@@ -119,90 +107,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"images: {parity:.2e} (tolerance {PARITY_TOLERANCE:.0e})")
     if splits is not None:
         try:
-            data = int8_export(data, info, path, output, splits, args.calib_images, logger)
+            data = quantize.int8_export(data, info, path, output, splits, args.calib_images, logger)
         except quantize.DecisionError as err:
             logger.error(f"{err}: nothing written")
             return EXIT_FAILED
     atomic_write_bytes(data, output)
     logger.info(f"wrote {output} ({len(data) / 1e6:.1f} MB)")
     return EXIT_OK
-
-
-def int8_splits(args: Namespace, info: ModelInfo) -> tuple[TreeSplit, TreeSplit]:
-    """(calibration, validation) splits of ``--data-path`` (default: the model's), each checked to hold leaves:
-    a missing or half-prepared tree is bad input, said before minutes of FP32 export and quantisation."""
-    data_path = Path(args.data_path or info.data_path)
-    if not data_path.is_dir():
-        raise FileNotFoundError(f"{data_path}: no such prepared tree (--int8 calibrates and checks on one: "
-                                "give --data-path)")
-    splits = TreeSplit(data_path, args.calib_split, info.fold), TreeSplit(data_path, "val", info.fold)
-    for split in splits:
-        split.samples()  # FileNotFoundError or ValueError naming the split
-    return splits
-
-
-def described(split: TreeSplit) -> str:
-    """``split`` named from its tree's folder name on: what a file's metadata says, free of this machine's folders."""
-    return str(dataclasses.replace(split, data_path=Path(Path(split.data_path).name)))
-
-
-def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, splits: tuple[TreeSplit, TreeSplit],
-                count: int, logger: logging.Logger) -> bytes:
-    """The INT8 model of the FP32 bytes, calibrated on ``count`` leaves of the calibration split and admitted by its
-    decisions on the validation split (a :class:`deploy.quantize.DecisionError` otherwise), with the FP32 file's
-    metadata and, when they help, thresholds re-tuned on its own validation probabilities."""
-    calibration, val = splits
-    images = quantize.calibration_images(calibration, info.preprocessing, count)
-    logger.info(f"quantising: {quantize.QUANTISATION}, calibrated on {len(images)} leaves of {calibration}")
-    int8 = quantize.with_metadata(quantize.quantize_int8(fp32, images), info_to_metadata(info))
-    workers = min(info.num_workers, os.cpu_count() or 1)
-    (_, targets, fp32_logits), (_, _, int8_logits) = (
-        split_logits(OnnxPredictor.from_bytes(data, path), val, info.batch_size, workers) for data in (fp32, int8))
-    check = quantize.check_decisions(targets, sigmoid(fp32_logits), sigmoid(int8_logits), np.asarray(info.thresholds))
-    logger.info(f"INT8 decision check on {val} ({check.leaves} leaves): macro-F1 FP32 {check.fp32_f1:.4f}, "
-                f"INT8 {check.int8_f1:.4f} at the file's thresholds; max |prob difference| INT8 vs FP32 "
-                f"{check.max_difference:.2e}")
-    if check.keeps_retuned:
-        info = dataclasses.replace(info, thresholds=tuple(map(float, check.retuned)),
-                                   thresholds_from=f"tuned on the INT8 model's probabilities of {described(val)}")
-        logger.info(f"thresholds re-tuned on the INT8 validation probabilities raise its macro-F1 to "
-                    f"{check.retuned_f1:.4f}: the file keeps them ({np.round(check.retuned, 4).tolist()}), and "
-                    f"test.py and app.py take them before the run's thresholds.json")
-    else:
-        logger.info(f"thresholds re-tuned on the INT8 validation probabilities would not raise its macro-F1 "
-                    f"({check.retuned_f1:.4f}): the file keeps the FP32 file's")
-    quantize.require_decisions(check, output)
-    record = quantization_record(check, images, calibration)
-    int8 = quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
-    record.update(openvino_check(int8, info, path, val, workers, targets, check.fp32_f1, logger))
-    return quantize.with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
-
-
-def quantization_record(check: quantize.DecisionCheck, images: np.ndarray, calibration: TreeSplit) -> dict:
-    """The ``quantization`` metadata: how the file was quantised and what its decision check found."""
-    return {"method": quantize.QUANTISATION, "calibration": f"{len(images)} leaves of {described(calibration)}",
-            "validation_leaves": check.leaves, "fp32_macro_f1": round(check.fp32_f1, 6),
-            "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference}
-
-
-def openvino_check(int8: bytes, info: ModelInfo, path: Path, val: TreeSplit, workers: int, targets: np.ndarray,
-                   fp32_f1: float, logger: logging.Logger) -> dict:
-    """The same decision check on OpenVINO's INT8 kernels (they round their own way): when it passes too,
-    ``--backend auto`` runs the file on OpenVINO, the faster INT8 runtime here (docs/deploy.md#openvino)."""
-    from deploy.openvino_backend import OpenVinoPredictor
-
-    try:
-        predictor = OpenVinoPredictor.from_bytes(int8, path)
-    except ValueError as err:  # its compiler crashed (in a child process)
-        logger.warning(f"INT8 on OpenVINO: {str(err).split(': ', 1)[1]}; auto keeps the file on ONNX Runtime")
-        return {"openvino_admitted": False}
-    _, _, logits = split_logits(predictor, val, info.batch_size, workers)
-    f1 = quantize.macro_f1(targets, sigmoid(logits), np.asarray(info.thresholds))
-    admitted = f1 >= fp32_f1 - quantize.F1_TOLERANCE
-    logger.info(f"INT8 on OpenVINO: macro-F1 {f1:.4f} on {val} at the file's thresholds "
-                f"({'within' if admitted else 'beyond'} {quantize.F1_TOLERANCE} of FP32's): auto runs the file on "
-                f"{'OpenVINO' if admitted else 'ONNX Runtime'}")
-    return {"openvino_macro_f1": round(f1, 6), "openvino_admitted": bool(admitted)}
 
 
 if __name__ == "__main__":

@@ -23,22 +23,23 @@ import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from cli import EXIT_FAILED, EXIT_OK, run_cli
 from config import get_config
 from data.dataset import TreeSplit
 from data.transforms import resolve_normalization
-from distributed import init_distributed, lost_ranks_message
-from evaluation import evaluate_checkpoint
-from faults import pause_at
-from log import create_logger
-from reports import coloured_table
-from rundir import RunDir
-from runlock import hold_run_lock
-from runtime import keep_freed_memory, select_device
+from evaluation.evaluate import evaluate_checkpoint
+from evaluation.reports import coloured_table
 from training.engine import NonFiniteLossError
 from training.run import train
+from training.rundir import RunDir
 from training.stop import sigterm_interrupts
-from utils import atomic_write_text
+from utils.cli import run_cli
+from utils.distributed import init_distributed, lost_ranks_message
+from utils.errors import EXIT_FAILED, EXIT_OK
+from utils.faults import pause_at
+from utils.files import atomic_write_text
+from utils.log import create_logger
+from utils.runlock import hold_run_lock
+from utils.runtime import keep_freed_memory, select_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -34,16 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import TreeSplit
-from deploy.backends import BACKENDS, load_predictor
-from ensemble import EnsemblePredictor, is_ensemble_file
-from evaluation import evaluate_split, predict_files
-from log import create_logger
-from reports import coloured_table, write_file_predictions
-from rundir import RunDir
-from runtime import keep_freed_memory, select_device
-from thresholds import resolve_thresholds, tune_thresholds, write_thresholds
+from deploy.backends import BACKENDS
+from deploy.model_file import describe, load_model_file, uses_tta_thresholds
+from evaluation.evaluate import evaluate_split, predict_files
+from evaluation.reports import coloured_table, write_file_predictions
+from evaluation.thresholds import resolve_thresholds, tune_thresholds, write_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.log import create_logger
+from utils.runtime import keep_freed_memory, select_device
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -78,16 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir.of_checkpoint(path)
     results = args.output or (run.predictions if args.images else run.split_results(args.split))
     logger = create_logger(results, name="test")
-    if is_ensemble_file(path):
-        predictor = EnsemblePredictor.load(path, args.backend, device, logger)
-        logger.info(f"{predictor.describe()} from {path}")
-        # the file's thresholds were tuned on its members' TTA probabilities already: no thresholds_tta.json
-        thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
-    else:
-        predictor = load_predictor(path, args.backend, device, logger)
-        logger.info(f"model {predictor.info.describe()} from {path} on {predictor.backend} ({predictor.device})"
-                    f"{', TTA' if args.tta else ''}")
-        thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, args.tta)
+    predictor = load_model_file(path, args.backend, device, logger)
+    logger.info(describe(predictor, path, args.tta))
+    thresholds = resolve_thresholds(args.thresholds, run, predictor, logger, uses_tta_thresholds(predictor, args.tta))
     info = predictor.info
     batch_size = args.batch_size or info.batch_size
     workers = args.num_workers if args.num_workers is not None else min(info.num_workers, os.cpu_count() or 1)

@@ -27,13 +27,14 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
-from attention import HEAD_FUSIONS, attention_kind
-from cli import EXIT_OK, add_run_arguments, find_checkpoint, run_cli
 from data.dataset import MultiLabelImageFolder, collect_images
 from data.images import image_failure, load_image
 from data.labels import CLASSES
-from ensemble import Ensemble, is_ensemble_file
-from explain import (
+from deploy.model_file import explained_checkpoint
+from evaluation.inference import Predictor
+from evaluation.thresholds import resolve_thresholds
+from explain.attention import HEAD_FUSIONS, attention_kind
+from explain.gradcam import (
     MAX_SIDE,
     METHODS,
     SWIN_TARGET_LAYER,
@@ -47,11 +48,11 @@ from explain import (
     explain_warp,
     unique_stem,
 )
-from inference import Predictor
-from log import create_logger
-from rundir import RunDir
-from runtime import select_device
-from thresholds import resolve_thresholds
+from training.rundir import RunDir, add_run_arguments, find_checkpoint
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.log import create_logger
+from utils.runtime import select_device
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -98,28 +99,18 @@ def first_test_leaves(data_path: Path) -> list[str]:
     return chosen
 
 
-def explained_checkpoint(path: Path, member: int) -> Path:
-    """``path``, or the checkpoint of an ensemble file's ``member`` (1-based)."""
-    if not is_ensemble_file(path):
-        return path
-    members = Ensemble.read(path).members
-    if not 1 <= member <= len(members):
-        raise ValueError(f"{path}: --member {member}, but the ensemble has members 1 to {len(members)}")
-    return members[member - 1]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     classes = class_indices(args.classes)
     device = select_device(args.device)
     path = find_checkpoint(args)
-    predictor = Predictor.from_checkpoint(explained_checkpoint(path, args.member), device)
+    checkpoint, note = explained_checkpoint(path, args.member)
+    predictor = Predictor.from_checkpoint(checkpoint, device)
     run = RunDir.of_checkpoint(predictor.path)
     cam_folder = args.output or run.cam
     logger = create_logger(cam_folder, name="visual")
-    if is_ensemble_file(path):
-        logger.info(f"{path} is an ensemble: Grad-CAM of member {args.member} ({predictor.path}), with its own "
-                    "probabilities and thresholds")
+    if note:
+        logger.info(note)
     thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
     model, transform = predictor.model, predictor.transform
     if args.method == ROLLOUT:

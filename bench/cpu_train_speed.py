@@ -23,7 +23,7 @@ import torch
 from config import get_config
 from data.labels import NUM_CLASSES
 from models import build_model
-from runtime import keep_freed_memory, place_model
+from utils.runtime import keep_freed_memory, place_model
 
 VARIANTS = {  # name: (keep freed memory, channels-last)
     "default": (False, False),

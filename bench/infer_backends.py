@@ -46,12 +46,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from config import get_config
 from data.labels import CLASSES
-from deploy.export import export_checked, parity_images
 from deploy.onnx_backend import OnnxModel, OnnxPredictor, info_to_metadata, open_session
+from deploy.onnx_export import export_checked, parity_images
 from deploy.openvino_backend import OpenVinoPredictor
 from deploy.quantize import quantize_int8, with_metadata
-from ensemble import Ensemble
-from inference import Predictor
+from evaluation.ensemble_file import Ensemble
+from evaluation.inference import Predictor
 from models import build_model
 
 REPO = Path(__file__).resolve().parents[1]

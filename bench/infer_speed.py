@@ -28,14 +28,14 @@ from PIL import Image
 from config import get_config
 from data.images import load_image
 from data.labels import CLASSES
-from data.transforms import decode_size, resolve_normalization
-from evaluation import predict_files
-from inference import Predictor, sigmoid
+from data.transforms import resolve_normalization
+from evaluation.evaluate import predict_files
+from evaluation.inference import Predictor, sigmoid
+from evaluation.thresholds import DEFAULT_THRESHOLD
 from models import build_model
 from process.synthesize import parse_size, synthesize
-from rundir import RunDir
-from runtime import select_device
-from thresholds import DEFAULT_THRESHOLD
+from training.rundir import RunDir
+from utils.runtime import select_device
 
 ACCEPTANCE = 3.0
 
@@ -107,8 +107,10 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     def reference_loop() -> np.ndarray:
         return one_at_a_time(predictor, paths, device, reference_decode)
 
+    decode_size = predictor.info.preprocessing.decode_size
+
     def same_decode_loop() -> np.ndarray:
-        return one_at_a_time(predictor, paths, device, lambda p: load_image(p, decode_size(predictor.config)))
+        return one_at_a_time(predictor, paths, device, lambda p: load_image(p, decode_size))
 
     sides = {"test.py (batched)": batched, "reference loop": reference_loop, "same-decode loop": same_decode_loop}
     for run in sides.values():  # warm-up: first-call allocations, oneDNN kernel choice

@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image, ImageOps
 from termcolor import colored
 
-from cli import run_cli
 from process.duplicates import DEFAULT_DISTANCE, HASH_BITS, close_pairs
 from process.synthesize import synthesize
 from process.tree import RESAMPLE, Task, load_resized, process_image, target_size
+from utils.cli import run_cli
 
 FULL_SIZE = (4000, 2672)
 MIN_RATIO, MIN_PSNR, MAX_FINDER_RATIO = 5.0, 32.0, 1.1

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import load_checkpoint_file
-from cli import EXIT_INTERRUPTED
 from process.synthesize import synthesize
 from process.tree import prepare
-from rundir import RunDir
+from training.checkpoint import load_checkpoint_file
+from training.rundir import RunDir
+from utils.errors import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = (signal.SIGTERM, signal.SIGKILL)
@@ -56,7 +56,7 @@ def command(args: argparse.Namespace, data: Path, tag: str) -> list[str]:
 def run_dir(args: argparse.Namespace, data: Path, tag: str) -> RunDir:
     printed = subprocess.run([*command(args, data, tag), "--print-run-dir"], cwd=ROOT, capture_output=True,
                              text=True, check=True)
-    return RunDir(Path(printed.stdout.strip().splitlines()[-1]))  # after the config's "=> merge config from" line
+    return RunDir(Path(printed.stdout.strip().splitlines()[-1]))
 
 
 def run_to_end(cmd: list[str]) -> None:

@@ -14,11 +14,12 @@ from typing import Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
-from cli import EXIT_OK, run_cli
 from config import get_config
 from data.loader import build_loader
 from models import build_model
-from runtime import amp_dtype, autocast_factory, place_model, select_device
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.runtime import amp_dtype, autocast_factory, place_model, select_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

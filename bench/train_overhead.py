@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from config import get_config
 from data.labels import NUM_CLASSES
-from log import create_logger
 from models import build_model
-from runtime import select_device
-from seeding import seed_everything
 from training.engine import build_optimizer, train_one_epoch
 from training.run import build_trainer
+from utils.log import create_logger
+from utils.runtime import select_device
+from utils.seeding import seed_everything
 
 ACCEPTANCE = 0.95
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from data.folds import FOLDS_FILE, IN_PROGRESS, NO_FOLD, read_folds
 from data.images import IMAGE_SUFFIXES, image_failure, load_image
-from data.labels import CLASSES, NUM_CLASSES, code_to_vector, is_code
+from data.labels import NUM_CLASSES, code_to_vector, is_code
 
 
 def read_image_list(path: str | Path) -> frozenset[str]:
@@ -104,15 +104,12 @@ class TreeSplit:
 
 
 class MultiLabelImageFolder(Dataset):
-    """``samples`` [(path, multi-hot float32 target)], ``targets`` (N x 6) and ``classes``, from the tree
-    (a split folder, or a ``TreeSplit``)."""
+    """``samples`` [(path, multi-hot float32 target)] and ``targets`` (N x 6), from the tree (a split
+    folder, or a ``TreeSplit``)."""
 
     def __init__(self, root: str | Path | TreeSplit, transform: Callable | None = None):
         split = root if isinstance(root, TreeSplit) else TreeSplit(Path(root).parent, Path(root).name)
-        self.root = Path(split.data_path) / split.name
-        self.split = split
         self.transform = transform
-        self.classes = list(CLASSES)
         self.samples = split.samples()
         self.targets = np.stack([target for _, target in self.samples])
 

@@ -22,8 +22,8 @@ from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.folds import NO_FOLD
 from data.labels import CLASSES
 from data.transforms import build_transform
-from distributed import get_rank, get_world_size
-from seeding import seeded
+from utils.distributed import get_rank, get_world_size
+from utils.seeding import seeded
 
 # ---------------------------------------------------------------------------------------------
 # Oversampling (training split only)
@@ -214,9 +214,9 @@ def _loader_args(config: CfgNode) -> dict:
     )
 
 
-def build_val_loader(config: CfgNode, split: str = "val") -> tuple[Dataset, DataLoader]:
-    """``(dataset, loader)`` of an evaluation split: each image once across all ranks, in order."""
-    dataset = _split(config, split, is_train=False)
+def build_val_loader(config: CfgNode) -> tuple[Dataset, DataLoader]:
+    """``(dataset, loader)`` of the validation split: each image once across all ranks, in order."""
+    dataset = _split(config, "val", is_train=False)
     sampler = ShardSampler(len(dataset), get_rank(), get_world_size())
     return dataset, DataLoader(dataset, sampler=sampler, drop_last=False, **_loader_args(config))
 

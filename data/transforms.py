@@ -169,11 +169,6 @@ def report_pipeline(config: CfgNode, interpolation: str, final: Callable) -> Cal
     return transforms.Compose([*steps, *final.transforms])
 
 
-def decode_size(config: CfgNode) -> int:
-    """The smallest side the evaluation transform needs before its own resize (for JPEG draft decoding)."""
-    return EvalPreprocessing.from_config(config).decode_size
-
-
 def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
     """timm's posterize with 0 bits raised to 1: Pillow >= 13 rejects 0, which RandAugment's
     increasing posterize reaches at magnitude 10 (m9 + mstd0.5), so training would crash at random."""

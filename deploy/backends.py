@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from deploy.onnx_backend import OnnxPredictor, read_quantization
-from inference import Backend, ModelInfo, Predictor
-from rundir import onnx_file
+from evaluation.inference import Backend, ModelInfo, Predictor
+from training.rundir import onnx_file
 
 RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the CPU runtimes of an exported file
 BACKENDS = ("auto", "torch", *RUNTIMES)
@@ -92,7 +92,7 @@ def exported(predictor: Predictor, backend: str, logger: logging.Logger) -> Onnx
     The exporter (onnx, onnxscript, torch.onnx) is imported here: a run that predicts from a checkpoint
     or an exported file never pays for it at start-up.
     """
-    from deploy.export import export_checked
+    from deploy.onnx_export import export_checked
 
     data, parity = export_checked(predictor.model, predictor.info, predictor.path)
     logger.info(f"exported {predictor.path.name} to ONNX in memory: max |prob difference| from PyTorch {parity:.1e}")

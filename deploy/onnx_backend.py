@@ -1,6 +1,6 @@
 """ONNX Runtime as a second inference backend: an exported file is enough to predict.
 
-An ``.onnx`` written by ``deploy.export`` has one input ``images`` (float32, N x 3 x H x W,
+An ``.onnx`` written by ``deploy.onnx_export`` has one input ``images`` (float32, N x 3 x H x W,
 normalised RGB, any N) and one output ``logits`` (N x 6; sigmoid gives the probabilities), and
 carries its :class:`inference.ModelInfo` in ``metadata_props``: classes, thresholds, input size,
 resize/crop, interpolation, mean and std (every value JSON-encoded; no absolute path of the machine
@@ -28,11 +28,11 @@ from torch import nn
 
 from data.labels import CLASSES
 from data.transforms import EvalPreprocessing
-from inference import ModelInfo, predict_logits, require_finite
-from thresholds import check_thresholds
+from evaluation.inference import ModelInfo, predict_logits, require_finite
+from evaluation.thresholds import check_thresholds
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
-# Marks a file written by deploy.export; bumped when the keys below change meaning.
+# Marks a file written by deploy.onnx_export; bumped when the keys below change meaning.
 FORMAT_KEY, FORMAT_VERSION = "leaf_swin_format", "1"
 _PREPROCESSING_KEYS = tuple(f.name for f in dataclasses.fields(EvalPreprocessing))
 _INFO_KEYS = tuple(f.name for f in dataclasses.fields(ModelInfo) if f.name != "preprocessing")

@@ -1,6 +1,6 @@
 """Static INT8 quantisation of an exported model, and the decision check that admits it (``export.py --int8``).
 
-The FP32 graph of ``deploy.export`` goes through ONNX Runtime's own tools: ``quant_pre_process``
+The FP32 graph of ``deploy.onnx_export`` goes through ONNX Runtime's own tools: ``quant_pre_process``
 (shape inference and graph optimisation, as its documentation advises before quantising), then
 ``quantize_static`` in QDQ format with per-channel INT8 weights and UINT8 activations, whose ranges
 are calibrated (MinMax) on leaves of the run's tree put through the model's own evaluation
@@ -13,6 +13,10 @@ Thresholds re-tuned on the INT8 validation probabilities are kept when they rais
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,12 +25,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cli import RunError
 from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.transforms import EvalPreprocessing
-from deploy.onnx_backend import INPUT_NAME
-from metrics import multilabel_metrics
-from thresholds import tune_thresholds
+from deploy.onnx_backend import INPUT_NAME, OnnxPredictor, info_to_metadata
+from evaluation.evaluate import split_logits
+from evaluation.inference import ModelInfo, sigmoid
+from evaluation.metrics import multilabel_metrics
+from evaluation.thresholds import tune_thresholds
+from utils.errors import RunError
 
 F1_TOLERANCE = 0.005  # how far INT8's validation macro-F1 may fall below FP32's
 CALIBRATION_BATCH = 8
@@ -61,8 +67,8 @@ def calibration_images(split: TreeSplit, preprocessing: EvalPreprocessing, count
 def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
     """The statically quantised model of the FP32 ``fp32`` bytes, calibrated on ``images`` (metadata unset)."""
     # ONNX Runtime's quantisation tools import its transformers package, which appends its own folder to
-    # sys.path; its metrics.py and models/ would then shadow this project's modules wherever the project is
-    # not first on the path (pytest, an installed package). The path is put back as it was.
+    # sys.path; its models/ would then shadow this project's ``models`` package (the one top-level name they
+    # share) wherever the project is not first on the path (an installed package). The path is put back.
     path = list(sys.path)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -133,3 +139,85 @@ def require_decisions(check: DecisionCheck, name: Path) -> None:
     if check.f1 < check.fp32_f1 - F1_TOLERANCE:
         raise DecisionError(f"{name}: INT8 macro-F1 on validation {check.f1:.4f} is {check.fp32_f1 - check.f1:.4f} "
                             f"below FP32's {check.fp32_f1:.4f} (tolerance {F1_TOLERANCE})")
+
+
+# ---------------------------------------------------------------------------------------------
+# export.py --int8: calibrate, quantise, admit
+# ---------------------------------------------------------------------------------------------
+
+
+def int8_splits(data_path: Path | None, calib_split: str, info: ModelInfo) -> tuple[TreeSplit, TreeSplit]:
+    """(calibration, validation) splits of ``data_path`` (``--data-path``; default: the model's), each checked to
+    hold leaves: a missing or half-prepared tree is bad input, said before minutes of FP32 export and quantisation."""
+    data_path = Path(data_path or info.data_path)
+    if not data_path.is_dir():
+        raise FileNotFoundError(f"{data_path}: no such prepared tree (--int8 calibrates and checks on one: "
+                                "give --data-path)")
+    splits = TreeSplit(data_path, calib_split, info.fold), TreeSplit(data_path, "val", info.fold)
+    for split in splits:
+        split.samples()  # FileNotFoundError or ValueError naming the split
+    return splits
+
+
+def described(split: TreeSplit) -> str:
+    """``split`` named from its tree's folder name on: what a file's metadata says, free of this machine's folders."""
+    return str(dataclasses.replace(split, data_path=Path(Path(split.data_path).name)))
+
+
+def int8_export(fp32: bytes, info: ModelInfo, path: Path, output: Path, splits: tuple[TreeSplit, TreeSplit],
+                count: int, logger: logging.Logger) -> bytes:
+    """The INT8 model of the FP32 bytes, calibrated on ``count`` leaves of the calibration split and admitted by its
+    decisions on the validation split (a :class:`deploy.DecisionError` otherwise), with the FP32 file's
+    metadata and, when they help, thresholds re-tuned on its own validation probabilities."""
+    calibration, val = splits
+    images = calibration_images(calibration, info.preprocessing, count)
+    logger.info(f"quantising: {QUANTISATION}, calibrated on {len(images)} leaves of {calibration}")
+    int8 = with_metadata(quantize_int8(fp32, images), info_to_metadata(info))
+    workers = min(info.num_workers, os.cpu_count() or 1)
+    (_, targets, fp32_logits), (_, _, int8_logits) = (
+        split_logits(OnnxPredictor.from_bytes(data, path), val, info.batch_size, workers) for data in (fp32, int8))
+    check = check_decisions(targets, sigmoid(fp32_logits), sigmoid(int8_logits), np.asarray(info.thresholds))
+    logger.info(f"INT8 decision check on {val} ({check.leaves} leaves): macro-F1 FP32 {check.fp32_f1:.4f}, "
+                f"INT8 {check.int8_f1:.4f} at the file's thresholds; max |prob difference| INT8 vs FP32 "
+                f"{check.max_difference:.2e}")
+    if check.keeps_retuned:
+        info = dataclasses.replace(info, thresholds=tuple(map(float, check.retuned)),
+                                   thresholds_from=f"tuned on the INT8 model's probabilities of {described(val)}")
+        logger.info(f"thresholds re-tuned on the INT8 validation probabilities raise its macro-F1 to "
+                    f"{check.retuned_f1:.4f}: the file keeps them ({np.round(check.retuned, 4).tolist()}), and "
+                    f"test.py and app.py take them before the run's thresholds.json")
+    else:
+        logger.info(f"thresholds re-tuned on the INT8 validation probabilities would not raise its macro-F1 "
+                    f"({check.retuned_f1:.4f}): the file keeps the FP32 file's")
+    require_decisions(check, output)
+    record = quantization_record(check, images, calibration)
+    int8 = with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
+    record.update(openvino_check(int8, info, path, val, workers, targets, check.fp32_f1, logger))
+    return with_metadata(int8, {**info_to_metadata(info), "quantization": json.dumps(record)})
+
+
+def quantization_record(check: DecisionCheck, images: np.ndarray, calibration: TreeSplit) -> dict:
+    """The ``quantization`` metadata: how the file was quantised and what its decision check found."""
+    return {"method": QUANTISATION, "calibration": f"{len(images)} leaves of {described(calibration)}",
+            "validation_leaves": check.leaves, "fp32_macro_f1": round(check.fp32_f1, 6),
+            "int8_macro_f1": round(check.f1, 6), "max_prob_difference": check.max_difference}
+
+
+def openvino_check(int8: bytes, info: ModelInfo, path: Path, val: TreeSplit, workers: int, targets: np.ndarray,
+                   fp32_f1: float, logger: logging.Logger) -> dict:
+    """The same decision check on OpenVINO's INT8 kernels (they round their own way): when it passes too,
+    ``--backend auto`` runs the file on OpenVINO, the faster INT8 runtime here (docs/deploy.md#openvino)."""
+    from deploy.openvino_backend import OpenVinoPredictor
+
+    try:
+        predictor = OpenVinoPredictor.from_bytes(int8, path)
+    except ValueError as err:  # its compiler crashed (in a child process)
+        logger.warning(f"INT8 on OpenVINO: {str(err).split(': ', 1)[1]}; auto keeps the file on ONNX Runtime")
+        return {"openvino_admitted": False}
+    _, _, logits = split_logits(predictor, val, info.batch_size, workers)
+    f1 = macro_f1(targets, sigmoid(logits), np.asarray(info.thresholds))
+    admitted = f1 >= fp32_f1 - F1_TOLERANCE
+    logger.info(f"INT8 on OpenVINO: macro-F1 {f1:.4f} on {val} at the file's thresholds "
+                f"({'within' if admitted else 'beyond'} {F1_TOLERANCE} of FP32's): auto runs the file on "
+                f"{'OpenVINO' if admitted else 'ONNX Runtime'}")
+    return {"openvino_macro_f1": round(f1, 6), "openvino_admitted": bool(admitted)}

@@ -39,15 +39,15 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from cli import RunError
 from data.images import FORMAT_NAMES, image_failure, load_image
 from data.labels import CLASS_INDEX, CLASSES
 from deploy.uploads import UploadError, UploadLimits, check_upload, display_name
-from ensemble import EnsemblePredictor
-from evaluation import file_logits
-from explain import build_cam, class_maps, overlay
-from inference import Backend, sigmoid
-from reports import PREDICTIONS_CSV, predictions_frame, submission_labels
+from evaluation.ensemble_file import EnsemblePredictor
+from evaluation.evaluate import file_logits
+from evaluation.inference import Backend, sigmoid
+from evaluation.reports import PREDICTIONS_CSV, predictions_frame, submission_labels
+from explain.gradcam import build_cam, class_maps, overlay
+from utils.errors import RunError
 
 PHOTO_SIDE = 448  # longer side of the photo and CAM pictures in the page
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})

@@ -1,6 +1,6 @@
 """Pretrained backbone weights: Microsoft Swin ``.pth``, timm or lukemelas EfficientNet state dicts -> our model.
 
-Pure functions on already-loaded objects (reading files is ``checkpoint.load_pretrained``'s job).
+Pure functions on already-loaded objects (reading files is ``training.checkpoint.load_pretrained``'s job).
 The conversion itself is timm's: each timm model module may define ``checkpoint_filter_fn``,
 which for Swin maps Microsoft's layout to timm's (``layers.N.downsample`` moves to stage N+1,
 ``head`` to ``head.fc``), resizes ``relative_position_bias_table`` to the model's window and

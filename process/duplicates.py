@@ -26,7 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from data.labels import labels_to_string
-from reports import png_bytes
+from utils.figures import png_bytes
 
 HASH_SIZE = 16
 HASH_BITS = 2 * HASH_SIZE * HASH_SIZE

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from data.labels import parse_labels
-from utils import atomic_write
+from utils.files import atomic_write
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT

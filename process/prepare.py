@@ -32,10 +32,11 @@ from pathlib import Path
 
 from termcolor import colored
 
-from cli import EXIT_FAILED, run_cli
 from data.images import MAX_PIXELS
 from process.duplicates import DEFAULT_DISTANCE, HASH_BITS, POLICIES
 from process.tree import DataOptions, NoUsableImages, prepare
+from utils.cli import run_cli
+from utils.errors import EXIT_FAILED
 
 
 def read_exclude(path: Path | None) -> tuple[str, ...]:

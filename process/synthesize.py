@@ -24,11 +24,11 @@ from PIL import Image
 from termcolor import colored
 from tqdm import tqdm
 
-from cli import run_cli
 from process.leaves import render_leaf
 from process.splits import largest_remainder
 from process.tree import die_with_parent
-from utils import atomic_write, atomic_write_text
+from utils.cli import run_cli
+from utils.files import atomic_write, atomic_write_text
 
 # Images per label combination in the full Kaggle train.csv (18,632 images), in Kaggle's spelling.
 COMBINATION_COUNTS: dict[str, int] = {

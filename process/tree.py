@@ -32,7 +32,6 @@ from PIL import Image
 from termcolor import colored
 from tqdm import tqdm
 
-from cli import RunError
 from data.folds import FOLDS_FILE, IN_PROGRESS, NO_FOLD
 from data.images import MAX_PIXELS, image_failure, load_image
 from data.labels import CLASSES, labels_to_codes
@@ -55,9 +54,10 @@ from process.duplicates import (
 )
 from process.sources import KAGGLE, SPLITS, InputError, read_source
 from process.splits import assign_folds, assign_splits, folds_frame
-from reports import png_bytes
-from runlock import LOCK_NAME, hold_run_lock
-from utils import DiskFullError, atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
+from utils.errors import RunError
+from utils.figures import png_bytes
+from utils.files import DiskFullError, atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
+from utils.runlock import LOCK_NAME, hold_run_lock
 
 JPEG_QUALITY = 95
 RESAMPLE = Image.Resampling.LANCZOS

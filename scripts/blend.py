@@ -20,12 +20,14 @@ import json
 from argparse import Namespace
 from pathlib import Path
 
-from cli import EXIT_OK, run_cli
-from metrics import multilabel_metrics, summarize
-from oof import fold_metrics, mean_probabilities, probabilities_of, read_probabilities, targets_of
-from reports import markdown_table, write_split_results
-from thresholds import tune_thresholds, write_thresholds
-from utils import atomic_write_text
+from evaluation.metrics import multilabel_metrics, summarize
+from evaluation.oof import fold_metrics, mean_probabilities, probabilities_of, read_probabilities, targets_of
+from evaluation.reports import markdown_table, write_split_results
+from evaluation.thresholds import tune_thresholds, write_thresholds
+from training.rundir import CvDir
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -57,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     per_fold = fold_metrics(oof, thresholds)
 
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(oof.to_csv(index=False), args.output / "oof.csv")
+    files = CvDir(args.output)
+    atomic_write_text(oof.to_csv(index=False), files.oof)
     atomic_write_text(f"Blend of {len(args.oof)} at thresholds tuned on all {len(oof)} out-of-fold leaves:\n\n"
-                      + markdown_table(per_fold), args.output / "cv_metrics.md")
-    write_thresholds(thresholds, args.output / "thresholds.json")
+                      + markdown_table(per_fold), files.metrics_md)
+    write_thresholds(thresholds, files.thresholds)
     print(f"out-of-fold ({len(oof)} leaves, thresholds tuned on them):\n{per_fold.to_string(index=False)}")
     if test is None:
         print("test split not scored (no --test)")

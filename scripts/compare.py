@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cli import EXIT_OK, run_cli
 from data.labels import NUM_CLASSES, labels_to_vector
-from metrics import paired_bootstrap
+from evaluation.statistics import paired_bootstrap
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:

@@ -37,22 +37,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
 from data.folds import FOLDS_FILE, NO_FOLD, read_folds
 from data.labels import CLASSES
-from ensemble import Ensemble
-from log import create_logger
-from oof import fold_metrics, mean_probabilities, pool_folds, probabilities_of, targets_of
-from reports import PREDICTIONS_CSV, markdown_table
-from rundir import RunDir
-from runlock import hold_run_lock
-from thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
+from evaluation.ensemble_file import Ensemble
+from evaluation.oof import fold_metrics, mean_probabilities, pool_folds, probabilities_of, targets_of
+from evaluation.reports import PREDICTIONS_CSV, markdown_table
+from evaluation.thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
+from training.rundir import CvDir, RunDir
 from training.stop import GracefulStop
-from utils import atomic_write_text
+from utils.cli import run_cli, run_job
+from utils.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from utils.files import atomic_write_text
+from utils.log import create_logger
+from utils.runlock import hold_run_lock
 
 REPO = Path(__file__).resolve().parents[1]
-FOLD_RESULT = "fold.json"
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -98,19 +98,14 @@ def fold_commands(args: Namespace, config_file: Path, fold: int, run: RunDir) ->
 def run_fold(args: Namespace, config_file: Path, fold: int, stop: GracefulStop, logger, gpu: str | None) -> int:
     """Train and predict one fold unless finished earlier; returns the first non-zero exit code."""
     run = fold_run(args, config_file, fold)
-    result = run.path / FOLD_RESULT
+    result = run.fold_record
     if result.is_file():
         logger.info(f"fold {fold}: finished earlier, skipped ({result})")
         return EXIT_OK
     env = None if gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-    for command in fold_commands(args, config_file, fold, run):
-        code = run_child(command, stop, logger, env)
-        if code != EXIT_OK:
-            return code
     record = {"fold": fold, "opts": list(args.opts), "checkpoint": str(run.best_checkpoint),
               "predictions": str(run.split_results("val") / PREDICTIONS_CSV)}
-    atomic_write_text(json.dumps(record, indent=2) + "\n", result)
-    return EXIT_OK
+    return run_job(fold_commands(args, config_file, fold, run), lambda: record, result, stop, logger, env)
 
 
 def run_folds(args: Namespace, config_file: Path, folds: list[int], logger) -> int:
@@ -148,15 +143,16 @@ def write_summary(args: Namespace, configs: list[Path], oof: pd.DataFrame, membe
     thresholds_samples.json."""
     thresholds = tune_thresholds(targets_of(oof), probabilities_of(oof))
     metrics = fold_metrics(oof, thresholds)
-    atomic_write_text(oof.to_csv(index=False), folder / "oof.csv")
+    files = CvDir(folder)
+    atomic_write_text(oof.to_csv(index=False), files.oof)
     atomic_write_text(json.dumps({"configs": [str(c) for c in configs], "opts": list(args.opts),
                                   "thresholds": dict(zip(CLASSES, map(float, thresholds))),
-                                  "metrics": metrics.to_dict("records")}, indent=2) + "\n", folder / "cv_metrics.json")
+                                  "metrics": metrics.to_dict("records")}, indent=2) + "\n", files.metrics_json)
     atomic_write_text(f"Out-of-fold predictions (TTA) at thresholds tuned on all {len(oof)} of them:\n\n"
-                      + markdown_table(metrics), folder / "cv_metrics.md")
+                      + markdown_table(metrics), files.metrics_md)
     write_thresholds(tune_thresholds_for_samples(targets_of(oof), probabilities_of(oof)),
-                     folder / "thresholds_samples.json")
-    Ensemble(folder / "ensemble.json", tuple(members), (1.0,) * len(members), True, thresholds,
+                     files.samples_thresholds)
+    Ensemble(files.ensemble, tuple(members), (1.0,) * len(members), True, thresholds,
              f"out-of-fold predictions with TTA ({len(oof)} leaves, {len(members)} members)").write()
     logger.info(f"out-of-fold, {len(oof)} leaves:\n" + metrics.to_string(index=False))
 
@@ -173,13 +169,13 @@ def run_config(args: Namespace, config_file: Path, folds: list[int]) -> tuple[in
         code = run_folds(args, config_file, chosen_folds(args, folds), logger)
         if code != EXIT_OK:
             return code, None, []
-        waiting = [fold for fold, run in runs.items() if not (run.path / FOLD_RESULT).is_file()]
+        waiting = [fold for fold, run in runs.items() if not run.fold_record.is_file()]
         if waiting:
             logger.info(f"folds {waiting} not finished yet: the pooled results wait for them")
             return EXIT_OK, None, []
         oof, members = out_of_fold(runs), [run.best_checkpoint for run in runs.values()]
         write_summary(args, [config_file], oof, members, folder, logger)
-        logger.info(f"ensemble: {folder / 'ensemble.json'} (score it: test.py --checkpoint {folder / 'ensemble.json'})")
+        logger.info(f"ensemble: {CvDir(folder).ensemble} (score it: test.py --checkpoint {CvDir(folder).ensemble})")
     return EXIT_OK, oof, members
 
 
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         with hold_run_lock(folder, "scripts/cv.py"):
             logger = create_logger(folder, name="cv")
             write_summary(args, list(args.configs), mean_probabilities(frames), members, folder, logger)
-            logger.info(f"ensemble of {len(args.configs)} configs: {folder / 'ensemble.json'}")
+            logger.info(f"ensemble of {len(args.configs)} configs: {CvDir(folder).ensemble}")
     return EXIT_OK
 
 

@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
-from cli import EXIT_OK, run_cli
-from metrics import paired_bootstrap
-from oof import probabilities_of, read_probabilities, targets_of
-from reports import markdown_table
-from thresholds import decide, tune_thresholds, tune_thresholds_for_samples
-from utils import atomic_write_text
+from evaluation.oof import probabilities_of, read_probabilities, targets_of
+from evaluation.reports import markdown_table
+from evaluation.statistics import paired_bootstrap
+from evaluation.thresholds import decide, tune_thresholds, tune_thresholds_for_samples
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.files import atomic_write_text
 
 BASELINE = "thresholds"
 # rule name -> (how its thresholds are tuned on the training folds, the decision rule applied with them)

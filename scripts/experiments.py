@@ -30,15 +30,17 @@ from typing import Sequence
 
 import pandas as pd
 
-from checkpoint import load_checkpoint_file
-from cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, run_child, run_cli
 from config import get_config
-from log import create_logger
-from reports import markdown_table, paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
-from rundir import RunDir
-from runlock import hold_run_lock
+from evaluation.reports import markdown_table
+from evaluation.statistics import paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
+from training.checkpoint import load_checkpoint_file
+from training.rundir import RunDir
 from training.stop import GracefulStop
-from utils import atomic_write_bytes, atomic_write_text
+from utils.cli import run_cli, run_job
+from utils.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from utils.files import atomic_write_bytes, atomic_write_text
+from utils.log import create_logger
+from utils.runlock import hold_run_lock
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_FILE = "experiment.json"
@@ -114,15 +116,14 @@ def test_command(experiment: Experiment, repo: Path, data_path: Path, tta: bool 
 def run_experiment(experiment: Experiment, repo: Path, data_path: Path, output: Path, opts: Sequence[str],
                    stop: GracefulStop, logger: logging.Logger, tta: bool = False) -> int:
     """Train (or resume) one run, score it on the test split, record its scores; returns the first non-zero exit."""
-    for command in (train_command(experiment, repo, data_path, output, opts),
-                    test_command(experiment, repo, data_path, tta)):
-        code = run_child(command, stop, logger)
-        if code != EXIT_OK:
-            return code
-    record = {"config": experiment.name, "config_file": str(experiment.config_file), "seed": experiment.seed,
-              "opts": list(opts), "tta": tta, "run_dir": str(experiment.run.path), **run_scores(experiment.run)}
-    atomic_write_text(json.dumps(record, indent=2) + "\n", experiment.result_file)
-    return EXIT_OK
+    commands = (train_command(experiment, repo, data_path, output, opts),
+                test_command(experiment, repo, data_path, tta))
+
+    def record() -> dict:  # the scores exist once test.py has run
+        return {"config": experiment.name, "config_file": str(experiment.config_file), "seed": experiment.seed,
+                "opts": list(opts), "tta": tta, "run_dir": str(experiment.run.path), **run_scores(experiment.run)}
+
+    return run_job(commands, record, experiment.result_file, stop, logger)
 
 
 def run_plan(experiments: Sequence[Experiment], repo: Path, data_path: Path, output: Path, opts: Sequence[str],

@@ -32,16 +32,17 @@ from cleanlab.multilabel_classification.filter import find_label_issues
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cli import EXIT_OK, run_cli
 from data.labels import CLASSES, vector_to_labels
-from ensemble import read_ensemble_thresholds
-from oof import probabilities_of, read_probabilities, targets_of
-from reports import png_bytes
-from thresholds import as_thresholds, read_thresholds
-from utils import atomic_write_bytes, atomic_write_text
+from evaluation.ensemble_file import read_ensemble_thresholds
+from evaluation.oof import probabilities_of, read_probabilities, targets_of
+from evaluation.thresholds import as_thresholds, read_thresholds
+from training.rundir import CvDir
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.figures import png_bytes
+from utils.files import atomic_write_bytes, atomic_write_text
 
 SHEET_COLUMNS = 10
-ENSEMBLE_FILE = "ensemble.json"  # scripts/cv.py's, beside oof.csv: the out-of-fold thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -58,7 +59,7 @@ def oof_thresholds(args: Namespace) -> tuple[np.ndarray, str]:
     """``--thresholds``, else the thresholds of the ensemble file beside oof.csv, else 0.5 (and where from)."""
     if args.thresholds:
         return read_thresholds(args.thresholds), str(args.thresholds)
-    beside = args.oof.parent / ENSEMBLE_FILE
+    beside = CvDir(args.oof.parent).ensemble  # scripts/cv.py's, beside oof.csv: the out-of-fold thresholds
     if beside.is_file():
         thresholds = read_ensemble_thresholds(beside)
         if thresholds is not None:

@@ -19,10 +19,9 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
-from cli import EXIT_OK, run_cli
 from data.folds import read_folds
 from data.labels import CLASSES
-from oof import (
+from evaluation.oof import (
     fold_metrics,
     fold_of_each,
     mean_probabilities,
@@ -31,9 +30,12 @@ from oof import (
     read_probabilities,
     targets_of,
 )
-from reports import markdown_table
-from thresholds import tune_thresholds
-from utils import atomic_write_text
+from evaluation.reports import markdown_table
+from evaluation.thresholds import tune_thresholds
+from training.rundir import CvDir
+from utils.cli import run_cli
+from utils.errors import EXIT_OK
+from utils.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
@@ -54,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     per_fold = fold_metrics(oof, tune_thresholds(targets_of(oof), probabilities_of(oof)))
 
     args.output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(oof.to_csv(index=False), args.output / "oof.csv")
-    atomic_write_text(test[["image", *CLASSES, "true"]].to_csv(index=False), args.output / "test.csv")
+    files = CvDir(args.output)
+    atomic_write_text(oof.to_csv(index=False), files.oof)
+    atomic_write_text(test[["image", *CLASSES, "true"]].to_csv(index=False), files.test_predictions)
     atomic_write_text(f"{len(frames)} folds pooled, at thresholds tuned on all {len(oof)} out-of-fold leaves:\n\n"
-                      + markdown_table(per_fold), args.output / "cv_metrics.md")
+                      + markdown_table(per_fold), files.metrics_md)
     print(f"out-of-fold ({len(oof)} leaves, {len(frames)} folds; {len(args.test)} test members averaged):\n"
           f"{per_fold.to_string(index=False)}")
     return EXIT_OK

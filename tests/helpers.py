@@ -15,14 +15,14 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-import inference
 from config import get_default_config
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES, labels_to_codes, labels_to_vector
 from data.transforms import build_transform
-from faults import PAUSE_ENV, PAUSED
+from evaluation import inference
+from evaluation.thresholds import tune_thresholds, write_thresholds
 from models import build_model
-from thresholds import tune_thresholds, write_thresholds
+from utils.faults import PAUSE_ENV, PAUSED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
 def start_script(script: str, args: list[str], pause_at: str | None = None) -> subprocess.Popen:
     """``python SCRIPT ARGS`` in its own process group, stdout and stderr merged into one text pipe.
 
-    ``pause_at``: the faults.py point where it waits for a signal (PP_PAUSE_AT).
+    ``pause_at``: the utils/faults.py point where it waits for a signal (PP_PAUSE_AT).
     """
     env = {**os.environ, **({PAUSE_ENV: pause_at} if pause_at else {})}
     return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -265,7 +265,7 @@ def odd_leaf_photo(folder: Path) -> Path:
 
 def load_run(run: Path):
     """The run's ckpt_best.pth as an ``inference.Predictor`` on the CPU."""
-    import inference
+    from evaluation import inference
 
     return inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu"))
 

@@ -31,15 +31,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import RunError
 from data.images import MAX_PIXELS, load_image
 from data.labels import CLASSES
 from deploy.backends import load_predictor
+from deploy.model_file import load_model_file
 from deploy.uploads import UploadError, UploadLimits, check_upload
-from ensemble import Ensemble, EnsemblePredictor
+from evaluation.ensemble_file import Ensemble
 from helpers import ROOT, load_script, make_tree, tiny_runs
 from process.leaves import render_leaf
 from process.tree import Task, process_image
+from utils.errors import RunError
 
 # The first test of a selection waits for training, the server (START_SECONDS) and Chromium; uploads wait 120 s each.
 pytestmark = pytest.mark.timeout(900)
@@ -228,7 +229,7 @@ def test_page_on_an_ensemble_shows_its_mean_probabilities_and_one_named_members_
     members = [app_run / "ckpt_best.pth", other / "ckpt_best.pth"]
     path = tmp_path / "ensemble.json"
     Ensemble(path, tuple(members), (1.0, 1.0), False, np.full(len(CLASSES), 0.4), "hand-made").write()
-    page = LeafPage.serving(EnsemblePredictor.load(path, "torch", torch.device("cpu"), logger),
+    page = LeafPage.serving(load_model_file(path, "torch", torch.device("cpu"), logger),
                             np.full(len(CLASSES), 0.4), LIMITS)
     assert page.cam is not None and page.cam_model.path.resolve() == members[0].resolve()
     assert page.cam_source.startswith("member 1 of 2 (app/ckpt_best.pth")

@@ -1,5 +1,5 @@
-"""attention.py and visual.py's attention pictures: rollout by hand, uniform attention, Swin's windows laid back,
-per-layer GIFs, Grad-CAM on a ViT, the spatial transformer's side-by-side view, clear errors."""
+"""explain/attention.py and visual.py's attention pictures: rollout by hand, uniform attention, Swin's windows
+laid back, per-layer GIFs, Grad-CAM on a ViT, the spatial transformer's side-by-side view, clear errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-import attention
-import explain
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
+from explain import attention, gradcam
 from helpers import CNN, ODD_PHOTO_SIZE, VIT, load_run, load_script, make_tree, odd_leaf_photo, tiny_runs
 
 visual_script = load_script("visual.py")
@@ -183,12 +182,12 @@ def test_layers_gif_has_one_frame_per_stage_or_block(runs, leaf, tmp_path, kind)
 def test_grad_cam_on_a_vit_gives_maps_of_the_image_size(runs, leaf, kind):
     loaded = load_run(runs[kind])
     model = loaded.model
-    assert explain.default_target_layer(model) == "backbone.blocks[-1].norm1"
-    layer = explain.find_module(model, explain.default_target_layer(model))
-    assert explain.reshape_for(model, layer).num_prefix_tokens == 1
-    assert explain.reshape_for(model, model.backbone.patch_embed.proj) is None
-    cam = explain.build_cam(model)
-    maps, probs = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), range(6))
+    assert gradcam.default_target_layer(model) == "backbone.blocks[-1].norm1"
+    layer = gradcam.find_module(model, gradcam.default_target_layer(model))
+    assert gradcam.reshape_for(model, layer).num_prefix_tokens == 1
+    assert gradcam.reshape_for(model, model.backbone.patch_embed.proj) is None
+    cam = gradcam.build_cam(model)
+    maps, probs = gradcam.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), range(6))
     assert maps.shape == (len(CLASSES), IMAGE_SIZE[1], IMAGE_SIZE[0]) and np.isfinite(maps).all()
     assert sum(m.std() > 0.01 for m in maps) >= 2
     assert probs.shape == (len(CLASSES),)
@@ -205,7 +204,7 @@ def test_stn_model_writes_the_photo_beside_its_warped_view(runs, leaf, tmp_path)
     loaded = load_run(runs["stn"])
     loaded.model.stn.fc_loc[-1].bias.data = torch.tensor([0.5, 0.0, 0.0, 0.0, 0.5, 0.0])  # zoom into the centre
     preprocessing = loaded.info.preprocessing
-    [path] = explain.explain_warp(loaded.model, load_image(leaf), "zoom", loaded.transform, preprocessing.mean,
+    [path] = gradcam.explain_warp(loaded.model, load_image(leaf), "zoom", loaded.transform, preprocessing.mean,
                                   preprocessing.std, tmp_path)
     zoomed = np.asarray(Image.open(path), dtype=int)
     assert np.abs(zoomed[:, :64] - zoomed[:, 64:]).max() > 20

@@ -15,9 +15,9 @@ from torchvision import transforms
 
 from config import get_config, get_default_config
 from data.transforms import TRAIN_CROP_SCALE, build_transform, normalization
-from deploy.export import export_checked
+from deploy.onnx_export import export_checked
+from evaluation.inference import Predictor
 from helpers import ROOT, cli, load_script, make_tree
-from inference import Predictor
 
 main = load_script("main.py")
 REPORT_CONFIG = ROOT / "configs" / "arcpsa_swin_base_384_report.yaml"

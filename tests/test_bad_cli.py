@@ -19,12 +19,13 @@ from typing import Callable
 import pandas as pd
 import pytest
 
-from checkpoint import load_checkpoint_file
-from cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, run_cli
-from evaluation import file_keys
+from evaluation.evaluate import file_keys
 from helpers import ROOT, cli, load_script, make_tree, obey_file_modes, run_dir, start_script, wait_until_paused
-from runlock import LOCK_NAME
-from utils import DiskFullError
+from training.checkpoint import load_checkpoint_file
+from utils.cli import run_cli
+from utils.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from utils.files import DiskFullError
+from utils.runlock import LOCK_NAME
 
 main = load_script("main.py")
 test_script = load_script("test.py")

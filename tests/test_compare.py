@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from data.labels import CLASSES
+from evaluation.statistics import paired_bootstrap
 from helpers import load_script
-from metrics import paired_bootstrap
 
 compare = load_script("scripts/compare.py")
 

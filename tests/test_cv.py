@@ -17,15 +17,15 @@ import torch
 from config import get_config
 from data.dataset import MultiLabelImageFolder, TreeSplit
 from data.labels import CLASSES
-from ensemble import Ensemble, average_probs, probs_to_logits
+from evaluation.ensemble_file import Ensemble, average_probs, probs_to_logits
+from evaluation.inference import sigmoid
+from evaluation.oof import fold_metrics, targets_of
+from evaluation.thresholds import decide, read_thresholds, samples_f1
 from helpers import ROOT, TINY_YAML, load_script
-from inference import sigmoid
 from models.ensemble import MeanOfProbabilities, MemberInput
-from oof import fold_metrics, targets_of
 from process.synthesize import synthesize
 from process.tree import DataOptions, prepare
-from rundir import RunDir
-from thresholds import decide, read_thresholds, samples_f1
+from training.rundir import RunDir
 
 cv = load_script("scripts/cv.py")
 

@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import f1_score
 
 from data.labels import CLASS_INDEX, CLASSES
+from evaluation.thresholds import decide, samples_f1, tune_thresholds_for_samples
 from helpers import load_script
-from thresholds import decide, samples_f1, tune_thresholds_for_samples
 
 rules = load_script("scripts/decision_rules.py")
 H, S, R = CLASS_INDEX["healthy"], CLASS_INDEX["scab"], CLASS_INDEX["rust"]

@@ -19,15 +19,15 @@ import pytest
 import torch
 from PIL import Image
 
-import deploy.export
+import deploy.onnx_export
 from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.onnx_backend import OnnxPredictor, info_from_metadata, info_to_metadata
-from ensemble import Ensemble
+from evaluation.ensemble_file import Ensemble
+from evaluation.inference import Predictor
+from evaluation.thresholds import read_thresholds
 from helpers import CNN, ROOT, load_script, make_tree, tiny_runs
-from inference import Predictor
 from process.leaves import render_leaf
-from thresholds import read_thresholds
 
 pytestmark = pytest.mark.slow  # ONNX export of every model (the Swin's takes the longest), test.py in processes
 
@@ -216,7 +216,7 @@ def test_ensemble_of_different_preprocessing_is_fed_as_its_largest_member(runs, 
 
 
 def test_export_writes_nothing_when_parity_fails(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(deploy.export, "PARITY_TOLERANCE", -1.0)  # any difference, even 0, now fails
+    monkeypatch.setattr(deploy.onnx_export, "PARITY_TOLERANCE", -1.0)  # any difference, even 0, now fails
     output = tmp_path / "model.onnx"
     assert export_script.main(["--checkpoint", str(runs["cnn"] / "ckpt_best.pth"), "--output", str(output)]) == 1
     assert not output.exists()
@@ -264,7 +264,7 @@ def test_onnx_file_predicts_real_leaves_like_the_checkpoint(real_data, exported,
 
 def test_deployment_does_not_import_the_synthetic_leaf_renderer():
     """Exporting and serving a model needs no part of the data synthesis (process/)."""
-    code = ("import sys; import deploy.export, deploy.backends, deploy.onnx_backend; "
+    code = ("import sys; import deploy.onnx_export, deploy.backends, deploy.onnx_backend; "
             "print(sorted(m for m in sys.modules if m == 'process' or m.startswith('process.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -14,15 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-import inference
-import reports
 from data.images import load_image
 from data.labels import CLASSES, labels_to_vector
 from data.transforms import build_transform
+from evaluation import inference, reports
+from evaluation.metrics import multilabel_metrics
+from evaluation.thresholds import read_thresholds, tune_thresholds, write_thresholds
 from helpers import ROOT, draw_leaf, load_script, make_tree, save_run, tiny_swin_config, train_a_little, val_thresholds
-from metrics import multilabel_metrics
 from models import build_model
-from thresholds import read_thresholds, tune_thresholds, write_thresholds
 
 test_script = load_script("test.py")
 

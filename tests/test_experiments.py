@@ -12,11 +12,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli import EXIT_INTERRUPTED
+from evaluation.statistics import (
+    mean_confidence_interval,
+    paired_by_seed,
+    paired_markdown,
+    seeds_markdown,
+    seeds_png,
+    seeds_summary,
+)
 from helpers import ROOT, TINY_YAML, load_script, make_tree
-from metrics import mean_confidence_interval
-from reports import paired_by_seed, paired_markdown, seeds_markdown, seeds_png, seeds_summary
-from runlock import RunLockedError, hold_run_lock
+from utils.errors import EXIT_INTERRUPTED
+from utils.runlock import RunLockedError, hold_run_lock
 
 experiments = load_script("scripts/experiments.py")
 

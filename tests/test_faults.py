@@ -1,7 +1,7 @@
 """Fault injection with real processes and real signals.
 
 Runs are stopped from another process (SIGTERM, SIGINT to the process group as a terminal's Ctrl-C
-does, SIGKILL) at chosen moments (faults.py pauses them there; bench/soak.py stops them at random
+does, SIGKILL) at chosen moments (utils/faults.py pauses them there; bench/soak.py stops them at random
 ones), their checkpoints are truncated, their disk fills up, a second process starts on their run
 dir, a torchrun rank dies, prepare.py is killed. Every resumed run is compared tensor by tensor with
 the uninterrupted one.
@@ -23,10 +23,6 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoint
-from checkpoint import load_checkpoint_file
-from cli import EXIT_FAILED, EXIT_INTERRUPTED, run_cli
-from faults import PAUSE_ENV
 from helpers import (
     ROOT,
     children,
@@ -41,8 +37,13 @@ from helpers import (
 )
 from process.synthesize import synthesize
 from process.tree import prepare
-from runlock import LOCK_NAME, RunLockedError, hold_run_lock
-from utils import atomic_write
+from training import checkpoint
+from training.checkpoint import load_checkpoint_file
+from utils.cli import run_cli
+from utils.errors import EXIT_FAILED, EXIT_INTERRUPTED
+from utils.faults import PAUSE_ENV
+from utils.files import atomic_write
+from utils.runlock import LOCK_NAME, RunLockedError, hold_run_lock
 
 # the run dir's file names, as a user sees them (rundir.RunDir)
 LATEST, PREVIOUS = "ckpt_latest.pth", "ckpt_latest.prev.pth"
@@ -101,7 +102,7 @@ def stop_at(args: list[str], point: str, signum: int, group: bool = False) -> tu
 # 1. Exact resume from a stop at any moment
 # ---------------------------------------------------------------------------------------------
 
-STOPS = {  # (faults.py point, signal, sent to the whole process group, what the stopped run logs)
+STOPS = {  # (utils/faults.py point, signal, sent to the whole process group, what the stopped run logs)
     "mid_epoch": ("update#8", signal.SIGTERM, False, UPDATE_8),
     "ctrl_c_to_the_process_group": ("update#8", signal.SIGINT, True, UPDATE_8),
     # systemd's stop, Slurm's scancel, kill -- -PGID: SIGTERM reaches the loader workers too
@@ -258,7 +259,7 @@ def test_second_start_on_a_running_run_dir_exits_at_once_and_changes_nothing(tre
 
 HOLD_AND_FORK = """
 import os, sys, time
-from runlock import hold_run_lock
+from utils.runlock import hold_run_lock
 with hold_run_lock(sys.argv[1], "holder"):
     if os.fork() == 0:  # the child says when its fork hooks have run
         print(os.getpid(), flush=True)

@@ -15,16 +15,16 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch import nn
 
-from checkpoint import load_checkpoint_file, load_pretrained
-from cli import EXIT_INTERRUPTED
 from config import config_from_string, get_config
 from data.dataset import MultiLabelImageFolder
+from evaluation.inference import Predictor
 from helpers import load_script, make_tree, start_script, wait_until_paused
-from inference import Predictor
-from log import create_logger
 from models import build_model
+from training.checkpoint import load_checkpoint_file, load_pretrained
 from training.engine import build_optimizer
 from training.schedule import build_scheduler
+from utils.errors import EXIT_INTERRUPTED
+from utils.log import create_logger
 
 main = load_script("main.py")
 test_script = load_script("test.py")

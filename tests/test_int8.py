@@ -22,12 +22,12 @@ from deploy.backends import load_predictor
 from deploy.onnx_backend import OnnxPredictor, info_to_metadata
 from deploy.openvino_backend import OpenVinoPredictor
 from deploy.quantize import DecisionError, check_decisions, require_decisions
-from ensemble import Ensemble
-from evaluation import split_logits
+from evaluation.ensemble_file import Ensemble
+from evaluation.evaluate import split_logits
+from evaluation.inference import Predictor, sigmoid
+from evaluation.thresholds import read_thresholds, resolve_thresholds, tune_thresholds, write_thresholds
 from helpers import CNN, ROOT, load_script, make_tree, tiny_runs
-from inference import Predictor, sigmoid
-from rundir import RunDir
-from thresholds import read_thresholds, resolve_thresholds, tune_thresholds, write_thresholds
+from training.rundir import RunDir
 
 pytestmark = pytest.mark.slow  # ONNX export, quantisation and test.py on tiny models
 
@@ -215,7 +215,7 @@ def test_an_int8_graph_that_crashes_openvinos_compiler_is_a_one_line_error_not_a
     """OpenVINO 2026.4 segfaults compiling the demo Swin's QDQ graph; the backend compiles INT8 files in a
     child process first, so test.py and the web page report it and live on."""
     from config import get_config
-    from deploy.export import export_checked, parity_images
+    from deploy.onnx_export import export_checked, parity_images
     from deploy.quantize import quantize_int8, with_metadata
     from models import build_model
 

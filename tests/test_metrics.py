@@ -1,4 +1,4 @@
-"""metrics.py against scikit-learn on fixed arrays, including degenerate classes."""
+"""evaluation/metrics.py against scikit-learn on fixed arrays, including degenerate classes."""
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -10,9 +10,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-import metrics
-import thresholds
 from data.labels import CLASSES
+from evaluation import metrics, thresholds
 
 
 @pytest.fixture

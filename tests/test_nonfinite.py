@@ -4,8 +4,8 @@ test.py, visual.py, export.py and app.py refuse each with one ``error: <file>: .
 code (2: bad input; 1: a model whose finite weights compute non-finite logits), and write nothing.
 
 Every bad file is made once from one tiny untrained Swin and its export. The wide table runs each script's ``main``
-through ``cli.run_cli`` in this process (the exit code and stderr a process would give, without a second of start-up
-per row); a narrower table runs the scripts as real processes, one row per script and kind of failure."""
+through ``utils.cli.run_cli`` in this process (the exit code and stderr a process would give, without a second of
+start-up per row); a narrower table runs the scripts as real processes, one row per script and kind of failure."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,15 +23,15 @@ import pytest
 import torch
 from onnx import helper, numpy_helper
 
-from cli import run_cli
 from data.labels import CLASSES
-from deploy.export import ParityError, check_parity
 from deploy.onnx_backend import info_to_metadata
+from deploy.onnx_export import ParityError, check_parity
 from deploy.quantize import DecisionCheck, DecisionError, require_decisions
+from evaluation.inference import Predictor
+from evaluation.thresholds import check_thresholds
 from helpers import ROOT, draw_leaf, load_script, make_tree, run_script, save_run, tiny_swin_config
-from inference import Predictor
 from models import build_model
-from thresholds import check_thresholds
+from utils.cli import run_cli
 
 NAN, INF = float("nan"), float("inf")
 FIRST_WEIGHT = "backbone.patch_embed.proj.weight"  # the first tensor of the tiny Swin's state dict
@@ -242,7 +242,7 @@ def visible_lines(stderr: str) -> list[str]:
 
 
 def run_in_process(case: Case, files: dict[str, Path], out: Path, capsys) -> tuple[int, str]:
-    """(exit code, stderr) of the script's ``main`` under ``cli.run_cli``, as its process would end."""
+    """(exit code, stderr) of the script's ``main`` under ``utils.cli.run_cli``, as its process would end."""
     main = load_script(f"{case.script}.py").main
     capsys.readouterr()
     with pytest.raises(SystemExit) as ended:

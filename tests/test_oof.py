@@ -1,4 +1,4 @@
-"""oof.py (saved probabilities read checked, scored per fold, averaged) and scripts/blend.py on made files."""
+"""evaluation/oof.py (saved probabilities read checked, scored per fold, averaged), scripts/blend.py on made files."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from data.labels import CLASSES
+from evaluation.oof import fold_metrics, mean_probabilities, read_probabilities
+from evaluation.thresholds import read_thresholds
 from helpers import load_script
-from oof import fold_metrics, mean_probabilities, read_probabilities
-from thresholds import read_thresholds
 
 blend = load_script("scripts/blend.py")
 pool_folds = load_script("scripts/pool_folds.py")

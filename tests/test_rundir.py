@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from config import get_config
-from inference import predict_logits
+from evaluation.inference import predict_logits
 from models import build_loss, build_model
-from rundir import RunDir, onnx_file
 from training.engine import evaluate
+from training.rundir import RunDir, onnx_file
 
 
 def test_run_dir_of_a_config_and_of_a_checkpoint():

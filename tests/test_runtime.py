@@ -13,13 +13,13 @@ import torch
 
 from config import get_config
 from models import build_model
-from runtime import place_model
+from utils.runtime import place_model
 
 # A child process: page faults of ten "steps" that each fill four 40 MB tensors (above glibc's largest mmap
 # threshold, as a batch's activations are) and free them, with or without keep_freed_memory.
 FAULTS = """
 import json, resource, sys, torch
-from runtime import keep_freed_memory
+from utils.runtime import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 faults = []
 for _ in range(10):

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cli import run_cli
 from data.labels import parse_labels
 from process.leaves import render_leaf
 from process.synthesize import COMBINATION_COUNTS, allocate_counts, main, synthesize
+from utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (64, 48)

@@ -19,18 +19,18 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-import inference
-from checkpoint import load_checkpoint_file, load_pretrained
 from config import config_from_string, get_default_config
 from data.dataset import MultiLabelImageFolder
 from data.labels import CLASSES
 from data.transforms import build_transform
+from evaluation import inference
+from evaluation.thresholds import read_thresholds, tune_thresholds
 from helpers import ROOT, TINY_TRAINING, cli, load_script, make_tree, run_dir, run_script, val_thresholds
-from log import create_logger
 from models import ArcFaceHead, build_model
 from models.build import counted_pos_weight
-from thresholds import read_thresholds, tune_thresholds
-from utils import atomic_save
+from training.checkpoint import load_checkpoint_file, load_pretrained
+from utils.files import atomic_save
+from utils.log import create_logger
 
 main = load_script("main.py")
 test_script = load_script("test.py")

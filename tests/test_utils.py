@@ -1,4 +1,5 @@
-"""utils.py, runtime.py, checkpoint.py: atomic files, checkpoint reading, RNG state as plain data, devices, logging."""
+"""utils/files.py, utils/runtime.py, training/checkpoint.py: atomic files, checkpoint reading, RNG state as plain
+data, devices, logging."""
 from __future__ import annotations
 
 import pickle
@@ -9,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint_file
-from cli import run_cli
 from config import get_default_config
-from log import create_logger
-from rundir import RunDir
-from runtime import select_device
-from seeding import get_rng_state, set_rng_state
-from utils import DiskFullError, atomic_save, atomic_write_text
+from training.checkpoint import load_checkpoint_file
+from training.rundir import RunDir
+from utils.cli import run_cli
+from utils.files import DiskFullError, atomic_save, atomic_write_text
+from utils.log import create_logger
+from utils.runtime import select_device
+from utils.seeding import get_rng_state, set_rng_state
 
 
 def test_atomic_save_replaces_whole_file_or_nothing(tmp_path):

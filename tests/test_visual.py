@@ -1,4 +1,4 @@
-"""explain.py: per-class Grad-CAM maps on Swin (linear, ArcFace + PSA) and a CNN, and the files it writes."""
+"""explain/gradcam.py: per-class Grad-CAM maps on Swin (linear, ArcFace + PSA) and a CNN, and the files it writes."""
 from __future__ import annotations
 
 import random
@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import explain
-import inference
 from data.dataset import MultiLabelImageFolder
 from data.images import load_image
 from data.labels import CLASSES
 from data.transforms import build_transform
+from evaluation import inference
+from explain import gradcam
 from helpers import CNN, ODD_PHOTO_SIZE, draw_leaf, load_run, load_script, make_tree, odd_leaf_photo, tiny_runs
 
 visual_script = load_script("visual.py")
@@ -47,9 +47,9 @@ def leaf(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
     loaded = load_run(runs[kind])
-    cam = explain.build_cam(loaded.model)
+    cam = gradcam.build_cam(loaded.model)
     image = load_image(leaf)
-    maps, probs = explain.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
+    maps, probs = gradcam.class_maps(cam, image, build_transform(False, loaded.config), range(len(CLASSES)))
     assert maps.shape == (len(CLASSES), IMAGE_SIZE[1], IMAGE_SIZE[0])
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6
     # A class with no positive evidence anywhere gets Grad-CAM's all-zero map; the others must vary
@@ -65,23 +65,24 @@ def test_maps_have_the_image_size_and_differ_between_classes(runs, leaf, kind):
 def test_map_i_belongs_to_class_i(runs, leaf, kind):
     """One call for every class equals one call per class, and asking in reverse order reverses the maps."""
     loaded = load_run(runs[kind])
-    cam = explain.build_cam(loaded.model)
+    cam = gradcam.build_cam(loaded.model)
     image, transform = load_image(leaf), build_transform(False, loaded.config)
     every = list(range(len(CLASSES)))
-    maps, _ = explain.class_maps(cam, image, transform, every)
+    maps, _ = gradcam.class_maps(cam, image, transform, every)
     for c in every:
-        single, _ = explain.class_maps(cam, image, transform, [c])
+        single, _ = gradcam.class_maps(cam, image, transform, [c])
         np.testing.assert_allclose(maps[c], single[0], atol=1e-4, err_msg=CLASSES[c])
-    backwards, _ = explain.class_maps(cam, image, transform, every[::-1])
+    backwards, _ = gradcam.class_maps(cam, image, transform, every[::-1])
     np.testing.assert_allclose(backwards[::-1], maps, atol=1e-4)
 
 
-def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
+def test_grad_cam_differentiates_the_evaluation_logits_of_test_py(runs, leaf):
     loaded = load_run(runs["arcpsa"])
     transform = build_transform(False, loaded.config)
     images = [load_image(leaf), draw_leaf("healthy", random.Random(5))]
     batch = torch.stack([transform(image) for image in images])
-    wrapped = explain.EvalLogits(loaded.model).eval()(batch)
+    cam = gradcam.build_cam(loaded.model)
+    wrapped = cam.model(batch)
     logits, _ = inference.predict_logits(loaded.model, DataLoader(list(zip(batch, [0, 0])), batch_size=2),
                                    torch.device("cpu"))
     assert torch.allclose(wrapped, torch.from_numpy(logits).float(), atol=1e-5)
@@ -97,34 +98,34 @@ def test_arcface_wrapper_gives_the_evaluation_logits_of_test_py(runs, leaf):
 
 def test_default_target_layers(runs):
     swin, cnn = load_run(runs["swin"]).model, load_run(runs["cnn"]).model
-    assert explain.find_module(swin, explain.default_target_layer(swin)) is swin.backbone.layers[-1].blocks[-1].norm1
-    assert explain.reshape_for(swin, swin.backbone.layers[-1].blocks[-1].norm1) is explain.nhwc_to_nchw
-    assert explain.default_target_layer(cnn) == "backbone.layer4"
-    assert explain.reshape_for(cnn, cnn.backbone.layer4) is None
+    assert gradcam.find_module(swin, gradcam.default_target_layer(swin)) is swin.backbone.layers[-1].blocks[-1].norm1
+    assert gradcam.reshape_for(swin, swin.backbone.layers[-1].blocks[-1].norm1) is gradcam.nhwc_to_nchw
+    assert gradcam.default_target_layer(cnn) == "backbone.layer4"
+    assert gradcam.reshape_for(cnn, cnn.backbone.layer4) is None
 
 
 def test_psa_neck_layer_is_channels_first(runs, leaf):
     loaded = load_run(runs["arcpsa"])
-    assert explain.reshape_for(loaded.model, loaded.model.neck.psa) is None
-    cam = explain.build_cam(loaded.model, target_layer="neck.psa")
-    maps, _ = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 5])
+    assert gradcam.reshape_for(loaded.model, loaded.model.neck.psa) is None
+    cam = gradcam.build_cam(loaded.model, target_layer="neck.psa")
+    maps, _ = gradcam.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 5])
     assert maps.shape == (2, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.std() > 0
 
 
 @pytest.mark.parametrize("method", ["gradcam++", "layercam", "eigencam"])
 def test_other_methods(runs, leaf, method):
     loaded = load_run(runs["swin"])
-    cam = explain.build_cam(loaded.model, method)
-    maps, _ = explain.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
+    cam = gradcam.build_cam(loaded.model, method)
+    maps, _ = gradcam.class_maps(cam, load_image(leaf), build_transform(False, loaded.config), [0, 4, 5])
     assert maps.shape == (3, IMAGE_SIZE[1], IMAGE_SIZE[0]) and maps.max() > 0
 
 
 def test_wrong_target_layer_lists_nearby_names(runs):
     model = load_run(runs["swin"]).model
     with pytest.raises(ValueError, match=r"'backbone.layers.1.blocks.0.nrm1'.*backbone\.layers\.1\.blocks\.0\.norm1"):
-        explain.build_cam(model, target_layer="backbone.layers.1.blocks.0.nrm1")
+        gradcam.build_cam(model, target_layer="backbone.layers.1.blocks.0.nrm1")
     with pytest.raises(ValueError, match="nearby names: .*backbone.layers"):
-        explain.build_cam(model, target_layer="backbone.layer[5]")
+        gradcam.build_cam(model, target_layer="backbone.layer[5]")
 
 
 def test_cli_writes_overlays_grid_and_gif(runs, leaf, tmp_path, capsys):
@@ -174,7 +175,7 @@ def test_large_photos_are_shrunk_to_max_side(runs, tmp_path):
 
 def test_visual_on_an_ensemble_explains_the_chosen_member_and_says_so(runs, leaf, tmp_path):
     """--member 2 of an ensemble file: the maps are that member's (its file's maps, pixel for pixel)."""
-    from ensemble import Ensemble
+    from evaluation.ensemble_file import Ensemble
 
     members = (runs["swin"] / "ckpt_best.pth", runs["cnn"] / "ckpt_best.pth")
     path = tmp_path / "ensemble.json"

@@ -11,16 +11,16 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from checkpoint import load_pretrained
 from config import get_config
 from data.labels import NUM_CLASSES
-from deploy.export import PARITY_TOLERANCE, export_checked
+from deploy.onnx_export import PARITY_TOLERANCE, export_checked
+from evaluation.inference import ModelInfo
 from helpers import TINY_VIT_TYPES
-from inference import ModelInfo
 from models import build_loss, build_model
 from models.psa import PSANeck, ReportPSANeck
 from models.stn import SpatialTransformer
 from models.vit import PatchGrid, is_vit
+from training.checkpoint import load_pretrained
 from training.engine import build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -19,10 +19,10 @@ from tqdm import tqdm
 from yacs.config import CfgNode
 
 from data.labels import NUM_CLASSES
-from distributed import get_rank, get_world_size, is_distributed
-from inference import forward_batches
-from metrics import summarize
-from thresholds import DEFAULT_THRESHOLD
+from evaluation.inference import forward_batches
+from evaluation.metrics import summarize
+from evaluation.thresholds import DEFAULT_THRESHOLD
+from utils.distributed import get_rank, get_world_size, is_distributed
 
 
 class NonFiniteLossError(RuntimeError):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils import atomic_write_text
+from utils.files import atomic_write_text
 
 
 def read_history(path: Path, last_epoch: int) -> list[dict]:

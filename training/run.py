@@ -19,29 +19,22 @@ from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from yacs.config import CfgNode
 
-from checkpoint import (
-    load_pretrained,
-    load_resume_checkpoint,
-    restore_training,
-    save_checkpoint,
-    save_latest,
-    training_state,
-)
-from cli import EXIT_INTERRUPTED, EXIT_OK
 from data.dataset import TreeSplit
 from data.labels import CLASSES
 from data.loader import build_loader
-from evaluation import evaluate_checkpoint
-from faults import pause_at
-from log import short_list
-from metrics import summarize
+from evaluation.evaluate import evaluate_checkpoint
+from evaluation.metrics import summarize
+from evaluation.reports import coloured_table, training_curves_png
+from evaluation.thresholds import DEFAULT_THRESHOLD, tune_thresholds, write_thresholds
 from models import build_loss, build_model
 from models.build import counted_pos_weight
-from reports import coloured_table, training_curves_png
-from rundir import RunDir
-from runtime import amp_dtype, autocast_factory, place_model
-from seeding import seed_epoch, seed_everything, set_rng_state
-from thresholds import DEFAULT_THRESHOLD, tune_thresholds, write_thresholds
+from training.checkpoint import (
+    load_pretrained,
+    load_resume_checkpoint,
+    restore_training,
+    save_latest,
+    training_state,
+)
 from training.engine import (
     EpochResult,
     NonFiniteLossError,
@@ -52,9 +45,15 @@ from training.engine import (
     train_one_epoch,
 )
 from training.history import read_history, write_history
+from training.rundir import RunDir
 from training.schedule import build_scheduler
 from training.stop import GracefulStop
-from utils import atomic_write_bytes, atomic_write_text, remove_partial_writes
+from utils.errors import EXIT_INTERRUPTED, EXIT_OK
+from utils.faults import pause_at
+from utils.files import atomic_save, atomic_write_bytes, atomic_write_text, remove_partial_writes
+from utils.log import short_list
+from utils.runtime import amp_dtype, autocast_factory, place_model
+from utils.seeding import seed_epoch, seed_everything, set_rng_state
 
 
 @dataclass
@@ -345,10 +344,10 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     state = training_state(config, run.trainer, epoch, 0, run.best, run.metrics)
     if improved:
         folder.thresholds(tta=True).unlink(missing_ok=True)  # those of the checkpoint being replaced
-        save_checkpoint(state, folder.best_checkpoint)
+        atomic_save(state, folder.best_checkpoint)
         write_thresholds(run.best.thresholds, folder.thresholds())
     if config.SAVE_FREQ and (epoch + 1) % config.SAVE_FREQ == 0:
-        save_checkpoint(state, folder.epoch_checkpoint(epoch))
+        atomic_save(state, folder.epoch_checkpoint(epoch))
     save_latest(state, folder)
     pause_at("saved")
 

@@ -5,7 +5,7 @@ import contextlib
 import signal
 from typing import Any, Iterator
 
-from faults import note_signal, pause_at
+from utils.faults import note_signal, pause_at
 
 
 def _interrupt(signum: int, frame: Any) -> None:

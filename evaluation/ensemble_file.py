@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import numbers
 import os
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from data.labels import CLASSES
-from inference import Backend, ModelInfo, Predictor, require_finite, sigmoid
+from evaluation.inference import Backend, ModelInfo, Predictor, require_finite, sigmoid
+from evaluation.thresholds import check_thresholds
 from models.ensemble import PROB_EPS, MeanOfProbabilities, MemberInput
-from thresholds import check_thresholds
-from utils import atomic_write_text
+from utils.files import atomic_write_text
 
 ENSEMBLE_SUFFIX = ".json"
 
@@ -103,10 +101,6 @@ def read_ensemble_thresholds(path: Path) -> np.ndarray | None:
     return spec_thresholds(read_spec(path), path)
 
 
-def is_ensemble_file(path: Path) -> bool:
-    return Path(path).suffix == ENSEMBLE_SUFFIX
-
-
 def average_probs(member_probs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """The weighted mean of the members' (N, C) probabilities."""
     weights = np.asarray(weights, dtype=np.float64)
@@ -131,13 +125,6 @@ class EnsemblePredictor:
         self.device = members[0].device
         self.info = dataclasses.replace(members[0].info, name=f"ensemble of {len(members)}")
         self.thresholds = None if ensemble.thresholds is None else tuple(ensemble.thresholds)
-
-    @classmethod
-    def load(cls, path: Path, backend: str, device: torch.device, logger: logging.Logger) -> "EnsemblePredictor":
-        from deploy.backends import load_predictor
-
-        ensemble = Ensemble.read(path)
-        return cls(ensemble, [load_predictor(m, backend, device, logger) for m in ensemble.members])
 
     def describe(self) -> str:
         kinds = ", ".join(f"{m.info.describe()} x{w:g} on {m.backend}"

@@ -6,7 +6,6 @@ returned as PNG bytes, so every caller writes them atomically.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,25 +15,12 @@ import pandas as pd
 from termcolor import colored
 
 from data.labels import CLASSES, vector_to_labels
-from metrics import mean_confidence_interval, table_text
-from thresholds import decide
-from utils import atomic_write_bytes, atomic_write_text
+from evaluation.metrics import table_text
+from evaluation.thresholds import decide
+from utils.figures import png_bytes
+from utils.files import atomic_write_bytes, atomic_write_text
 
 PREDICTIONS_CSV, SUBMISSION_CSV = "predictions.csv", "submission.csv"
-
-
-def png_bytes(picture: Any, dpi: int = 100) -> bytes:
-    """A matplotlib Figure, a PIL image or an RGB uint8 array, encoded as PNG."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    if isinstance(picture, np.ndarray):
-        picture = Image.fromarray(picture)
-    if isinstance(picture, Image.Image):
-        picture.save(buffer, format="PNG")
-    else:
-        picture.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,110 +190,9 @@ def write_report(folder: Path, table: pd.DataFrame, targets: np.ndarray, probs: 
     atomic_write_bytes(confusion_png(targets, (probs >= thresholds).astype(int)), folder / "confusion_matrices.png")
 
 
-# ---------------------------------------------------------------------------------------------
-# Several seeds per setting (scripts/experiments.py)
-# ---------------------------------------------------------------------------------------------
-
-# (column of a run's scores, how tables and figures name it)
-SEED_METRICS = (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1"), ("samples_f1", "samples-F1"), ("mAP", "mAP"))
-
-
-def seed_metrics(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """The SEED_METRICS that ``frame`` has (results recorded before samples-F1 lack it)."""
-    return [(column, name) for column, name in SEED_METRICS if column in frame]
-
-
-def seeds_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``config`` of ``runs`` (first-seen order): its number of runs, then the mean and the
-    95% Student-t half-width of each of SEED_METRICS (``<metric>`` and ``<metric>_ci95``)."""
-    rows = []
-    for config, group in runs.groupby("config", sort=False):
-        row = {"config": config, "runs": len(group)}
-        for column, _ in seed_metrics(runs):
-            row[column], row[f"{column}_ci95"] = mean_confidence_interval(group[column])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _mean_pm(mean: float, half: float) -> str:
-    return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} ± {half:.3f}"
-
-
 def markdown_table(frame: pd.DataFrame) -> str:
     """``frame`` as a markdown table (floats with 4 decimals)."""
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
-
-
-def seeds_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a markdown table: ``mean ± half-width`` of the 95% confidence interval."""
-    cells = {name: [_mean_pm(m, h) for m, h in zip(summary[column], summary[f"{column}_ci95"])]
-             for column, name in seed_metrics(summary)}
-    return markdown_table(pd.DataFrame({"config": [f"`{c}`" for c in summary["config"]],
-                                        "runs": summary["runs"], **cells}))
-
-
-# what a paired table compares besides SEED_METRICS: the best epoch's validation score
-PAIRED_METRICS = SEED_METRICS + (("val_macro_f1_tuned", "val macro-F1"),)
-
-
-def paired_by_seed(runs: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``config`` of ``runs``: ``pairs`` (its seeds that ``baseline`` also ran), then per metric the
-    mean over those seeds of run minus baseline run of the same seed, with its 95% Student-t half-width.
-
-    Why pairs: a seed fixes the initialisation and the batch order, so the difference between two settings
-    at the same seed varies much less than either score does; the interval of the mean difference is what
-    says whether one setting is ahead. ``baseline`` holds one setting's runs (one row per seed).
-    """
-    base = baseline.set_index("seed")
-    metrics = [(column, name) for column, name in PAIRED_METRICS if column in runs and column in baseline]
-    rows = []
-    for config, group in runs.groupby("config", sort=False):
-        group = group.set_index("seed")
-        seeds = group.index.intersection(base.index)
-        row = {"config": config, "pairs": len(seeds)}
-        for column, _ in metrics:
-            differences = (group.loc[seeds, column] - base.loc[seeds, column]).to_numpy()
-            row[column], row[f"{column}_ci95"] = (mean_confidence_interval(differences) if len(seeds)
-                                                  else (float("nan"), float("nan")))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _difference_pm(mean: float, half: float) -> str:
-    """``+0.012 ± 0.020``, bold where the interval leaves out 0 (outside the noise)."""
-    if np.isnan(mean):
-        return ""
-    if np.isnan(half):
-        return f"{mean:+.3f}"
-    text = f"{mean:+.3f} ± {half:.3f}"
-    return f"**{text}**" if abs(mean) > half else text
-
-
-def paired_markdown(paired: pd.DataFrame) -> str:
-    """``paired_by_seed``'s table in markdown, its ``config`` column as the row names."""
-    cells = {name: [_difference_pm(m, h) for m, h in zip(paired[column], paired[f"{column}_ci95"])]
-             for column, name in PAIRED_METRICS if column in paired}
-    return markdown_table(pd.DataFrame({"difference": paired["config"], "pairs": paired["pairs"], **cells}))
-
-
-def seeds_png(runs: pd.DataFrame, summary: pd.DataFrame) -> bytes:
-    """One panel per metric: each run as a dot, each config's mean with its 95% confidence interval as a bar."""
-    from matplotlib.figure import Figure
-
-    configs, metrics = list(summary["config"]), seed_metrics(summary)
-    fig = Figure(figsize=(4.5 * len(metrics), 1.5 + 0.6 * len(configs)), tight_layout=True)
-    for ax, (column, name) in zip(fig.subplots(1, len(metrics), sharey=True), metrics):
-        for y, config in enumerate(configs):
-            scores = runs.loc[runs["config"] == config, column]
-            ax.plot(scores, np.full(len(scores), y + 0.15), "o", color="grey", alpha=0.7, markersize=4)
-            row = summary.iloc[y]
-            half = 0.0 if np.isnan(row[f"{column}_ci95"]) else row[f"{column}_ci95"]
-            ax.errorbar(row[column], y, xerr=half, fmt="s", color="C0", capsize=4)
-        ax.set_title(f"test {name}: runs (dots), mean ± 95% CI")
-        ax.set_yticks(range(len(configs)), configs)
-        ax.invert_yaxis()
-        ax.grid(alpha=0.3, axis="x")
-    return png_bytes(fig)

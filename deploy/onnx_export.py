@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cli import RunError
 from data.transforms import EvalPreprocessing
 from deploy.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxModel, info_to_metadata, open_session
-from inference import ModelInfo, Predictor, require_finite
+from evaluation.inference import ModelInfo, Predictor, require_finite
 from models.ensemble import tta_logits
+from utils.errors import RunError
 
 PARITY_TOLERANCE = 1e-4
 PARITY_PHOTOS = 8

@@ -18,12 +18,12 @@ import torch
 from data.dataset import ImageFiles, MultiLabelImageFolder, TreeSplit, collect_images
 from data.labels import CLASSES
 from data.loader import build_inference_loader
-from ensemble import EnsemblePredictor
-from inference import Backend, Predictor, sigmoid
-from metrics import multilabel_metrics, summarize
+from evaluation.ensemble_file import EnsemblePredictor
+from evaluation.inference import Backend, Predictor, sigmoid
+from evaluation.metrics import multilabel_metrics, summarize
+from evaluation.reports import predictions_frame, write_split_results
+from evaluation.thresholds import as_thresholds
 from models import build_loss
-from reports import predictions_frame, write_split_results
-from thresholds import as_thresholds
 
 
 @dataclass

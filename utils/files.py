@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from cli import RunError
-from faults import pause_at
+from utils.errors import RunError
+from utils.faults import pause_at
 
 # Writes that fail for lack of room: (what happened, what to do) for a full disk, a full quota, the file
 # size limit of ``ulimit -f``

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from data.labels import CLASSES
-from thresholds import DEFAULT_THRESHOLD, as_thresholds, tune_thresholds
+from evaluation.thresholds import DEFAULT_THRESHOLD, as_thresholds, tune_thresholds
 
 SUMMARY_ROWS = ("macro", "micro", "samples")
 
@@ -103,51 +103,6 @@ def summarize(
     return out
 
 
-def mean_confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width) of the Student-t confidence interval of the mean of ``values``.
-
-    What several seeds of one setting allow: ``mean +- half-width`` covers the true mean score of
-    the setting with probability ``confidence`` (for roughly normal scores). One value has no
-    spread to measure: its half-width is nan.
-    """
-    from scipy import stats
-
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        raise ValueError("no values to average")
-    if len(values) == 1:
-        return float(values[0]), float("nan")
-    sem = values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * sem)
-
-
 def table_text(table: pd.DataFrame) -> str:
     """A metrics table as aligned text, 4 decimals, '-' where a metric does not apply."""
     return table.to_string(float_format=lambda v: f"{v:.4f}", na_rep="-")
-
-
-def paired_bootstrap(true: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int = 2000,
-                     seed: int = 0) -> pd.DataFrame:
-    """Macro-, micro- and samples-F1 of decisions A and B on the same leaves, each with its 95% interval
-    (``a_low``/``a_high``, ``b_low``/``b_high``), and A - B with its own (``low``/``high``).
-
-    The leaves are resampled with replacement, the same resample for A and B; an interval of A - B that
-    holds 0 is inside the noise (``outside_noise`` False).
-    """
-    from sklearn.metrics import f1_score
-
-    def f1(rows_: np.ndarray | slice, pred: np.ndarray, average: str) -> float:
-        return float(f1_score(true[rows_], pred[rows_], average=average, zero_division=0))
-
-    draws = np.random.default_rng(seed).integers(0, len(true), (resamples, len(true)))
-    rows = []
-    for average in SUMMARY_ROWS:
-        scores_a = np.array([f1(i, a, average) for i in draws])
-        scores_b = np.array([f1(i, b, average) for i in draws])
-        (a_low, a_high), (b_low, b_high) = np.percentile(scores_a, [2.5, 97.5]), np.percentile(scores_b, [2.5, 97.5])
-        low, high = np.percentile(scores_a - scores_b, [2.5, 97.5])
-        all_a, all_b = f1(slice(None), a, average), f1(slice(None), b, average)
-        rows.append({"f1": average, "a": all_a, "a_low": a_low, "a_high": a_high, "b": all_b, "b_low": b_low,
-                     "b_high": b_high, "a_minus_b": all_a - all_b, "low": low, "high": high,
-                     "outside_noise": bool(low > 0 or high < 0)})
-    return pd.DataFrame(rows)

@@ -1,5 +1,5 @@
 """Grad-CAM of the evaluation logits: per-class maps, overlays, grids and GIFs (pictures as bytes or files);
-attention maps, per-layer views and the spatial transformer's warp as pictures (maps from attention.py).
+attention maps, per-layer views and the spatial transformer's warp as pictures (maps from explain.attention).
 
 Grad-CAM differentiates the model's own evaluation logits (for ArcFace: ``SCALE * cos theta``
 against the trained centres, no margin, no label), the very logits test.py turns into
@@ -23,12 +23,12 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from attention import attention_map, layer_maps
-from cli import RunError
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
+from explain.attention import attention_map, layer_maps
 from models.vit import PatchGrid, is_vit_backbone
-from reports import png_bytes
-from utils import atomic_write_bytes
+from utils.errors import RunError
+from utils.figures import png_bytes
+from utils.files import atomic_write_bytes
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM,
@@ -47,21 +47,6 @@ PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
 # ---------------------------------------------------------------------------------------------
 # The CAM model and its target layer
 # ---------------------------------------------------------------------------------------------
-
-
-class EvalLogits(nn.Module):
-    """The network reduced to ``images -> evaluation logits``: what Grad-CAM differentiates.
-
-    The forward never passes labels, so an ArcFace head gives ``SCALE * cos theta`` against its
-    trained centres (the margin is a training-only term), exactly test.py's logits.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
 
 
 def default_target_layer(model: nn.Module) -> str:
@@ -114,9 +99,13 @@ def reshape_for(model: nn.Module, layer: nn.Module) -> Callable | None:
 
 
 def build_cam(model: nn.Module, method: str = "gradcam", target_layer: str | None = None) -> BaseCAM:
-    """A pytorch_grad_cam object on the evaluation logits of ``model`` at ``target_layer``."""
+    """A pytorch_grad_cam object on the evaluation logits of ``model`` at ``target_layer``.
+
+    Grad-CAM calls the model with images only, never labels, so an ArcFace head gives ``SCALE * cos theta``
+    against its trained centres (the margin is a training-only term): exactly test.py's logits.
+    """
     layer = find_module(model, target_layer or default_target_layer(model))
-    return METHODS[method](EvalLogits(model).eval(), [layer], reshape_transform=reshape_for(model, layer))
+    return METHODS[method](model.eval(), [layer], reshape_transform=reshape_for(model, layer))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from data.labels import CLASSES, labels_to_vector
-from ensemble import average_probs
-from metrics import summarize
+from evaluation.ensemble_file import average_probs
+from evaluation.metrics import summarize
 
 # the scores of a per-fold table (at thresholds tuned before, so the F1s are the "tuned" ones)
 SUMMARY_KEYS = ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from data.labels import CLASS_INDEX, CLASSES
-from utils import atomic_write_text
+from utils.files import atomic_write_text
 
 if TYPE_CHECKING:
-    from inference import Backend
-    from rundir import RunDir
+    from evaluation.inference import Backend
+    from training.rundir import RunDir
 
 DEFAULT_THRESHOLD = 0.5
 HEALTHY = CLASS_INDEX["healthy"]

@@ -24,16 +24,16 @@ from torch import nn
 from tqdm import tqdm
 from yacs.config import CfgNode
 
-from checkpoint import inference_weights, load_checkpoint_file, require_finite_weights, require_keys
-from cli import RunError
 from config import config_from_string
 from data.labels import CLASSES, NUM_CLASSES
 from data.transforms import EvalPreprocessing
-from distributed import all_gather_objects, get_rank, is_distributed
+from evaluation.thresholds import check_thresholds
 from models import build_model
 from models.ensemble import tta_logits
-from runtime import amp_dtype, autocast_factory, place_model
-from thresholds import check_thresholds
+from training.checkpoint import inference_weights, load_checkpoint_file, require_finite_weights, require_keys
+from utils.distributed import all_gather_objects, get_rank, is_distributed
+from utils.errors import RunError
+from utils.runtime import amp_dtype, autocast_factory, place_model
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,6 @@ class Predictor:
     path: Path
     device: torch.device
     thresholds: list[float] | None  # those saved in the checkpoint, if any
-    classes: tuple[str, ...] = CLASSES
     backend: ClassVar[str] = "torch"
 
     @classmethod

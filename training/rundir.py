@@ -10,6 +10,8 @@ checkpoint's ``.onnx`` beside it.
 """
 from __future__ import annotations
 
+import argparse
+from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +92,76 @@ class RunDir:
         """visual.py's folder."""
         return self.path / "cam"
 
+    @property
+    def fold_record(self) -> Path:
+        """scripts/cv.py's marker of a finished fold (its checkpoint and held-out predictions)."""
+        return self.path / "fold.json"
+
+
+@dataclass(frozen=True)
+class CvDir:
+    """The pooled results of folds: scripts/cv.py's OUTPUT/MODEL.NAME/TAG-cv, and the --output of
+    scripts/blend.py and scripts/pool_folds.py; every file name of it in one place."""
+
+    path: Path
+
+    @property
+    def oof(self) -> Path:
+        """Every pooled leaf: its fold, its out-of-fold probabilities, its labels."""
+        return self.path / "oof.csv"
+
+    @property
+    def test_predictions(self) -> Path:
+        """The members' test probabilities averaged (scripts/pool_folds.py)."""
+        return self.path / "test.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.path / "cv_metrics.json"
+
+    @property
+    def metrics_md(self) -> Path:
+        """Per fold and pooled, at thresholds tuned on every out-of-fold leaf."""
+        return self.path / "cv_metrics.md"
+
+    @property
+    def thresholds(self) -> Path:
+        """scripts/blend.py's thresholds, tuned on the blend's out-of-fold probabilities."""
+        return self.path / "thresholds.json"
+
+    @property
+    def samples_thresholds(self) -> Path:
+        """Thresholds tuned for samples-F1 of leaves that always get a label."""
+        return self.path / "thresholds_samples.json"
+
+    @property
+    def ensemble(self) -> Path:
+        """The folds' best checkpoints as one model, with the out-of-fold thresholds."""
+        return self.path / "ensemble.json"
+
 
 def onnx_file(checkpoint: Path) -> Path:
     """export.py's default output for a checkpoint: the same path as ``.onnx``."""
     return Path(checkpoint).with_suffix(".onnx")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that find a trained run and its checkpoint (test.py, visual.py, export.py, app.py)."""
+    parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
+    parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
+    parser.add_argument("--tag", help="run tag (default: the config's TAG)")
+    parser.add_argument("--checkpoint", "--resume", dest="checkpoint", type=Path,
+                        help="checkpoint file (default: the run's ckpt_best.pth); --resume is the upstream fork's name")
+
+
+def find_checkpoint(args: Namespace) -> Path:
+    """``args.checkpoint``, else the best checkpoint of the run named by ``args.cfg``/``opts``/``tag``."""
+    from config import get_config
+
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    config = get_config(Namespace(cfg=args.cfg, opts=args.opts, tag=args.tag))
+    path = RunDir.of(config).best_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (train with main.py first, or give --checkpoint FILE)")
+    return path

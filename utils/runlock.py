@@ -22,7 +22,7 @@ from typing import Iterator
 
 from termcolor import colored
 
-from cli import RunError
+from utils.errors import RunError
 
 LOCK_NAME = ".lock"
 

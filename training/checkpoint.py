@@ -28,10 +28,10 @@ from torch import nn
 from yacs.config import CfgNode
 
 from data.labels import CLASSES
-from log import short_list
-from rundir import RunDir
-from seeding import get_rng_state
-from utils import atomic_save
+from training.rundir import RunDir
+from utils.files import atomic_save
+from utils.log import short_list
+from utils.seeding import get_rng_state
 
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch", "step")
 
@@ -102,11 +102,6 @@ def training_state(config: CfgNode, trainer: Any, epoch: int, step: int, best: A
         "config": config.dump(),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` atomically: the previous file stays until the new one is complete and synced."""
-    atomic_save(state, path)
 
 
 def save_latest(state: dict, run: RunDir) -> None:
