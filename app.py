@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto (default: a checkpoint on PyTorch, with Grad-CAM; an .onnx on ONNX Runtime), "
+                        help="auto (default: a checkpoint on PyTorch, with Grad-CAM; an .onnx as test.py's auto "
+                             "runs it), "
                              "torch, onnx (ONNX Runtime) or openvino (OpenVINO)")
     parser.add_argument("--max-file-mb", type=float, default=defaults.max_bytes / 2**20, help="largest upload")
     parser.add_argument("--max-megapixels", type=float, default=defaults.max_pixels / 1e6,

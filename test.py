@@ -63,9 +63,10 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--output", type=Path, help="folder for the results (default: in the run dir)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="auto (default: an .onnx, or export.py's .onnx beside the checkpoint, on ONNX Runtime "
-                             "when on the CPU; else PyTorch), torch, onnx (ONNX Runtime on the CPU) or openvino "
-                             "(OpenVINO on the CPU)")
+                        help="auto (default: on the CPU, an .onnx, or export.py's .onnx beside the checkpoint, on "
+                             "OpenVINO for a transformer or an INT8 file checked on it, else on ONNX Runtime; else "
+                             "PyTorch), "
+                             "torch, onnx (ONNX Runtime on the CPU) or openvino (OpenVINO on the CPU)")
     return parser.parse_args(argv)
 
 

@@ -25,7 +25,7 @@ from training.rundir import onnx_file
 
 RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the CPU runtimes of an exported file
 BACKENDS = ("auto", "torch", *RUNTIMES)
-# auto's runtime, as measured by bench/infer_backends.py (docs/benchmarks.md): OpenVINO ran Swin and ViT graphs
+# auto's runtime, as measured by bench/infer_backends.py (experiments/benchmarks.md): OpenVINO ran Swin and ViT graphs
 # 1.75x to 2x ONNX Runtime's speed in FP32, and INT8 graphs 1.5x; CNNs in FP32 no faster (0.9x to 1.2x).
 AUTO_RUNTIME = "onnx"
 OPENVINO_FASTER = ("swin", "vit", "deit", "eva")  # MODEL.TYPE prefixes: the transformer families

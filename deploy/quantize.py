@@ -5,7 +5,7 @@ The FP32 graph of ``deploy.onnx_export`` goes through ONNX Runtime's own tools: 
 ``quantize_static`` in QDQ format with per-channel INT8 weights and UINT8 activations, whose ranges
 are calibrated (MinMax) on leaves of the run's tree put through the model's own evaluation
 transform. UINT8 activations (U8S8) rather than the default INT8 (S8S8): on this machine's CPU
-ONNX Runtime ran S8S8 no faster than FP32 and U8S8 1.4x to 2.4x faster (docs/deploy.md#int8).
+ONNX Runtime ran S8S8 no faster than FP32 and U8S8 1.4x to 2.4x faster (experiments/int8.md).
 
 An INT8 model is judged by its decisions, not by a probability tolerance: on the validation split
 its macro-F1 at the file's thresholds must stay within :data:`F1_TOLERANCE` of the FP32 model's.

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 DEFAULT_THRESHOLD = 0.5
 HEALTHY = CLASS_INDEX["healthy"]
-# How probabilities and thresholds become labels (measured on out-of-fold predictions in docs/results.md):
+# How probabilities and thresholds become labels (measured on out-of-fold predictions in experiments/results.md):
 # "thresholds" each class on its own; "at_least_one" also gives a leaf with no class over its threshold its
 # most probable class (every leaf has a label: healthy is one); "kaggle" adds "healthy never with a disease".
 DECISION_RULES = ("thresholds", "at_least_one", "kaggle")

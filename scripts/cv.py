@@ -17,7 +17,7 @@ probabilities, its labels), ``cv_metrics.json`` and ``cv_metrics.md`` (per fold 
 ``ensemble.json`` (the K best checkpoints, equal weights, TTA, the thresholds tuned on all of oof.csv),
 which ``test.py --checkpoint`` scores like one model, and ``thresholds_samples.json``: thresholds tuned
 for samples-F1 of leaves that always get a label (``thresholds.tune_thresholds_for_samples``; on real
-leaves +0.003 samples- and micro-F1 over the per-class ones, macro-F1 level: docs/results.md), to pass
+leaves +0.003 samples- and micro-F1 over the per-class ones, macro-F1 level: experiments/results.md), to pass
 as ``test.py --thresholds`` when samples-F1 is what counts.
 With several configs, each config's folds are run and summarised in turn, and then
 ``OUTPUT/<NAME1>+<NAME2>/TAG-cv/`` gets the same files for the ensemble of all their members: out-of-fold

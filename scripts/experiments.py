@@ -201,7 +201,7 @@ def paired_text(runs: pd.DataFrame, baseline: pd.DataFrame | None = None, baseli
 
 def write_results(runs: pd.DataFrame, output: Path, command: str, baseline: pd.DataFrame | None = None,
                   baseline_name: str = "") -> pd.DataFrame:
-    """results.csv (a row per run), summary.csv, results.png and results.md (ready for docs/results.md)."""
+    """results.csv (a row per run), summary.csv, results.png and results.md (ready for experiments/results.md)."""
     summary = seeds_summary(runs)
     atomic_write_text(runs.drop(columns=["opts"]).to_csv(index=False), output / RESULTS_CSV)
     atomic_write_text(summary.to_csv(index=False), output / "summary.csv")
