@@ -145,3 +145,15 @@ def test_anchors_of_the_guide_and_experiments_name_what_they_measure():
 def test_the_guide_holds_no_raw_run_outputs():
     assert not [p for p in (ROOT / "docs").rglob("*") if p.suffix in (".csv", ".json", ".log", ".pth", ".onnx")]
     assert not (ROOT / "docs" / "runs").exists()
+
+
+def library_modules() -> list[str]:
+    """Every module of the installed packages, as ``package/module.py`` (``__init__.py`` files left out)."""
+    packages = ("utils", "process", "data", "models", "training", "evaluation", "explain", "deploy")
+    return sorted(p.relative_to(ROOT).as_posix() for name in packages for p in (ROOT / name).glob("*.py")
+                  if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("module", library_modules())
+def test_the_architecture_page_names_every_module(module: str):
+    assert f"`{module}`" in (ROOT / "docs" / "architecture.md").read_text(), f"docs/architecture.md: no {module}"
