@@ -315,7 +315,7 @@ REMOVED_KEYS = {
     "TRAIN.START_EPOCH": "a resumed run starts after its checkpoint's epoch",
     "TEST.SEQUENTIAL": "evaluation always visits every image once, in order",
     "TEST.SHUFFLE": "evaluation always visits every image once, in order",
-    "TEST.THRESHOLD": "thresholds are tuned on validation (thresholds.json); thresholds.DEFAULT_THRESHOLD "
+    "TEST.THRESHOLD": "thresholds are tuned on validation (thresholds.json); evaluation.thresholds.DEFAULT_THRESHOLD "
                       "is the fallback",
     "THROUGHPUT_MODE": "img/s are measured by bench/throughput.py",
 }

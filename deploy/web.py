@@ -2,7 +2,7 @@
 
 Per photo the page shows the labels under Kaggle's rules (``reports.submission_labels``), a bar
 per class with its probability and a mark at its threshold, and (PyTorch backend) a Grad-CAM
-overlay for each predicted class. Probabilities come from ``evaluation.file_logits``, test.py's own
+overlay for each predicted class. Probabilities come from ``evaluation.evaluate.file_logits``, test.py's own
 path, so a photo scores the same in the page and on the command line, and its predictions.csv has
 test.py's columns (``reports.predictions_frame``). A refused or unreadable
 file gets a line saying why, and the others go on. Nothing leaves the machine: no analytics, system
@@ -112,7 +112,7 @@ class LeafPage:
     def serving(cls, predictor: Backend | EnsemblePredictor, thresholds: np.ndarray, limits: UploadLimits
                 ) -> "LeafPage":
         """The page of ``predictor``: Grad-CAM on the PyTorch backend, none on ONNX Runtime (no gradients)
-        nor for a backbone without a known target layer (explain.default_target_layer). An ensemble's bars
+        nor for a backbone without a known target layer (explain.gradcam.default_target_layer). An ensemble's bars
         are the ensemble's; its Grad-CAM is its first member's (one network's map: the average of several
         maps would be no network's), and the page says which."""
         model, source = predictor, "the model"
@@ -156,7 +156,7 @@ class LeafPage:
             return results
         try:
             logits, errors = file_logits(self.predictor, [p for _, p in good], len(good), num_workers=0)
-        except RunError:  # non-finite outputs (inference.require_finite): no bar of such a batch is shown
+        except RunError:  # non-finite outputs (evaluation.inference.require_finite): no bar of such a batch is shown
             for result, _ in good:
                 result.error = NON_FINITE
             return results
@@ -192,7 +192,7 @@ class LeafPage:
 
     def check(self, example: Path) -> None:
         """Predict one example leaf: a model that computes NaN or infinity stops the app before it serves
-        (inference.require_finite raises), rather than refusing every photo."""
+        (evaluation.inference.require_finite raises), rather than refusing every photo."""
         file_logits(self.predictor, [example], 1, num_workers=0)
 
 

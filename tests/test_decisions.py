@@ -1,4 +1,5 @@
-"""Decision rules (thresholds.decide), samples-F1 threshold tuning, and scripts/decision_rules.py on a known oof.csv."""
+"""Decision rules (evaluation.thresholds.decide), samples-F1 threshold tuning, and scripts/decision_rules.py
+on a known oof.csv."""
 from __future__ import annotations
 
 import numpy as np
