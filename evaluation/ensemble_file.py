@@ -27,7 +27,7 @@ from data.labels import CLASSES
 from evaluation.inference import Backend, ModelInfo, Predictor, require_finite, sigmoid
 from evaluation.thresholds import check_thresholds
 from models.ensemble import PROB_EPS, MeanOfProbabilities, MemberInput
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, read_json
 
 ENSEMBLE_SUFFIX = ".json"
 
@@ -73,10 +73,7 @@ class Ensemble:
 
 def read_spec(path: Path) -> dict:
     """The JSON object of an ensemble file; anything else is a ValueError naming it."""
-    try:
-        spec = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable ensemble file ({err!r})") from None
+    spec = read_json(path, "ensemble file")
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: not a readable ensemble file (a JSON {type(spec).__name__}, not an object)")
     return spec

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from data.labels import CLASS_INDEX, CLASSES
-from utils.files import atomic_write_text
+from utils.files import atomic_write_text, read_json
 
 if TYPE_CHECKING:
     from evaluation.inference import Backend
@@ -150,10 +150,7 @@ def check_thresholds(values: object, source: str | Path) -> np.ndarray:
 
 def read_thresholds(path: Path) -> np.ndarray:
     """``{class: threshold}`` with every class, each in [0, 1], in CLASSES order."""
-    try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable thresholds JSON ({err})") from None
+    values = read_json(path, "thresholds JSON")
     if not isinstance(values, dict):
         raise ValueError(f"{path}: thresholds must map exactly the classes {list(CLASSES)}")
     return check_thresholds(values, path)

@@ -7,6 +7,7 @@ over its name; checkpoints also sync the folder. A full disk (or quota, or ``uli
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -111,3 +112,11 @@ def atomic_write_text(text: str, path: str | Path) -> None:
 def atomic_write_bytes(data: bytes, path: str | Path) -> None:
     """Replace ``path`` with ``data`` atomically (figures rendered in memory)."""
     atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON value in ``path``; a file that cannot be read or parsed is one ValueError naming it as ``what``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} ({err})") from None
