@@ -114,13 +114,16 @@ _C.MODEL.STN = False
 
 # Ours: polarized self-attention (sequential) on the backbone's last feature map
 _C.MODEL.PSA = CN()
-# Insert PSA -> average pooling -> Linear + LayerNorm to MODEL.ARCFACE.FEATURE_DIM before the head
+# Insert PSA -> average pooling -> Linear + LayerNorm to MODEL.PSA.OUT_DIM before the head
 _C.MODEL.PSA.ENABLE = False
 # "light": PSA -> pool -> Linear + LayerNorm; "report": the ArcPSA report's PSANFeatureModule (1x1 conv blocks
-# around PSA, then Linear -> HIDDEN_DIM -> FEATURE_DIM with BatchNorm1d + PReLU; models/psa.py ReportPSANeck)
+# around PSA, then Linear -> HIDDEN_DIM -> OUT_DIM with BatchNorm1d + PReLU; models/psa.py ReportPSANeck)
 _C.MODEL.PSA.NECK = "light"
 # the report neck's first linear width (the report's 768)
 _C.MODEL.PSA.HIDDEN_DIM = 768
+# Width of the embedding the neck hands the head (the report's 512); without PSA the head takes the
+# backbone's pooled features (backbone.num_features wide)
+_C.MODEL.PSA.OUT_DIM = 512
 
 # Ours: multi-label ArcFace head
 _C.MODEL.ARCFACE = CN()
@@ -130,9 +133,6 @@ _C.MODEL.ARCFACE.SCALE = 30.0
 _C.MODEL.ARCFACE.MARGIN = 0.5
 # Use the easy margin (apply the margin only where cos(theta) > 0)
 _C.MODEL.ARCFACE.EASY_MARGIN = False
-# Width of the embedding made by the PSA neck (MODEL.PSA.ENABLE); without PSA the head takes
-# the backbone's pooled features (backbone.num_features wide)
-_C.MODEL.ARCFACE.FEATURE_DIM = 512
 
 # Ours: exponential moving average of the weights
 _C.MODEL.EMA = CN()
@@ -319,6 +319,10 @@ REMOVED_KEYS = {
                       "is the fallback",
     "THROUGHPUT_MODE": "img/s are measured by bench/throughput.py",
 }
+# Keys that were renamed: older yaml files, --opts and checkpoints still set them, read as the new name.
+RENAMED_KEYS = {
+    "MODEL.ARCFACE.FEATURE_DIM": "MODEL.PSA.OUT_DIM",  # the PSA neck's width, whatever the head
+}
 # PIL resampling filters by name, as timm's transforms take them
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 
@@ -352,6 +356,35 @@ def _drop_removed(saved: CN) -> None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+
+
+def _rename_old_keys(tree: dict, where: str) -> None:
+    """Move each RENAMED_KEYS key of a nested dict (a yaml file's or a checkpoint's config) to its new
+    name, with a one-line note; the new name wins where both are set."""
+    for old, new in RENAMED_KEYS.items():
+        *old_parents, old_leaf = old.split(".")
+        node = tree
+        for part in old_parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_leaf not in node:
+            continue
+        value = node.pop(old_leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = tree
+        for part in new_parents:
+            target = target.setdefault(part, type(tree)())
+        target.setdefault(new_leaf, value)
+        logger.warning(f"{where}: config key {old} is now {new} (read as {new}: {value})")
+
+
+def _rename_old_opts(opts: list) -> list:
+    """``--opts`` with each RENAMED_KEYS key replaced by its new name, with a one-line note."""
+    renamed = list(opts)
+    for i in range(0, len(renamed) - 1, 2):
+        if renamed[i] in RENAMED_KEYS:
+            logger.warning(f"--opts: config key {renamed[i]} is now {RENAMED_KEYS[renamed[i]]}")
+            renamed[i] = RENAMED_KEYS[renamed[i]]
+    return renamed
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -399,6 +432,7 @@ def _update_config_from_file(config: CN, cfg_file: str, including: tuple[str, ..
     include it, to refuse a cycle instead of recursing forever)."""
     yaml_cfg = _read_yaml_config(cfg_file)
     chain = (*including, os.path.realpath(cfg_file))
+    _rename_old_keys(yaml_cfg, cfg_file)
     _check_not_removed(_dotted_keys(yaml_cfg, cfg_file), cfg_file)
     for base in _base_files(yaml_cfg, cfg_file):
         if os.path.realpath(base) in chain:
@@ -433,6 +467,7 @@ def _merge_opts(config: CN, opts: list) -> None:
     """``--opts KEY VALUE ...``; an unknown key is a ValueError (yacs only asserts, which -O removes)."""
     if len(opts) % 2:
         raise ValueError(f"--opts needs KEY VALUE pairs, got an odd number of items: {opts}")
+    opts = _rename_old_opts(opts)
     _check_not_removed(list(opts[0::2]), "--opts")
     for key in opts[0::2]:
         node = config
@@ -563,6 +598,7 @@ def config_from_string(text: str) -> CN:
     config = _C.clone()
     saved = CN.load_cfg(text)
     _drop_removed(saved)
+    _rename_old_keys(saved, "checkpoint config")
     for key, imagenet in (("MEAN", IMAGENET_DEFAULT_MEAN), ("STD", IMAGENET_DEFAULT_STD)):
         if key not in saved.get("DATA", {}):
             # saved before DATA.MEAN/STD existed, when every run was normalised with ImageNet's statistics

@@ -166,7 +166,7 @@ def build_model(config: CfgNode) -> MultiLabelNet:
     neck: nn.Module = nn.Identity()
     to_grid = PatchGrid.of(backbone) if is_vit_backbone(backbone) else None
     if config.MODEL.PSA.ENABLE:
-        width = config.MODEL.ARCFACE.FEATURE_DIM
+        width = config.MODEL.PSA.OUT_DIM
         fmt = "NCHW" if to_grid is not None else getattr(backbone, "output_fmt", "NCHW")
         if config.MODEL.PSA.NECK == "report":
             neck = ReportPSANeck(backbone.num_features, width, config.MODEL.PSA.HIDDEN_DIM, fmt)

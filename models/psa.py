@@ -97,7 +97,7 @@ class ReportPSANeck(nn.Module):
 
     Args:
         in_features: Channels of the backbone's last feature map.
-        out_features: Width of the embedding (the report's 512, ``MODEL.ARCFACE.FEATURE_DIM``).
+        out_features: Width of the embedding (the report's 512, ``MODEL.PSA.OUT_DIM``).
         hidden: Width of the first linear layer (the report's 768, ``MODEL.PSA.HIDDEN_DIM``).
         input_fmt: 'NCHW' or 'NHWC', as for :class:`PSANeck`.
     """

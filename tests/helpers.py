@@ -141,7 +141,7 @@ def has_ended(pid: int) -> bool:
 TINY_SWIN = [
     "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
     "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
-    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "DATA.BATCH_SIZE", "8", "SEED", "0",
+    "MODEL.PSA.OUT_DIM", "32", "DATA.NUM_WORKERS", "0", "DATA.BATCH_SIZE", "8", "SEED", "0",
 ]
 # A tiny CNN instead (the Swin keys emptied): opts to put after TINY_SWIN.
 CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
@@ -223,7 +223,7 @@ def val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> list[float]
 TINY_TRAINING = [
     "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
     "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
-    "MODEL.ARCFACE.FEATURE_DIM", "32", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1",
+    "MODEL.PSA.OUT_DIM", "32", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1",
     "PRINT_FREQ", "2", "SEED", "0",
 ]
 

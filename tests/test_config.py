@@ -134,6 +134,50 @@ def test_config_from_string_round_trip(child_yaml: Path):
     assert again == config and again.is_frozen()
 
 
+def with_old_width_key(dump: str) -> str:
+    """A config dump as checkpoints saved it before the neck width was renamed (MODEL.ARCFACE.FEATURE_DIM)."""
+    tree = yaml.safe_load(dump)
+    tree["MODEL"]["ARCFACE"]["FEATURE_DIM"] = tree["MODEL"]["PSA"].pop("OUT_DIM")
+    return yaml.safe_dump(tree)
+
+
+def test_the_old_neck_width_key_still_loads_with_one_note(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    old = write(tmp_path / "old.yaml", "MODEL:\n  ARCFACE:\n    FEATURE_DIM: 64\n")
+    saved = get_default_config()
+    saved.MODEL.PSA.OUT_DIM = 48
+    with caplog.at_level("WARNING", logger="config"):
+        from_yaml = get_config(Namespace(cfg=str(old)))
+        from_opts = get_config(Namespace(opts=["MODEL.ARCFACE.FEATURE_DIM", "80"]))
+        from_checkpoint = config_from_string(with_old_width_key(saved.dump()))
+    assert (from_yaml.MODEL.PSA.OUT_DIM, from_opts.MODEL.PSA.OUT_DIM, from_checkpoint.MODEL.PSA.OUT_DIM) == (64, 80, 48)
+    assert "FEATURE_DIM" not in from_checkpoint.MODEL.ARCFACE
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 3 and all("MODEL.ARCFACE.FEATURE_DIM is now MODEL.PSA.OUT_DIM" in n for n in notes)
+    assert notes[0].startswith(f"{old}: ")
+    both = write(tmp_path / "both.yaml", "MODEL:\n  ARCFACE: {FEATURE_DIM: 64}\n  PSA: {OUT_DIM: 96}\n")
+    assert get_config(Namespace(cfg=str(both))).MODEL.PSA.OUT_DIM == 96  # the new name wins
+
+
+def test_a_checkpoint_saved_with_the_old_width_key_predicts_as_it_did(tmp_path: Path):
+    import torch
+
+    from evaluation.inference import Predictor
+    from models import build_model
+
+    config = get_default_config()
+    config.merge_from_list(["MODEL.TYPE", "test_resnet", "DATA.IMG_SIZE", 64, "MODEL.PSA.ENABLE", True,
+                            "MODEL.PSA.OUT_DIM", 48])
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    path = tmp_path / "old.pth"
+    torch.save({"model": model.state_dict(), "config": with_old_width_key(config.dump()),
+                "thresholds": [0.5] * len(CLASSES)}, path)
+    images = torch.rand(2, 3, 64, 64)
+    loaded = Predictor.from_checkpoint(path, torch.device("cpu"))
+    with torch.no_grad():
+        assert loaded.config.MODEL.PSA.OUT_DIM == 48 and torch.equal(loaded.model(images), model(images))
+
+
 def test_config_from_string_rejects_unknown_keys():
     with pytest.raises(KeyError):
         config_from_string(get_default_config().dump() + "NOT_A_KEY: 1\n")

@@ -190,7 +190,7 @@ def test_freeze_backbone_survives_train_and_can_be_undone():
 @pytest.mark.parametrize("layer_decay", [1.0, 0.7])
 def test_backbone_lr_scale_holds_through_warmup_and_decay(layer_decay):
     config = get_config(Namespace(opts=[*LITE0, "MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True",
-                                        "MODEL.ARCFACE.FEATURE_DIM", "32", "TRAIN.LAYER_DECAY", str(layer_decay)]))
+                                        "MODEL.PSA.OUT_DIM", "32", "TRAIN.LAYER_DECAY", str(layer_decay)]))
     model = build_model(config)
     optimizer = build_optimizer(config, model)
     grouped = [p for g in optimizer.param_groups for p in g["params"]]

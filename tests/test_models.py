@@ -23,7 +23,7 @@ from models.psa import ReportPSANeck
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 # small inputs and embeddings for every model
-SMALL = ["DATA.IMG_SIZE", 64, "MODEL.ARCFACE.FEATURE_DIM", 32]
+SMALL = ["DATA.IMG_SIZE", 64, "MODEL.PSA.OUT_DIM", 32]
 # the tiny Swin of the design (each config keeps its own MODEL.TYPE)
 TINY = ["MODEL.SWIN.EMBED_DIM", 16, "MODEL.SWIN.DEPTHS", [1, 1], "MODEL.SWIN.NUM_HEADS", [1, 2],
         "MODEL.SWIN.WINDOW_SIZE", 4, "MODEL.SWIN.PATCH_SIZE", 4, *SMALL]
@@ -152,7 +152,7 @@ def test_psa_on_swin_nhwc_backbone():
 
 def test_psa_on_resnet_nchw_backbone():
     config = get_config(Namespace(opts=["MODEL.TYPE", "resnet10t", "DATA.IMG_SIZE", 64,
-                                        "MODEL.ARCFACE.FEATURE_DIM", 32, *ARCPSA]))
+                                        "MODEL.PSA.OUT_DIM", 32, *ARCPSA]))
     model = build_model(config)
     assert model.neck.input_fmt == "NCHW"
     assert model.neck.psa.ch_wv.in_channels == model.backbone.num_features == 512
@@ -302,7 +302,7 @@ def test_no_weight_decay_names_are_parameters():
                          ids=["linear", "arcpsa"])
 def test_built_model_has_the_configured_parts_and_six_logits(opts: list, neck: type, head: type):
     """Backbone of MODEL.TYPE (headless), neck, dropout and head as configured; (N, 6) logits of (N, D) features."""
-    config = tiny_config(*SWIN_T, *opts, "MODEL.ARCFACE.FEATURE_DIM", 24, "MODEL.DROP_RATE", 0.25,
+    config = tiny_config(*SWIN_T, *opts, "MODEL.PSA.OUT_DIM", 24, "MODEL.DROP_RATE", 0.25,
                          "MODEL.ARCFACE.SCALE", 16.0, "MODEL.ARCFACE.MARGIN", 0.3)
     model = build_model(config)
     assert isinstance(model, MultiLabelNet)
@@ -310,7 +310,7 @@ def test_built_model_has_the_configured_parts_and_six_logits(opts: list, neck: t
     assert model.backbone.num_classes == 0 and model.backbone.num_features == 32
     assert type(model.neck) is neck and type(model.head) is head
     assert model.head_drop.p == 0.25
-    width = 24 if config.MODEL.PSA.ENABLE else 32  # the PSA neck projects to MODEL.ARCFACE.FEATURE_DIM
+    width = 24 if config.MODEL.PSA.ENABLE else 32  # the PSA neck projects to MODEL.PSA.OUT_DIM
     if head is ArcFaceHead:
         assert model.head.centers.shape == (NUM_CLASSES, width)
         assert (model.head.scale, model.head.margin) == (16.0, 0.3)

@@ -20,7 +20,7 @@ def tiny_model(window: int = 8, *opts):
     config = get_config(Namespace(opts=[
         "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", 16, "MODEL.SWIN.DEPTHS", [1, 1],
         "MODEL.SWIN.NUM_HEADS", [1, 2], "MODEL.SWIN.WINDOW_SIZE", window, "DATA.IMG_SIZE", 64,
-        "MODEL.ARCFACE.FEATURE_DIM", 32, "MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", True, *opts]))
+        "MODEL.PSA.OUT_DIM", 32, "MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", True, *opts]))
     return build_model(config)
 
 

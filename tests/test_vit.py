@@ -26,7 +26,7 @@ from training.engine import build_optimizer
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TARGETS = torch.tensor([[1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0]], dtype=torch.float32)
 SHIPPED = ("demo_vit_cpu.yaml", "eva02_stn.yaml")  # the ViT-family configs
-SMALL = ["DATA.IMG_SIZE", 64, "MODEL.ARCFACE.FEATURE_DIM", 32]
+SMALL = ["DATA.IMG_SIZE", 64, "MODEL.PSA.OUT_DIM", 32]
 TINY_DEPTH = 2  # blocks kept for the ONNX export (each block adds seconds to the exporter's tracing)
 
 
