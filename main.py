@@ -1,8 +1,8 @@
-"""Train a multi-label Swin (linear or ArcFace head, optional PSA) on the prepared Plant Pathology 2021 tree.
+"""Train a multi-label leaf-disease classifier (timm backbone, PSA neck, linear or ArcFace head) on a prepared tree.
 
     python main.py --cfg configs/arcpsa_swin.yaml --data-path dataset --batch-size 32
     torchrun --nproc_per_node=2 main.py --cfg configs/arcpsa_swin.yaml --data-path dataset
-    python main.py --cfg ... --eval [--resume FILE]      # validation table of a checkpoint
+    python main.py --cfg ... --eval [--checkpoint FILE]  # validation table of a checkpoint (the fork: --resume FILE)
     python main.py --cfg ... --data-path dataset --fold 2  # K-fold: validate on fold 2 of folds.csv
 
 Everything goes to OUTPUT/MODEL.NAME/TAG/ (TAG-fold<k>/ with --fold k). Running the same command again resumes from its
@@ -51,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fold", type=int, help="K-fold: train on the other folds of folds.csv, validate on this one")
     parser.add_argument("--pretrained", help="official Microsoft .pth, timm .pth/.bin/.safetensors, or packaged "
                                              "weights by name: efficientnet_lite0 (1, 2)")
-    parser.add_argument("--resume", help="checkpoint to resume from (ckpt_latest.pth of the run dir wins)")
+    parser.add_argument("--resume", help="checkpoint to train from (ckpt_latest.pth of the run dir wins); with --eval, "
+                                         "the upstream fork's name for --checkpoint")
+    parser.add_argument("--checkpoint", help="with --eval: the checkpoint to evaluate (default: ckpt_best.pth)")
     parser.add_argument("--accumulation-steps", type=int, help="gradient accumulation steps")
     parser.add_argument("--use-checkpoint", action="store_true", help="gradient checkpointing")
     parser.add_argument("--output", metavar="PATH", help="root of the run dirs (OUTPUT)")
@@ -61,7 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: DEVICE of the config")
     parser.add_argument("--amp-opt-level", choices=("O0", "O1", "O2"), help="upstream flag: O0 disables AMP")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help="set by torch.distributed")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.checkpoint:
+        if not args.eval:
+            parser.error("--checkpoint is the file --eval reads; to train from a checkpoint, give --resume FILE")
+        args.resume = args.checkpoint  # MODEL.RESUME: the checkpoint --eval reads, as in the fork
+    return args
 
 
 def run_eval(config: CfgNode, device: torch.device, rank: int, logger: logging.Logger) -> int:
@@ -71,7 +78,7 @@ def run_eval(config: CfgNode, device: torch.device, rank: int, logger: logging.L
                   else [folder.best_checkpoint, folder.latest_checkpoint])
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
-        raise FileNotFoundError(f"--eval: no checkpoint at {candidates[0]} (train first or give --resume FILE)")
+        raise FileNotFoundError(f"--eval: no checkpoint at {candidates[0]} (train first or give --checkpoint FILE)")
     split = TreeSplit(Path(config.DATA.DATA_PATH), "val", config.DATA.FOLD)
     result, thresholds, loss = evaluate_checkpoint(path, split, device, config.DATA.BATCH_SIZE,
                                                    config.DATA.NUM_WORKERS)

@@ -49,7 +49,7 @@ from utils.runtime import keep_freed_memory, select_device
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_run_arguments(parser)
+    add_run_arguments(parser, fork_alias=True)
     parser.add_argument("--data-path", type=Path, help="prepared tree (default: the checkpoint's DATA.DATA_PATH)")
     parser.add_argument("--split", default="test", help="split folder of the tree to evaluate (default: test)")
     parser.add_argument("--images", nargs="+", metavar="PATH", help="image files, folders or globs: predict only")

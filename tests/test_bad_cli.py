@@ -259,6 +259,23 @@ def test_sigterm_during_start_up_exits_130_and_releases_the_lock(tree, tmp_path)
     assert not lock.exists()
 
 
+def test_resume_is_only_where_it_means_resuming(tree, trained, tmp_path):
+    """--resume trains on (main.py) or, in test.py only, is the fork's name for --checkpoint; visual.py,
+    export.py and app.py refuse it, and main.py's --checkpoint is only the file --eval reads."""
+    ckpt = str(trained / "ckpt_best.pth")
+    for flag in ("--checkpoint", "--resume"):
+        args = [flag, ckpt, "--split", "val", "--device", "cpu", "--output", str(tmp_path / flag)]
+        assert test_script.main(args) == 0
+    assert (tmp_path / "--resume" / "predictions.csv").read_bytes() == (
+        tmp_path / "--checkpoint" / "predictions.csv").read_bytes()
+    for script in ("visual.py", "export.py", "app.py"):
+        result = run(script, ["--resume", ckpt])
+        assert result.returncode == 2 and "unrecognized arguments: --resume" in result.stderr, script
+    result = run("main.py", cli(tree, tmp_path, "train", extra=("--checkpoint", ckpt)))
+    assert result.returncode == 2 and "--checkpoint is the file --eval reads" in result.stderr
+    assert not (tmp_path / MODEL_NAME).exists()
+
+
 @pytest.mark.parametrize("opts, changed", [(("MODEL.SWIN.EMBED_DIM", "24"), "MODEL.SWIN.EMBED_DIM 16 -> 24"),
                                            (("MODEL.HEAD", "arcface"), "MODEL.HEAD linear -> arcface")])
 def test_rerun_with_a_config_of_another_model_names_the_checkpoint(tree, output, trained, opts, changed, capsys):

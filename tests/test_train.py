@@ -252,9 +252,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tree, output):
 def test_two_process_gloo_eval_equals_one_process(tree, output, trained):
     ckpt = str(trained / "ckpt_best.pth")
     opts = (*ARCPSA, "MODEL.EMA.ENABLE", "True")
-    assert main.main(cli(tree, output, "eval1", *opts, extra=("--eval", "--resume", ckpt))) == 0
+    assert main.main(cli(tree, output, "eval1", *opts, extra=("--eval", "--checkpoint", ckpt))) == 0
     two = run_script(["--standalone", "--nproc_per_node=2", "main.py",
-                      *cli(tree, output, "eval2", *opts, extra=("--eval", "--resume", ckpt))],
+                      *cli(tree, output, "eval2", *opts, extra=("--eval", "--resume", ckpt))],  # the fork's spelling
                      module=("-m", "torch.distributed.run"))
     assert two.returncode == 0, two.stderr[-3000:]
     one = json.loads((run_dir(output, "eval1") / "eval_metrics.json").read_text())

@@ -200,7 +200,7 @@ def test_visual_without_images_explains_the_first_test_leaf_of_each_class(tmp_pa
     covered = {c for p in leaves for c in range(len(CLASSES)) if truth[Path(p).name][c] > 0.5}
     assert covered == {c for t in truth.values() for c in range(len(CLASSES)) if t[c] > 0.5}
     assert len(leaves) <= len(CLASSES)
-    assert visual_script.main(["--checkpoint", str(run / "ckpt_best.pth"), "--resume", str(run / "ckpt_best.pth"),
+    assert visual_script.main(["--checkpoint", str(run / "ckpt_best.pth"),
                                "--classes", "scab", "--device", "cpu"]) == 0
     assert sorted(p.name for p in (run / "cam").glob("*_scab.png")) == sorted(
         f"{Path(p).stem}_scab.png" for p in leaves)

@@ -145,13 +145,15 @@ def onnx_file(checkpoint: Path) -> Path:
     return Path(checkpoint).with_suffix(".onnx")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that find a trained run and its checkpoint (test.py, visual.py, export.py, app.py)."""
+def add_run_arguments(parser: argparse.ArgumentParser, fork_alias: bool = False) -> None:
+    """The options that find a trained run and its checkpoint (test.py, visual.py, export.py, app.py);
+    ``fork_alias``: also accept ``--resume FILE``, the upstream fork's name for it (test.py only)."""
     parser.add_argument("--cfg", metavar="FILE", help="config of the run (finds OUTPUT/MODEL.NAME/TAG)")
     parser.add_argument("--opts", nargs="+", default=None, help="KEY VALUE pairs overriding --cfg")
     parser.add_argument("--tag", help="run tag (default: the config's TAG)")
-    parser.add_argument("--checkpoint", "--resume", dest="checkpoint", type=Path,
-                        help="checkpoint file (default: the run's ckpt_best.pth); --resume is the upstream fork's name")
+    names = ("--checkpoint", "--resume") if fork_alias else ("--checkpoint",)
+    parser.add_argument(*names, dest="checkpoint", type=Path, help="checkpoint file (default: the run's ckpt_best.pth)"
+                        + ("; --resume is the upstream fork's name for it" if fork_alias else ""))
 
 
 def find_checkpoint(args: Namespace) -> Path:
