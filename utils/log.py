@@ -41,7 +41,7 @@ def create_logger(output_dir: str | Path, dist_rank: int = 0, name: str = "") ->
     Other ranks only print warnings and errors. Calling it again replaces the handlers, so a
     second run in the same process does not log twice.
     """
-    logger = logging.getLogger(name or "swin_pp")
+    logger = logging.getLogger(name or "train")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
