@@ -22,20 +22,38 @@ SUMMARY_KEYS = ("macro_f1_tuned", "micro_f1_tuned", "samples_f1_tuned", "mAP")
 def read_probabilities(path: Path, folds: bool = False) -> pd.DataFrame:
     """A CSV with an ``image`` column, the six probability columns in [0, 1] and known ``true`` labels
     (and a ``fold`` column when ``folds``), sorted by image; any flaw is a one-line error naming the file."""
-    try:
-        frame = pd.read_csv(path, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({err})") from None
-    missing = [c for c in ("image", *(["fold"] if folds else []), *CLASSES, "true") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} "
-                         f"({'an oof.csv of scripts/cv.py' if folds else 'a predictions.csv of test.py'}?)")
+    kind = "an oof.csv of scripts/cv.py" if folds else "a predictions.csv of test.py"
+    frame = _read_labelled_csv(path, (*(["fold"] if folds else []), *CLASSES), kind)
     try:
         probs = frame[list(CLASSES)].to_numpy(dtype=np.float64)
     except ValueError:
         raise ValueError(f"{path}: the probability columns must be numbers") from None
     if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
         raise ValueError(f"{path}: probabilities must lie in [0, 1]")
+    return frame
+
+
+def read_decisions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image names, true and predicted multi-hot labels of a test.py ``predictions.csv``, sorted by image."""
+    frame = _read_labelled_csv(path, ("predicted",), "a predictions.csv of test.py")
+    predicted = []
+    for line, labels in enumerate(frame["predicted"], start=2):
+        try:
+            predicted.append(labels_to_vector(labels) if str(labels).strip() else np.zeros(len(CLASSES), np.float32))
+        except ValueError as err:
+            raise ValueError(f"{path}: line {line}: {err}") from None
+    return frame["image"].tolist(), targets_of(frame), np.stack(predicted).astype(int)
+
+
+def _read_labelled_csv(path: Path, columns: Sequence[str], kind: str) -> pd.DataFrame:
+    """A CSV of one row per image with known ``true`` labels and ``columns``, sorted by image."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    missing = [c for c in ("image", *columns, "true") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} ({kind}?)")
     for line, labels in enumerate(frame["true"], start=2):
         try:
             labels_to_vector(labels)

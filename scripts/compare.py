@@ -16,9 +16,8 @@ from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from data.labels import NUM_CLASSES, labels_to_vector
+from evaluation.oof import read_decisions
 from evaluation.statistics import paired_bootstrap
 from utils.cli import run_cli
 from utils.errors import EXIT_OK
@@ -33,27 +32,12 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     return parser.parse_args(argv)
 
 
-def decisions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Image names, true and predicted multi-hot labels of a predictions.csv, sorted by image."""
-    frame = pd.read_csv(path, keep_default_na=False)
-    if not {"image", "true", "predicted"} <= set(frame.columns):
-        raise ValueError(f"{path}: needs the columns image, true and predicted (test.py's predictions.csv)")
-    frame = frame.sort_values("image", ignore_index=True)
-
-    def vector(labels: str) -> np.ndarray:
-        return labels_to_vector(labels) if str(labels).strip() else np.zeros(NUM_CLASSES, np.float32)
-
-    true = np.stack([vector(t) for t in frame["true"]]).astype(int)
-    predicted = np.stack([vector(p) for p in frame["predicted"]]).astype(int)
-    return frame["image"].tolist(), true, predicted
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.resamples < 100:
         raise ValueError(f"--resamples must be at least 100, got {args.resamples}")
-    names_a, true_a, pred_a = decisions(args.a)
-    names_b, true_b, pred_b = decisions(args.b)
+    names_a, true_a, pred_a = read_decisions(args.a)
+    names_b, true_b, pred_b = read_decisions(args.b)
     if names_a != names_b or not np.array_equal(true_a, true_b):
         raise ValueError(f"{args.a} and {args.b}: not the same leaves with the same labels")
     table = paired_bootstrap(true_a, pred_a, pred_b, args.resamples, args.seed)

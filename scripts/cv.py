@@ -41,7 +41,14 @@ from config import get_config
 from data.folds import FOLDS_FILE, NO_FOLD, read_folds
 from data.labels import CLASSES
 from evaluation.ensemble_file import Ensemble
-from evaluation.oof import fold_metrics, mean_probabilities, pool_folds, probabilities_of, targets_of
+from evaluation.oof import (
+    fold_metrics,
+    mean_probabilities,
+    pool_folds,
+    probabilities_of,
+    read_probabilities,
+    targets_of,
+)
 from evaluation.reports import PREDICTIONS_CSV, markdown_table
 from evaluation.thresholds import tune_thresholds, tune_thresholds_for_samples, write_thresholds
 from training.rundir import CvDir, RunDir
@@ -125,7 +132,7 @@ def run_folds(args: Namespace, config_file: Path, folds: list[int], logger) -> i
 
 def out_of_fold(runs: dict[int, RunDir]) -> pd.DataFrame:
     """Every pooled leaf once: image, fold, the six out-of-fold probabilities and its true labels."""
-    return pool_folds({fold: pd.read_csv(run.split_results("val") / PREDICTIONS_CSV, keep_default_na=False)
+    return pool_folds({fold: read_probabilities(run.split_results("val") / PREDICTIONS_CSV)
                        for fold, run in runs.items()})
 
 

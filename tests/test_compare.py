@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from data.labels import CLASSES
+from evaluation.oof import read_decisions
 from evaluation.statistics import paired_bootstrap
 from helpers import load_script
 
@@ -22,8 +23,8 @@ def test_a_run_right_everywhere_is_ahead_of_one_wrong_on_a_third_outside_the_noi
     true = [CLASSES[i % 6] for i in range(120)]
     wrong = [CLASSES[(i + 1) % 6] if i % 3 == 0 else t for i, t in enumerate(true)]
     a, b = predictions(tmp_path / "a.csv", true, true), predictions(tmp_path / "b.csv", true, wrong)
-    _, y, pa = compare.decisions(a)
-    _, _, pb = compare.decisions(b)
+    _, y, pa = read_decisions(a)
+    _, _, pb = read_decisions(b)
     table = paired_bootstrap(y, pa, pb, 300, 0).set_index("f1")
     assert table.loc["micro", "a"] == 1.0 and table.loc["micro", "b"] == pytest.approx(80 / 120)
     assert table["outside_noise"].all() and (table["low"] > 0).all()
