@@ -21,6 +21,7 @@ import torch
 
 from deploy.onnx_backend import OnnxPredictor, read_quantization
 from evaluation.inference import Backend, ModelInfo, Predictor
+from models.family import TRANSFORMERS, family
 from training.rundir import onnx_file
 
 RUNTIMES = {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}  # the CPU runtimes of an exported file
@@ -28,7 +29,6 @@ BACKENDS = ("auto", "torch", *RUNTIMES)
 # auto's runtime, as measured by bench/infer_backends.py (experiments/benchmarks.md): OpenVINO ran Swin and ViT graphs
 # 1.75x to 2x ONNX Runtime's speed in FP32, and INT8 graphs 1.5x; CNNs in FP32 no faster (0.9x to 1.2x).
 AUTO_RUNTIME = "onnx"
-OPENVINO_FASTER = ("swin", "vit", "deit", "eva")  # MODEL.TYPE prefixes: the transformer families
 
 
 def is_onnx_file(path: Path) -> bool:
@@ -72,7 +72,7 @@ def fastest_runtime(predictor: OnnxPredictor) -> tuple[str, str]:
         if record.get("openvino_admitted"):
             return "openvino", " (an INT8 file whose decisions were checked on it)"
         return AUTO_RUNTIME, ""
-    if predictor.info.model_type.startswith(OPENVINO_FASTER):
+    if family(predictor.info.model_type) in TRANSFORMERS:
         return "openvino", f" (faster than ONNX Runtime for {predictor.info.model_type} in FP32)"
     return AUTO_RUNTIME, ""
 

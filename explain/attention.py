@@ -22,7 +22,7 @@ import torch
 from timm.models.swin_transformer import SwinTransformer, window_reverse
 from torch import nn
 
-from models.vit import is_vit_backbone
+from models.family import SWIN, VIT, family_of
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -30,10 +30,9 @@ HEAD_FUSIONS = ("mean", "max", "min")
 def attention_kind(model: nn.Module) -> str:
     """'vit' or 'swin': which attention map ``model``'s backbone has (anything else is a ValueError)."""
     backbone = model.backbone
-    if is_vit_backbone(backbone):
-        return "vit"
-    if isinstance(backbone, SwinTransformer):
-        return "swin"
+    kind = family_of(backbone)
+    if kind == VIT or (kind == SWIN and isinstance(backbone, SwinTransformer)):  # Swin V2's attention differs
+        return kind
     raise ValueError(f"attention maps need a timm ViT, DeiT, EVA or Swin backbone, not {type(backbone).__name__} "
                      "(a CNN has no attention: use a Grad-CAM method)")
 
@@ -171,6 +170,6 @@ def layer_maps(model: nn.Module, images: torch.Tensor) -> tuple[list[str], list[
     if getattr(model, "stn", None) is not None:
         images = model.stn(images)
     features = backbone.forward_intermediates(images, intermediates_only=True)
-    unit = "block" if is_vit_backbone(backbone) else "stage"
+    unit = "block" if family_of(backbone) == VIT else "stage"
     names = [f"{unit} {i + 1}/{len(features)}" for i in range(len(features))]
     return names, [feature.float().mean(dim=1) for feature in features]

@@ -25,7 +25,8 @@ from torch import nn
 
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
 from explain.attention import attention_map, layer_maps
-from models.vit import PatchGrid, is_vit_backbone
+from models.family import SWIN, VIT, family_of
+from models.vit import PatchGrid
 from utils.errors import RunError
 from utils.figures import png_bytes
 from utils.files import atomic_write_bytes
@@ -52,9 +53,10 @@ PASS, FAIL = "\u2713", "\u2717"  # check mark, ballot x
 def default_target_layer(model: nn.Module) -> str:
     """Swin and ViT family: the last block's first norm; other timm backbones: their last feature stage."""
     backbone = model.backbone
-    if is_vit_backbone(backbone):
+    kind = family_of(backbone)
+    if kind == VIT:
         return VIT_TARGET_LAYER
-    if getattr(backbone, "output_fmt", "NCHW") == "NHWC" and hasattr(backbone, "layers"):
+    if kind == SWIN:
         return SWIN_TARGET_LAYER
     feature_info = getattr(backbone, "feature_info", None)
     if feature_info:
@@ -93,7 +95,7 @@ def reshape_for(model: nn.Module, layer: nn.Module) -> Callable | None:
     in_backbone = any(module is layer for module in model.backbone.modules())
     if not in_backbone or isinstance(layer, nn.Conv2d):
         return None
-    if is_vit_backbone(model.backbone):
+    if family_of(model.backbone) == VIT:
         return PatchGrid.of(model.backbone)
     return nhwc_to_nchw if getattr(model.backbone, "output_fmt", "NCHW") == "NHWC" else None
 

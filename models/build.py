@@ -12,16 +12,12 @@ from yacs.config import CfgNode
 
 from data.labels import NUM_CLASSES
 from models.arcface import ArcFaceHead
+from models.family import SWIN, VIT, family, family_of, timm_name
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
 from models.psa import PSANeck, ReportPSANeck
 from models.stn import SpatialTransformer
-from models.vit import PatchGrid, is_vit, is_vit_backbone
+from models.vit import PatchGrid
 
-# timm modules whose models take the MODEL.SWIN.* overrides and img_size
-_SWIN_MODULES = ("timm.models.swin_transformer", "timm.models.swin_transformer_v2")
-# upstream Swin yaml files say `TYPE: swin` and describe the architecture in MODEL.SWIN.*;
-# that base model plus the overrides builds exactly what they describe
-_UPSTREAM_SWIN = {"swin": "swin_tiny_patch4_window7_224"}
 # (MODEL.SWIN key, timm keyword) pairs; a value of 0 or [] keeps timm's
 _SWIN_OVERRIDES = (
     ("PATCH_SIZE", "patch_size"),
@@ -118,22 +114,17 @@ class MultiLabelNet(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
 
-def is_swin(model_type: str) -> bool:
-    """True when the timm model named ``model_type`` takes the MODEL.SWIN.* overrides."""
-    name = _UPSTREAM_SWIN.get(model_type, model_type)
-    return timm.is_model(name) and timm.models.model_entrypoint(name).__module__ in _SWIN_MODULES
-
-
 def backbone_kwargs(config: CfgNode) -> dict[str, Any]:
     """Keyword arguments for ``timm.create_model``: only those the model type accepts."""
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
     swin = {kw: config.MODEL.SWIN[key] for key, kw in _SWIN_OVERRIDES if config.MODEL.SWIN[key]}
-    if is_swin(config.MODEL.TYPE):
+    kind = family(config.MODEL.TYPE)
+    if kind == SWIN:
         # Swin's own default drop_path_rate is 0.1: pass ours even when it is 0
         kwargs.update(drop_path_rate=config.MODEL.DROP_PATH_RATE, img_size=config.DATA.IMG_SIZE)
         kwargs.update({kw: tuple(v) if isinstance(v, list) else v for kw, v in swin.items()})
         return kwargs
-    if is_vit(config.MODEL.TYPE):
+    if kind == VIT:
         # position embeddings are sized to the input: timm resamples a pretrained file's to it
         kwargs["img_size"] = config.DATA.IMG_SIZE
     if swin:
@@ -146,7 +137,7 @@ def backbone_kwargs(config: CfgNode) -> dict[str, Any]:
 
 def build_backbone(config: CfgNode) -> nn.Module:
     """The timm model named by MODEL.TYPE, headless, without downloaded weights."""
-    name = _UPSTREAM_SWIN.get(config.MODEL.TYPE, config.MODEL.TYPE)
+    name = timm_name(config.MODEL.TYPE)
     if not timm.is_model(name):
         raise ValueError(f"MODEL.TYPE {config.MODEL.TYPE!r} is not a timm model name "
                          "(see timm.list_models())")
@@ -164,7 +155,7 @@ def build_model(config: CfgNode) -> MultiLabelNet:
     backbone = build_backbone(config)
     width = backbone.num_features
     neck: nn.Module = nn.Identity()
-    to_grid = PatchGrid.of(backbone) if is_vit_backbone(backbone) else None
+    to_grid = PatchGrid.of(backbone) if family_of(backbone) == VIT else None
     if config.MODEL.PSA.ENABLE:
         width = config.MODEL.PSA.OUT_DIM
         fmt = "NCHW" if to_grid is not None else getattr(backbone, "output_fmt", "NCHW")

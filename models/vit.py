@@ -8,25 +8,8 @@ tokens laid back on the patch grid; the plain linear head keeps timm's own pooli
 """
 from __future__ import annotations
 
-import timm
 import torch
-from timm.models.eva import Eva
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
-
-# timm modules whose models are ViT-family token transformers (vit_*, deit_*, eva02_*, test_vit*)
-VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit", "timm.models.eva")
-VIT_CLASSES = (VisionTransformer, Eva)
-
-
-def is_vit(model_type: str) -> bool:
-    """True when the timm model named ``model_type`` is a ViT-family token transformer."""
-    return timm.is_model(model_type) and timm.models.model_entrypoint(model_type).__module__ in VIT_MODULES
-
-
-def is_vit_backbone(backbone: nn.Module) -> bool:
-    """True for a built timm ViT, DeiT or EVA model (their blocks give token sequences)."""
-    return isinstance(backbone, VIT_CLASSES)
 
 
 class PatchGrid(nn.Module):

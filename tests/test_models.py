@@ -17,7 +17,8 @@ from data.labels import NUM_CLASSES
 from data.loader import build_mixup
 from helpers import TINY_VIT_TYPES
 from models import ArcFaceHead, MultiLabelNet, PolarizedSelfAttention, PSANeck, build_loss, build_model
-from models.build import counted_pos_weight, is_swin
+from models.build import counted_pos_weight
+from models.family import OTHER, SWIN, VIT, family, family_of, timm_name
 from models.losses import MultiLabelBCELoss, MultiLabelFocalLoss
 from models.psa import ReportPSANeck
 
@@ -59,7 +60,7 @@ def test_every_config_trains_at_tiny_size(path: Path):
     """Swin configs shrunk to the tiny Swin, ViT-family ones swapped for their family's smallest model
     (TINY_VIT_TYPES); the others (EfficientNet-Lite) keep their backbone at 64 px."""
     model_type = get_config(Namespace(cfg=str(path))).MODEL.TYPE
-    if is_swin(model_type):
+    if family(model_type) == SWIN:
         config = tiny_config(cfg=path)
     else:
         tiny_type = TINY_VIT_TYPES.get(model_type, model_type)
@@ -426,3 +427,14 @@ def test_report_neck_in_the_arcpsa_swin_config_and_the_light_one_kept():
     assert isinstance(light.neck, PSANeck)
     with pytest.raises(ValueError, match="MODEL.PSA.NECK must be 'light' or 'report', got 'heavy'"):
         build_model(tiny_config(*SWIN_T, *ARCPSA, "MODEL.PSA.NECK", "heavy"))
+
+
+@pytest.mark.parametrize("model_type, expected", [
+    ("swin", SWIN), ("swin_tiny_patch4_window7_224", SWIN), ("swinv2_tiny_window8_256", SWIN), ("test_vit", VIT),
+    ("deit_tiny_distilled_patch16_224", VIT), ("eva02_tiny_patch14_224", VIT), ("tf_efficientnet_lite0", OTHER),
+    ("test_resnet", OTHER), ("no_such_model", OTHER)])
+def test_one_family_rule_by_name_and_of_the_built_backbone(model_type, expected):
+    """The builder, the explainers and the runtime choice ask models/family.py, by MODEL.TYPE or of a backbone."""
+    assert family(model_type) == expected
+    if expected != OTHER or timm.is_model(model_type):
+        assert family_of(timm.create_model(timm_name(model_type), pretrained=False, num_classes=0)) == expected

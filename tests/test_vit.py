@@ -17,9 +17,10 @@ from deploy.onnx_export import PARITY_TOLERANCE, export_checked
 from evaluation.inference import ModelInfo
 from helpers import TINY_VIT_TYPES
 from models import build_loss, build_model
+from models.family import VIT, family, family_of
 from models.psa import PSANeck, ReportPSANeck
 from models.stn import SpatialTransformer
-from models.vit import PatchGrid, is_vit
+from models.vit import PatchGrid
 from training.checkpoint import load_pretrained
 from training.engine import build_optimizer
 
@@ -45,7 +46,7 @@ def test_patch_grid_drops_the_prefix_tokens(model_type):
     torch.manual_seed(0)
     model = build_model(vit_config(model_type)).eval()
     backbone = model.backbone
-    assert is_vit(model_type) and isinstance(model.to_grid, PatchGrid)
+    assert family(model_type) == family_of(backbone) == VIT and isinstance(model.to_grid, PatchGrid)
     tokens = backbone.forward_features(images())
     grid = model.to_grid(tokens)
     height, width = backbone.patch_embed.grid_size
@@ -80,7 +81,7 @@ def test_patch_grid_refuses_a_sequence_of_another_length():
 def test_shipped_vit_config_trains_two_steps_and_exports_with_parity(name, tmp_path):
     """At tiny size: 64 px, the family's smallest backbone (TINY_VIT_TYPES) cut to its first TINY_DEPTH blocks."""
     shipped_type = get_config(Namespace(cfg=str(CONFIGS / name))).MODEL.TYPE
-    assert is_vit(shipped_type)
+    assert family(shipped_type) == VIT
     tiny_type = TINY_VIT_TYPES.get(shipped_type, shipped_type)
     config = get_config(Namespace(cfg=str(CONFIGS / name), opts=["MODEL.TYPE", tiny_type, *SMALL]))
     torch.manual_seed(0)
