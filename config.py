@@ -17,6 +17,8 @@ from data.labels import CLASSES, NUM_CLASSES
 logger = logging.getLogger(__name__)
 
 LOSSES = ("bce", "focal", "asl")
+HEADS = ("linear", "arcface")
+PSA_NECKS = ("light", "report")
 # AUG.PRESET: the training pipeline's structure (data/transforms.py)
 AUG_PRESETS = ("timm", "report")
 
@@ -513,13 +515,13 @@ def _check_config(config: CN) -> None:
             f"MODEL.NUM_CLASSES/CLASSES must be the {NUM_CLASSES} classes {list(CLASSES)}; "
             f"got {config.MODEL.NUM_CLASSES} / {list(config.CLASSES)}"
         )
-    if config.MODEL.HEAD not in ("linear", "arcface"):
-        raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
+    for key, value, allowed in (("MODEL.HEAD", config.MODEL.HEAD, HEADS), ("LOSS.NAME", config.LOSS.NAME, LOSSES),
+                                ("MODEL.PSA.NECK", config.MODEL.PSA.NECK, PSA_NECKS)):
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
     _check_run_dir_names(config)
     _check_counts(config)
     _check_augmentation(config.AUG)
-    if config.LOSS.NAME not in LOSSES:
-        raise ValueError(f"LOSS.NAME must be one of {', '.join(LOSSES)}, got {config.LOSS.NAME!r}")
     weights = list(config.LOSS.POS_WEIGHT)
     if weights and (len(weights) != NUM_CLASSES or min(weights) <= 0 or config.LOSS.NAME == "focal"):
         raise ValueError(f"LOSS.POS_WEIGHT must be [] or {NUM_CLASSES} positive numbers (bce, asl); got {weights} "

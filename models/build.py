@@ -149,9 +149,7 @@ def build_backbone(config: CfgNode) -> nn.Module:
 
 def build_model(config: CfgNode) -> MultiLabelNet:
     """A spatial transformer when MODEL.STN, the backbone, the PSA neck when MODEL.PSA.ENABLE (on the patch grid
-    of a ViT-family backbone), then a linear or ArcFace head."""
-    if config.MODEL.NUM_CLASSES != NUM_CLASSES:
-        raise ValueError(f"MODEL.NUM_CLASSES must be {NUM_CLASSES}, got {config.MODEL.NUM_CLASSES}")
+    of a ViT-family backbone), then a linear or ArcFace head (the config's values were checked by config.py)."""
     backbone = build_backbone(config)
     width = backbone.num_features
     neck: nn.Module = nn.Identity()
@@ -161,17 +159,13 @@ def build_model(config: CfgNode) -> MultiLabelNet:
         fmt = "NCHW" if to_grid is not None else getattr(backbone, "output_fmt", "NCHW")
         if config.MODEL.PSA.NECK == "report":
             neck = ReportPSANeck(backbone.num_features, width, config.MODEL.PSA.HIDDEN_DIM, fmt)
-        elif config.MODEL.PSA.NECK == "light":
-            neck = PSANeck(backbone.num_features, width, fmt)
         else:
-            raise ValueError(f"MODEL.PSA.NECK must be 'light' or 'report', got {config.MODEL.PSA.NECK!r}")
+            neck = PSANeck(backbone.num_features, width, fmt)
     if config.MODEL.HEAD == "arcface":
         arc = config.MODEL.ARCFACE
         head: nn.Module = ArcFaceHead(width, NUM_CLASSES, arc.SCALE, arc.MARGIN, arc.EASY_MARGIN)
-    elif config.MODEL.HEAD == "linear":
-        head = nn.Linear(width, NUM_CLASSES)
     else:
-        raise ValueError(f"MODEL.HEAD must be 'linear' or 'arcface', got {config.MODEL.HEAD!r}")
+        head = nn.Linear(width, NUM_CLASSES)
     stn = SpatialTransformer() if config.MODEL.STN else None
     return MultiLabelNet(backbone, neck, head, config.MODEL.DROP_RATE, config.MODEL.FREEZE_BN, stn, to_grid)
 
@@ -184,11 +178,9 @@ def build_loss(config: CfgNode) -> nn.Module:
         return MultiLabelBCELoss(smoothing, pos_weight)
     if config.LOSS.NAME == "focal":
         return MultiLabelFocalLoss(config.LOSS.FOCAL_ALPHA, config.LOSS.FOCAL_GAMMA, smoothing)
-    if config.LOSS.NAME == "asl":
-        return AsymmetricLossMultiLabel(gamma_neg=config.LOSS.ASL_GAMMA_NEG, gamma_pos=config.LOSS.ASL_GAMMA_POS,
-                                        clip=config.LOSS.ASL_CLIP, smoothing=smoothing, reduction="batchmean",
-                                        pos_weight=pos_weight)
-    raise ValueError(f"LOSS.NAME must be 'bce', 'focal' or 'asl', got {config.LOSS.NAME!r}")
+    return AsymmetricLossMultiLabel(gamma_neg=config.LOSS.ASL_GAMMA_NEG, gamma_pos=config.LOSS.ASL_GAMMA_POS,
+                                    clip=config.LOSS.ASL_CLIP, smoothing=smoothing, reduction="batchmean",
+                                    pos_weight=pos_weight)
 
 
 def counted_pos_weight(targets: np.ndarray, power: float) -> list[float]:
