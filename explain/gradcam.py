@@ -28,7 +28,7 @@ from explain.attention import attention_map, layer_maps
 from models.family import SWIN, VIT, family_of
 from models.vit import PatchGrid
 from utils.errors import RunError
-from utils.figures import png_bytes
+from utils.figures import Tile, in_rows, png_bytes, thumbnail, tile_sheet
 from utils.files import atomic_write_bytes
 
 METHODS: dict[str, type[BaseCAM]] = {
@@ -135,12 +135,6 @@ def overlay(image: Image.Image, cam_map: np.ndarray) -> np.ndarray:
     return show_cam_on_image(np.asarray(image, dtype=np.float32) / 255.0, cam_map, use_rgb=True)
 
 
-def thumbnail(pixels: np.ndarray | Image.Image, side: int = GIF_SIDE) -> Image.Image:
-    image = pixels.copy() if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
-    image.thumbnail((side, side))
-    return image
-
-
 def caption(name: str, prob: float, threshold: float) -> str:
     return f"{name} {prob:.2f} {PASS if prob >= threshold else FAIL}"
 
@@ -148,30 +142,17 @@ def caption(name: str, prob: float, threshold: float) -> str:
 def grid_png(image: Image.Image, overlays: Sequence[np.ndarray], names: Sequence[str], probs: Sequence[float],
              thresholds: Sequence[float]) -> bytes:
     """The photo, then one overlay per class titled ``name prob ✓/✗`` (green when it passes)."""
-    from matplotlib.figure import Figure
-
-    panels = [thumbnail(image), *(thumbnail(o) for o in overlays)]
-    columns = min(len(panels), 4)
-    rows = -(-len(panels) // columns)
-    fig = Figure(figsize=(4 * columns, 3.4 * rows), tight_layout=True)
-    axes = np.atleast_1d(fig.subplots(rows, columns)).flat
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i == 0:
-            ax.imshow(panels[0])
-            ax.set_title("photo")
-        elif i < len(panels):
-            ax.imshow(panels[i])
-            passed = probs[i - 1] >= thresholds[i - 1]
-            ax.set_title(caption(names[i - 1], probs[i - 1], thresholds[i - 1]), color="green" if passed else "red")
-    return png_bytes(fig)
+    tiles = [Tile(image, "photo")]
+    for overlay, name, prob, threshold in zip(overlays, names, probs, thresholds):
+        tiles.append(Tile(overlay, caption(name, prob, threshold), "green" if prob >= threshold else "red"))
+    return tile_sheet(in_rows(tiles, 4), side=GIF_SIDE, inches=3.6, fontsize=11)
 
 
 def gif_bytes(overlays: Sequence[np.ndarray], captions: Sequence[str], seconds: float = 1.0) -> bytes:
     """An endless animation of the overlays, each with its caption."""
     frames = []
     for pixels, text in zip(overlays, captions):
-        frame = thumbnail(pixels)
+        frame = thumbnail(pixels, GIF_SIDE)
         draw = ImageDraw.Draw(frame)
         draw.rectangle((0, 0, frame.width, 22), fill=(0, 0, 0))
         draw.text((6, 4), text.replace(PASS, "(pass)").replace(FAIL, "(below threshold)"), fill=(255, 255, 255))

@@ -20,13 +20,12 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from data.labels import labels_to_string
-from utils.figures import png_bytes
+from utils.figures import Tile, tile_sheet
 
 HASH_SIZE = 16
 HASH_BITS = 2 * HASH_SIZE * HASH_SIZE
@@ -214,21 +213,13 @@ def contact_sheet(report: pd.DataFrame, image_of: dict[str, Path]) -> bytes:
     first, titled in red."""
     order = report.groupby("group")["conflicting"].first().sort_values(ascending=False, kind="stable")
     shown = list(order.index[:SHEET_GROUPS])
-    columns = int(min(SHEET_COLUMNS, report["group"].value_counts().max()))
-    figure = Figure(figsize=(2.6 * columns, 2.6 * max(1, len(shown))), layout="constrained")
-    rows = figure.subfigures(max(1, len(shown)), 1, squeeze=False)[:, 0]
-    for subfigure, group in zip(rows, shown):
-        members = report[report["group"] == group]
+    rows, titles = [], []
+    for group in shown:
+        members = report[report["group"] == group].head(SHEET_COLUMNS)
         conflict = bool(members["conflicting"].iloc[0])
-        title = f"group {group}: " + ("CONFLICTING LABELS" if conflict else "same labels")
-        subfigure.suptitle(title, color="red" if conflict else "black", fontsize=9, fontweight="bold")
-        for axes, member in zip(subfigure.subplots(1, columns, squeeze=False)[0], members.itertuples()):
-            with Image.open(image_of[member.image]) as image:
-                image.thumbnail((256, 256))
-                axes.imshow(np.asarray(image.convert("RGB")))
-            axes.set_title(f"{member.image} ({member.split}, {member.distance} bits)\n{member.labels}", fontsize=6)
-        for axes in subfigure.axes:
-            axes.set_axis_off()
-    if len(order) > len(shown):
-        figure.suptitle(f"first {len(shown)} of {len(order)} groups (all in duplicates.csv)")
-    return png_bytes(figure, dpi=100)
+        titles.append((f"group {group}: " + ("CONFLICTING LABELS" if conflict else "same labels"),
+                       "red" if conflict else "black"))
+        rows.append([Tile(image_of[m.image], f"{m.image} ({m.split}, {m.distance} bits)\n{m.labels}")
+                     for m in members.itertuples()])
+    more = f"first {len(shown)} of {len(order)} groups (all in duplicates.csv)" if len(order) > len(shown) else ""
+    return tile_sheet(rows, more, titles)

@@ -29,8 +29,6 @@ import numpy as np
 import pandas as pd
 from cleanlab.multilabel_classification import get_label_quality_scores
 from cleanlab.multilabel_classification.filter import find_label_issues
-from matplotlib.figure import Figure
-from PIL import Image
 
 from data.labels import CLASSES, vector_to_labels
 from evaluation.ensemble_file import read_ensemble_thresholds
@@ -39,7 +37,7 @@ from evaluation.thresholds import as_thresholds, read_thresholds
 from training.rundir import CvDir
 from utils.cli import run_cli
 from utils.errors import EXIT_OK
-from utils.figures import png_bytes
+from utils.figures import Tile, in_rows, tile_sheet
 from utils.files import atomic_write_bytes, atomic_write_text
 
 SHEET_COLUMNS = 10
@@ -105,23 +103,11 @@ def image_paths(data_path: Path) -> dict[str, Path]:
 
 def contact_sheet(top: pd.DataFrame, image_of: dict[str, Path]) -> bytes:
     """The top leaves side by side, titled with rank, given and predicted labels; flagged ones in red."""
-    columns = min(SHEET_COLUMNS, max(1, len(top)))
-    rows = max(1, -(-len(top) // columns))
-    figure = Figure(figsize=(2.2 * columns, 2.6 * rows), layout="constrained")
-    grid = figure.subplots(rows, columns, squeeze=False)
-    for axes, leaf in zip(grid.flat, top.itertuples()):
-        path = image_of.get(leaf.image)
-        if path is not None:
-            with Image.open(path) as image:
-                image.thumbnail((200, 200))
-                axes.imshow(np.asarray(image.convert("RGB")))
-        axes.set_title(f"#{leaf.rank} {leaf.image[:16]}\ngiven: {leaf.given}\npred: {leaf.predicted or '-'}",
-                       fontsize=5.5, color="red" if leaf.flagged else "black")
-    for axes in grid.flat:
-        axes.set_axis_off()
-    figure.suptitle(f"{len(top)} leaves whose labels disagree most with their out-of-fold probabilities "
-                    "(red: flagged by confident learning)", fontsize=9)
-    return png_bytes(figure, dpi=110)
+    tiles = [Tile(image_of.get(leaf.image), f"#{leaf.rank} {leaf.image[:16]}\ngiven: {leaf.given}\n"
+                  f"pred: {leaf.predicted or '-'}", "red" if leaf.flagged else "black") for leaf in top.itertuples()]
+    return tile_sheet(in_rows(tiles, SHEET_COLUMNS), f"{len(top)} leaves whose labels disagree most with their "
+                      "out-of-fold probabilities (red: flagged by confident learning)", side=200, inches=2.2,
+                      fontsize=5.5, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
