@@ -45,7 +45,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from config import get_config
-from data.labels import CLASSES
 from deploy.onnx_backend import OnnxModel, OnnxPredictor, info_to_metadata, open_session
 from deploy.onnx_export import export_checked, parity_images
 from deploy.openvino_backend import OpenVinoPredictor
@@ -53,6 +52,8 @@ from deploy.quantize import quantize_int8, with_metadata
 from evaluation.ensemble_file import Ensemble
 from evaluation.inference import Predictor
 from models import build_model
+from training.checkpoint import model_state
+from utils.files import atomic_save
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "configs/effnet_lite0_cpu.yaml"
@@ -193,8 +194,7 @@ def write_ensemble(folder: Path) -> Path:
     for seed in range(ENSEMBLE_MEMBERS):
         torch.manual_seed(seed)
         path = folder / f"member{seed}.pth"
-        torch.save({"model": build_model(config).state_dict(), "ema": None, "config": config.dump(),
-                    "classes": list(CLASSES), "thresholds": None}, path)
+        atomic_save(model_state(config, build_model(config), None), path)
         members.append(path)
     ensemble = Ensemble(folder / "ensemble.json", tuple(members), (1.0,) * len(members), True, None)
     ensemble.write()

@@ -34,7 +34,9 @@ from evaluation.inference import Predictor, sigmoid
 from evaluation.thresholds import DEFAULT_THRESHOLD
 from models import build_model
 from process.synthesize import parse_size, synthesize
+from training.checkpoint import model_state
 from training.rundir import RunDir
+from utils.files import atomic_save
 from utils.runtime import select_device
 
 ACCEPTANCE = 3.0
@@ -59,9 +61,7 @@ def make_checkpoint(cfg: str, opts: list[str] | None, folder: Path) -> Path:
     config = resolve_normalization(get_config(argparse.Namespace(cfg=cfg, opts=opts)))
     torch.manual_seed(0)
     path = RunDir(folder).best_checkpoint
-    torch.save({"model": build_model(config).state_dict(), "ema": None,
-                "thresholds": [DEFAULT_THRESHOLD] * len(CLASSES), "classes": list(CLASSES),
-                "config": config.dump()}, path)
+    atomic_save(model_state(config, build_model(config), [DEFAULT_THRESHOLD] * len(CLASSES)), path)
     return path
 
 

@@ -22,7 +22,10 @@ from data.transforms import build_transform
 from evaluation import inference
 from evaluation.thresholds import tune_thresholds, write_thresholds
 from models import build_model
+from training.checkpoint import model_state
+from training.rundir import RunDir
 from utils.faults import PAUSE_ENV, PAUSED
+from utils.files import atomic_save, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,18 +186,12 @@ def train_a_little(model: torch.nn.Module, train_dir: Path, config, steps: int) 
 
 def save_run(config, model: torch.nn.Module, thresholds: list[float] | None) -> Path:
     """ckpt_best.pth (checkpoint contract), thresholds.json and config.yaml as main.py leaves them."""
-    run = Path(config.OUTPUT) / config.MODEL.NAME / config.TAG
-    run.mkdir(parents=True, exist_ok=True)
-    ckpt = {
-        "model": model.state_dict(), "ema": None, "optimizer": {}, "lr_scheduler": {}, "scaler": None,
-        "epoch": 0, "step": 1, "best_metric": 0.0, "best_epoch": 0, "rng": {}, "thresholds": thresholds,
-        "classes": list(CLASSES), "config": config.dump(), "metrics": {},
-    }
-    torch.save(ckpt, run / "ckpt_best.pth")
-    (run / "config.yaml").write_text(config.dump())
+    run = RunDir.of(config)
+    atomic_save(model_state(config, model, thresholds), run.best_checkpoint)
+    atomic_write_text(config.dump(), run.config_file)
     if thresholds is not None:
-        write_thresholds(thresholds, run / "thresholds.json")
-    return run
+        write_thresholds(thresholds, run.thresholds())
+    return run.path
 
 
 def tiny_runs(output: Path, tree: Path, models: dict[str, tuple[tuple[str, ...], int]],

@@ -84,10 +84,22 @@ def require_finite_weights(state: object, path: Path) -> dict:
     return state
 
 
+def model_state(config: CfgNode, model: nn.Module, thresholds: Any | None) -> dict:
+    """What every reader of a checkpoint needs (weights, their config, the class order, thresholds or None):
+    the whole of a checkpoint made outside a training run (benchmarks, tests), the core of one made in it."""
+    return {
+        "model": model.state_dict(),
+        "ema": None,
+        "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+        "classes": list(CLASSES),
+        "config": config.dump(),
+    }
+
+
 def training_state(config: CfgNode, trainer: Any, epoch: int, step: int, best: Any, metrics: dict) -> dict:
     """The checkpoint of a run at ``epoch``/``step`` (``trainer``: training.Trainer, ``best``: training.Best)."""
     return {
-        "model": trainer.module.state_dict(),
+        **model_state(config, trainer.module, best.thresholds),
         "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
         "optimizer": trainer.optimizer.state_dict(),
         "lr_scheduler": trainer.lr_scheduler.state_dict(),
@@ -97,9 +109,6 @@ def training_state(config: CfgNode, trainer: Any, epoch: int, step: int, best: A
         "best_metric": float(best.value),
         "best_epoch": best.epoch,
         "rng": get_rng_state(),
-        "thresholds": [float(t) for t in best.thresholds],
-        "classes": list(CLASSES),
-        "config": config.dump(),
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
 
