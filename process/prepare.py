@@ -37,6 +37,7 @@ from process.duplicates import DEFAULT_DISTANCE, HASH_BITS, POLICIES
 from process.tree import DataOptions, NoUsableImages, prepare
 from utils.cli import run_cli
 from utils.errors import EXIT_FAILED
+from utils.log import console_logger
 
 
 def read_exclude(path: Path | None) -> tuple[str, ...]:
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold-pool", default="train,val", help="splits the folds are made of (comma-separated)")
     parser.add_argument("--exclude", type=Path, help="file listing images to leave out (CSV 'image' column or lines)")
     args = parser.parse_args(argv)
+    console_logger("prepare")
     exclude = read_exclude(args.exclude)
     options = DataOptions(args.duplicates, args.duplicate_distance, args.move_leaks, args.folds,
                           tuple(s.strip() for s in args.fold_pool.split(",") if s.strip()), exclude)

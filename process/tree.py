@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -58,6 +58,8 @@ from utils.errors import RunError
 from utils.figures import png_bytes
 from utils.files import DiskFullError, atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
 from utils.runlock import LOCK_NAME, hold_run_lock
+
+logger = logging.getLogger("prepare")
 
 JPEG_QUALITY = 95
 RESAMPLE = Image.Resampling.LANCZOS
@@ -311,20 +313,17 @@ def warn_empty_splits(stats: dict, wanted: tuple[str, ...], dst: Path) -> None:
     """A warning for each split asked for that came out empty (too few images): the commands refuse it."""
     for split in wanted:
         if not stats["splits"][split]["images"]:
-            print(colored(f"warning: {dst / split}: empty split (none of the {stats['total']['images']} usable "
-                          "images went there); main.py and test.py refuse it where they need it", "yellow"),
-                  file=sys.stderr)
+            logger.warning(f"{dst / split}: empty split (none of the {stats['total']['images']} usable "
+                           "images went there); main.py and test.py refuse it where they need it")
 
 
 def report_skipped(skipped: list[dict], limit: int = 10) -> None:
-    """Print the skipped files with their reasons (the first ``limit``)."""
+    """Log the skipped files with their reasons (the first ``limit``)."""
     if not skipped:
         return
-    print(colored(f"skipped {len(skipped)} image(s):", "yellow"))
-    for item in skipped[:limit]:
-        print(f"  {item['source']}: {item['reason']}")
-    if len(skipped) > limit:
-        print(f"  ... and {len(skipped) - limit} more (see stats.json)")
+    more = [f"  ... and {len(skipped) - limit} more (see stats.json)"] if len(skipped) > limit else []
+    logger.info("\n".join([colored(f"skipped {len(skipped)} image(s):", "yellow"),
+                           *(f"  {item['source']}: {item['reason']}" for item in skipped[:limit]), *more]))
 
 
 def write_outputs(dst: Path, rows: pd.DataFrame, stats: dict, reports: dict[str, str | bytes]) -> None:
@@ -443,8 +442,8 @@ def drop_excluded(rows: pd.DataFrame, exclude: tuple[str, ...]) -> pd.DataFrame:
     hit = rows["image"].isin(names) | rows["output"].isin(names) | rows["output"].map(lambda n: Path(n).stem in names)
     if not hit.any():
         raise InputError(f"--exclude: none of its {len(exclude)} images is in the source (a list for another dataset?)")
-    print(colored(f"--exclude: {int(hit.sum())} image(s) left out of the tree "
-                  f"({len(exclude) - int(hit.sum())} listed name(s) not found)", "yellow"))
+    logger.info(colored(f"--exclude: {int(hit.sum())} image(s) left out of the tree "
+                        f"({len(exclude) - int(hit.sum())} listed name(s) not found)", "yellow"))
     return rows[~hit]
 
 
@@ -477,7 +476,7 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
     key = fingerprint(rows, settings, src)
     finished = read_stats(dst)
     if not force and finished and finished.get("fingerprint") == key and not (dst / IN_PROGRESS).exists():
-        print(colored(f"{dst}: already prepared from these inputs and settings; nothing to do", "green"))
+        logger.info(colored(f"{dst}: already prepared from these inputs and settings; nothing to do", "green"))
         return finished
     with hold_run_lock(dst, "prepare.py"):  # one writer per DST; a second start fails, naming this one
         claim(dst, key, force)
@@ -493,10 +492,10 @@ def prepare(src: str | Path, dst: str | Path, size: int = 384, val: float = 0.15
                  "total": split_stats(kept), "skipped": skipped, "duplicates": duplicates}
         stats.update({"folds": folds} if folds else {})
         write_outputs(dst, kept.drop(columns="hash"), stats, {**reports, **fold_files})
-    print(summary_table(stats))
+    logger.info(summary_table(stats))
     asked = tuple(s for s, share in zip(SPLITS, (1, val, test)) if share) if split_here else SPLITS
     warn_empty_splits(stats, asked, dst)
     if duplicates["policy"] != "off":
-        print(colored(summary_line(duplicates), "yellow" if duplicates["groups"] else "green"))
-    print(colored(f"wrote {len(kept)} images to {dst} ({len(skipped)} skipped)", "green"))
+        logger.info(colored(summary_line(duplicates), "yellow" if duplicates["groups"] else "green"))
+    logger.info(colored(f"wrote {len(kept)} images to {dst} ({len(skipped)} skipped)", "green"))
     return stats

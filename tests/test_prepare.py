@@ -135,11 +135,12 @@ def test_images_are_rgb_jpegs_with_the_shorter_side_at_size(generated):
             assert min(image.size) == SIZE and image.size == (85, 64)
 
 
-def test_second_run_does_no_work_and_changes_nothing(generated, capsys):
+def test_second_run_does_no_work_and_changes_nothing(generated, caplog):
     raw, dst, _, stats = generated
     before = snapshot(dst)
-    again = prepare(raw, dst, size=SIZE, workers=2, seed=0)
-    assert "already prepared" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="prepare"):
+        again = prepare(raw, dst, size=SIZE, workers=2, seed=0)
+    assert "already prepared" in caplog.text
     assert snapshot(dst) == before
     assert again == json.loads(json.dumps(stats))
 

@@ -61,6 +61,33 @@ def create_logger(output_dir: str | Path, dist_rank: int = 0, name: str = "") ->
     return logger
 
 
+class _ConsoleHandler(logging.Handler):
+    """Info lines on stdout as they are; warnings and errors on stderr as ``warning: ...``/``error: ...`` in
+    colour; above any tqdm bar. The streams are looked up at each line, so a redirected one is followed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.levelno < logging.WARNING:
+                tqdm.write(message, file=sys.stdout)
+                return
+            colour = "red" if record.levelno >= logging.ERROR else "yellow"
+            tqdm.write(colored(f"{record.levelname.lower()}: {message}", colour), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never kill the work it reports on
+            self.handleError(record)
+
+
+def console_logger(name: str) -> logging.Logger:
+    """The logger ``name`` of a command without a run dir (process/prepare.py): plain lines on the console,
+    warnings on stderr; calling it again replaces the handler."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler())
+    return logger
+
+
 def short_list(items: list[str], limit: int = 8) -> str:
     """``a, b, c, ... (+12 more)``: long lists stay one readable log line."""
     items = list(items)
