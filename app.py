@@ -34,7 +34,6 @@ from deploy.backends import BACKENDS, is_onnx_file
 from deploy.model_file import load_model_file
 from deploy.uploads import UploadLimits
 from evaluation.thresholds import resolve_thresholds
-from process.leaves import write_example_leaves
 from training.rundir import RunDir, add_run_arguments, find_checkpoint
 from utils.cli import run_cli
 from utils.errors import EXIT_OK, RunError
@@ -112,15 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(workdir)
         private = work / "private"  # the log and the example leaves: never served (only uploads are)
         os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")  # read when gradio is imported, just below
-        from deploy.web import LeafPage, build_blocks, serve
+        from deploy.web import LeafPage, build_blocks, neutral_photo, serve, write_example_leaves
 
         logger = create_logger(private, name="app")
         backend = page_backend(path, args.backend)
         predictor = load_model_file(path, backend, select_device(args.device), logger)
         thresholds = resolve_thresholds(args.thresholds, RunDir.of_checkpoint(path), predictor, logger)
         page = LeafPage.serving(predictor, thresholds, limits)
-        examples = write_example_leaves(private / "examples")
-        page.check(examples[0])
+        examples = write_example_leaves(predictor.info.data_path, private / "examples")
+        page.check(examples[0] if examples else neutral_photo(private))
         blocks = build_blocks(page, examples, "Leaf disease check")
         logger.info(f"serving {path} ({page.description}) "
                     f"at http://{args.host}:{args.port}")

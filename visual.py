@@ -27,9 +27,8 @@ import argparse
 from argparse import Namespace
 from pathlib import Path
 
-from data.dataset import MultiLabelImageFolder, collect_images
+from data.dataset import collect_images, first_leaf_of_each_class
 from data.images import image_failure, load_image
-from data.labels import CLASSES
 from deploy.model_file import explained_checkpoint
 from evaluation.inference import Predictor
 from evaluation.thresholds import resolve_thresholds
@@ -85,18 +84,12 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 ROLLOUT = "rollout"
 
 
-def first_test_leaves(data_path: Path) -> list[str]:
-    """The first test image (by name) carrying each class, once each: what ``make demo`` explains."""
-    split = Path(data_path) / "test"
-    if not split.is_dir():
-        raise FileNotFoundError(f"{split}: no test split to take example leaves from; give --images PATH")
-    samples = sorted(MultiLabelImageFolder(split).samples, key=lambda sample: Path(sample[0]).name)
-    chosen: list[str] = []
-    for c in range(len(CLASSES)):
-        first = next((path for path, target in samples if target[c] > 0.5), None)
-        if first is not None and first not in chosen:
-            chosen.append(first)
-    return chosen
+def example_leaves(data_path: str) -> list[str]:
+    """Without --images: the first test leaf of each class of the run's own tree, as the fork's visual.py."""
+    try:
+        return [path for path, _ in first_leaf_of_each_class(data_path)]
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}; give --images") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         described = f"{args.method} at {args.target_layer or default_target_layer(model)}"
     preprocessing = predictor.info.preprocessing
     written, stems = [], set()
-    images = args.images or first_test_leaves(Path(predictor.info.data_path))
+    images = args.images or example_leaves(predictor.info.data_path)
     for path in collect_images(images, logger):
         try:
             image = load_image(path, args.max_side or None)

@@ -125,6 +125,21 @@ class MultiLabelImageFolder(Dataset):
         return image, torch.tensor(target)
 
 
+def first_leaf_of_each_class(data_path: str | Path, split: str = "test") -> list[tuple[str, np.ndarray]]:
+    """The first image (by name) of ``split`` carrying each class, once each, with its target: the leaves
+    ``make demo`` explains and the web page offers as examples."""
+    folder = Path(data_path) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no {split} split to take example leaves from")
+    samples = sorted(TreeSplit(Path(data_path), split).samples(), key=lambda sample: Path(sample[0]).name)
+    chosen: list[tuple[str, np.ndarray]] = []
+    for c in range(NUM_CLASSES):
+        first = next((sample for sample in samples if sample[1][c] > 0.5), None)
+        if first is not None and all(first[0] != path for path, _ in chosen):
+            chosen.append(first)
+    return chosen
+
+
 def collect_images(patterns: Iterable[str], logger: logging.Logger) -> list[Path]:
     """Files as given, image files of folders (recursively) and glob matches, sorted, each file once.
 

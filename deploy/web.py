@@ -39,8 +39,9 @@ from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from data.dataset import first_leaf_of_each_class
 from data.images import FORMAT_NAMES, image_failure, load_image
-from data.labels import CLASS_INDEX, CLASSES
+from data.labels import CLASS_INDEX, CLASSES, vector_to_labels
 from deploy.uploads import UploadError, UploadLimits, check_upload, display_name
 from evaluation.ensemble_file import EnsemblePredictor
 from evaluation.evaluate import file_logits
@@ -48,6 +49,7 @@ from evaluation.inference import Backend, sigmoid
 from evaluation.reports import PREDICTIONS_CSV, predictions_frame, submission_labels
 from explain.gradcam import build_cam, class_maps, overlay
 from utils.errors import RunError
+from utils.files import atomic_write, atomic_write_bytes
 
 PHOTO_SIDE = 448  # longer side of the photo and CAM pictures in the page
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -196,6 +198,31 @@ class LeafPage:
         file_logits(self.predictor, [example], 1, num_workers=0)
 
 
+def write_example_leaves(data_path: str | Path, folder: Path) -> list[Path]:
+    """Copies of the first test leaf of each class of the model's own tree, named after their true labels
+    (``rust.jpg``, ``complex+scab.jpg``): the page's examples; none when that tree is not here."""
+    try:
+        leaves = first_leaf_of_each_class(data_path)
+    except FileNotFoundError:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for path, target in leaves:
+        example = folder / f"{'+'.join(vector_to_labels(target))}.jpg"
+        if example not in examples:
+            atomic_write_bytes(Path(path).read_bytes(), example)
+            examples.append(example)
+    return examples
+
+
+def neutral_photo(folder: Path) -> Path:
+    """A plain grey JPEG: what the start-up check predicts when there is no example leaf."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "grey.jpg"
+    atomic_write(path, lambda f: Image.new("RGB", (64, 64), (128, 128, 128)).save(f, format="JPEG"))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # HTML
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +316,8 @@ def build_blocks(page: LeafPage, examples: Sequence[Path], title: str) -> gr.Blo
             with gr.Column(scale=1, min_width=280):
                 files = never_fetching(gr.File(label="Leaf photos", file_count="multiple", file_types=["image"],
                                                type="filepath"))
-                gr.Markdown("Example leaves (synthetic):")
+                gr.Markdown("Example leaves (the model's test split, named after their labels):",
+                            visible=bool(examples))
                 with gr.Row():
                     buttons = {gr.Button(path.name, size="sm"): path for path in examples}
                 gr.Markdown(f"At most {page.limits.max_files} photos of {page.limits.max_bytes / 2**20:.0f} MB "

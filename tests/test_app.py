@@ -37,7 +37,7 @@ from deploy.backends import load_predictor
 from deploy.model_file import load_model_file
 from deploy.uploads import UploadError, UploadLimits, check_upload
 from evaluation.ensemble_file import Ensemble
-from helpers import ROOT, load_script, make_tree, tiny_runs
+from helpers import ROOT, load_script, make_tree, snapshot, tiny_runs
 from process.leaves import render_leaf
 from process.tree import Task, process_image
 from utils.errors import RunError
@@ -186,12 +186,25 @@ def test_app_limits_only_bound_within_every_tools(option):
         app_script.upload_limits(app_script.parse_args(["--checkpoint", "x.pth", *option]))
 
 
+def test_example_leaves_are_the_first_test_leaf_of_each_class_named_after_its_labels(tmp_path):
+    from deploy.web import write_example_leaves
+
+    tree = make_tree(tmp_path / "tree", {"test": 8})
+    before = snapshot(tree)
+    examples = write_example_leaves(tree, tmp_path / "examples")
+    assert [p.name for p in examples] == [f"{c}.jpg" for c in CLASSES]  # make_tree starts with the six singles
+    assert examples[CLASSES.index("rust")].read_bytes() == (tree / "test" / "000010" / "test0002.jpg").read_bytes()
+    assert snapshot(tree) == before
+    assert write_example_leaves(tmp_path / "no_tree", tmp_path / "none") == [] and not (tmp_path / "none").exists()
+
+
 @pytest.fixture(scope="session")
 def app_run(tmp_path_factory) -> Path:
-    """A tiny Swin trained a few steps, saved like main.py's best checkpoint (with thresholds)."""
-    tree = make_tree(tmp_path_factory.mktemp("app_tree"), {"train": 24})
+    """A tiny Swin trained until it tells the spots apart, saved like main.py's best checkpoint (with
+    thresholds); its tree's test split gives the page its example leaves."""
+    tree = make_tree(tmp_path_factory.mktemp("app_tree"), {"train": 48, "test": 8})
     thresholds = [0.3, 0.35, 0.4, 0.3, 0.35, 0.4]
-    return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 10)}, thresholds)["app"]
+    return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 200)}, thresholds)["app"]
 
 
 @pytest.mark.slow
@@ -574,9 +587,9 @@ def test_an_oversized_file_is_refused_in_the_page(page, server, uploads):
 @pytest.mark.browser
 def test_an_example_leaf_is_one_click_away(page):
     page.get_by_role("button", name="Clear").first.click()
-    page.get_by_text("rust.jpg", exact=True).first.click()  # a synthetic leaf named after its true label
+    page.get_by_text("rust.jpg", exact=True).first.click()  # the model's first rust leaf, named after its labels
     page.wait_for_selector(".leaf-card[data-name='rust.jpg']", timeout=120_000)
-    assert shown(page, "rust.jpg")["labels"]
+    assert "rust" in shown(page, "rust.jpg")["labels"]
 
 
 @pytest.mark.browser

@@ -195,7 +195,7 @@ def test_visual_without_images_explains_the_first_test_leaf_of_each_class(tmp_pa
     """As the upstream fork's visual.py: no --images takes the run's own data path's test split."""
     tree = make_tree(tmp_path / "tree", {"train": 6, "test": 18})
     run = tiny_runs(tmp_path / "out", tree, {"plain": ((), 0)}, [0.5] * len(CLASSES))["plain"]
-    leaves = visual_script.first_test_leaves(tree)
+    leaves = visual_script.example_leaves(str(tree))
     truth = {Path(p).name: t for p, t in MultiLabelImageFolder(tree / "test").samples}
     covered = {c for p in leaves for c in range(len(CLASSES)) if truth[Path(p).name][c] > 0.5}
     assert covered == {c for t in truth.values() for c in range(len(CLASSES)) if t[c] > 0.5}
@@ -205,4 +205,4 @@ def test_visual_without_images_explains_the_first_test_leaf_of_each_class(tmp_pa
     assert sorted(p.name for p in (run / "cam").glob("*_scab.png")) == sorted(
         f"{Path(p).stem}_scab.png" for p in leaves)
     with pytest.raises(FileNotFoundError, match=r"no test split to take example leaves from; give --images"):
-        visual_script.first_test_leaves(tmp_path / "out")
+        visual_script.example_leaves(str(tmp_path / "out"))
