@@ -24,12 +24,16 @@ $(STAMP): requirements.txt requirements-test.txt requirements-app.txt pyproject.
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# One pytest worker per core (pytest-xdist), each test file on one worker; tests/conftest.py splits the
+# cores' threads between the workers.
+PYTEST := $(PY) -m pytest -q -n auto --dist loadfile
+
 test: $(STAMP) browser tmux
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # The quick part (a few minutes on 2 cores): no slow, browser or real-data test (markers in pyproject.toml).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q tests -m "not slow and not browser and not real_data"
+	$(PYTEST) tests -m "not slow and not browser and not real_data"
 
 # ruff (rules in pyproject.toml): pyflakes, pycodestyle, import order, bugbear.
 lint: $(STAMP)

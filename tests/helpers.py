@@ -140,12 +140,13 @@ def has_ended(pid: int) -> bool:
 # Tiny saved runs (what test.py, visual.py, export.py and app.py read), trained here in a few steps
 # ---------------------------------------------------------------------------------------------
 
-# The design's tiny Swin at 64 px.
-TINY_SWIN = [
+# The design's tiny Swin at 64 px: the model, then as the saved runs below use it.
+TINY_SWIN_MODEL = [
     "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
-    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
-    "MODEL.PSA.OUT_DIM", "32", "DATA.NUM_WORKERS", "0", "DATA.BATCH_SIZE", "8", "SEED", "0",
+    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64", "MODEL.PSA.OUT_DIM", "32",
+    "DATA.NUM_WORKERS", "0", "SEED", "0",
 ]
+TINY_SWIN = [*TINY_SWIN_MODEL, "DATA.BATCH_SIZE", "8"]
 # A tiny CNN instead (the Swin keys emptied): opts to put after TINY_SWIN.
 CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
        "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
@@ -217,12 +218,7 @@ def val_thresholds(model: torch.nn.Module, val_dir: Path, config) -> list[float]
 # ---------------------------------------------------------------------------------------------
 
 # The tiny Swin as main.py trains it: two epochs, one of them warm-up.
-TINY_TRAINING = [
-    "MODEL.TYPE", "swin_tiny_patch4_window7_224", "MODEL.SWIN.EMBED_DIM", "16", "MODEL.SWIN.DEPTHS", "[1,1]",
-    "MODEL.SWIN.NUM_HEADS", "[1,2]", "MODEL.SWIN.WINDOW_SIZE", "4", "DATA.IMG_SIZE", "64",
-    "MODEL.PSA.OUT_DIM", "32", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1",
-    "PRINT_FREQ", "2", "SEED", "0",
-]
+TINY_TRAINING = [*TINY_SWIN_MODEL, "TRAIN.EPOCHS", "2", "TRAIN.WARMUP_EPOCHS", "1", "PRINT_FREQ", "2"]
 
 
 def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -232,8 +228,10 @@ def cli(tree: Path, output: Path, tag: str, *opts: str, extra: tuple[str, ...] =
 
 
 def run_dir(output: Path, tag: str) -> Path:
-    """The run dir of ``cli(tree, output, tag, ...)``."""
-    return output / "swin_tiny_patch4_window7_224" / tag
+    """The run dir of ``cli(tree, output, tag, ...)``: OUTPUT/MODEL.NAME/TAG, as main.py makes it."""
+    config = get_default_config()
+    config.merge_from_list([*TINY_TRAINING, "OUTPUT", str(output), "TAG", tag])
+    return RunDir.of(config).path
 
 
 # The tiny Swin as a config file, for the scripts that take one (scripts/experiments.py, scripts/cv.py).

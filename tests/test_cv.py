@@ -33,11 +33,11 @@ cv = load_script("scripts/cv.py")
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    """90 synthetic leaves prepared at 64 px with 3 folds of train + val."""
+    """60 synthetic leaves prepared at 64 px with 2 folds of train + val."""
     raw = tmp_path_factory.mktemp("raw")
-    synthesize(raw, 90, seed=1, size=(96, 64))
+    synthesize(raw, 60, seed=1, size=(96, 64))
     dst = tmp_path_factory.mktemp("tree") / "ds"
-    prepare(raw, dst, size=64, workers=2, options=DataOptions(folds=3))
+    prepare(raw, dst, size=64, workers=2, options=DataOptions(folds=2))
     return dst
 
 
@@ -49,7 +49,7 @@ def test_a_fold_validates_on_itself_and_trains_on_the_rest_of_the_pool(tree):
     folds = pd.read_csv(tree / "folds.csv")
     pool = names(tree / "train") | names(tree / "val")
     assert set(folds["image"]) == pool
-    for fold in range(3):
+    for fold in range(2):
         train, val = names(TreeSplit(tree, "train", fold)), names(TreeSplit(tree, "val", fold))
         assert val == set(folds.loc[folds["fold"] == fold, "image"]) and not train & val and train | val == pool
     assert names(TreeSplit(tree, "test", 1)) == names(tree / "test")  # the test split is never a fold's
@@ -169,13 +169,13 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
     command = [sys.executable, "scripts/cv.py", str(cfg), "--data-path", str(tree), "--output", str(tmp_path / "out")]
-    part = subprocess.run([*command, "--folds", "0,2"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    part = subprocess.run([*command, "--folds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert part.returncode == 0, part.stderr[-2000:]
     folder = tmp_path / "out" / "tiny" / "default-cv"
-    assert not (folder / "oof.csv").exists() and "folds [1] not finished yet" in (folder / "log.txt").read_text()
+    assert not (folder / "oof.csv").exists() and "folds [0] not finished yet" in (folder / "log.txt").read_text()
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert (folder / "log.txt").read_text().count("finished earlier, skipped") == 2  # 0 and 2 not trained again
+    assert (folder / "log.txt").read_text().count("finished earlier, skipped") == 1  # fold 1 not trained again
     oof = pd.read_csv(folder / "oof.csv")
     folds = pd.read_csv(tree / "folds.csv").set_index("image")
     assert sorted(oof["image"]) == sorted(folds.index)  # each pooled leaf once
@@ -183,33 +183,29 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     member0 = pd.read_csv(tmp_path / "out" / "tiny" / "default-fold0" / "test_val" / "predictions.csv")
     np.testing.assert_allclose(oof.set_index("image").loc[member0["image"], list(CLASSES)], member0[list(CLASSES)])
     summary = json.loads((folder / "cv_metrics.json").read_text())
-    assert [row["part"] for row in summary["metrics"]] == ["fold 0", "fold 1", "fold 2", "pooled"]
+    assert [row["part"] for row in summary["metrics"]] == ["fold 0", "fold 1", "pooled"]
     probs, targets = oof[list(CLASSES)].to_numpy(), targets_of(oof)
     samples = read_thresholds(folder / "thresholds_samples.json")
     assert samples_f1(targets, decide(probs, samples, "at_least_one")) >= samples_f1(
         targets, decide(probs, np.array(list(summary["thresholds"].values())), "at_least_one"))
 
-    review = subprocess.run([sys.executable, "scripts/label_issues.py", str(folder / "oof.csv"), "--data-path",
-                             str(tree), "--top", "5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert review.returncode == 0, review.stderr[-2000:]
+    assert load_script("scripts/label_issues.py").main([str(folder / "oof.csv"), "--data-path", str(tree),
+                                                        "--top", "5"]) == 0
     ranked = pd.read_csv(folder / "label_issues" / "label_issues.csv")
     assert sorted(ranked["image"]) == sorted(oof["image"]) and ranked["quality"].is_monotonic_increasing
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 2 + 3
+    assert again.returncode == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 1 + 2
 
-    scored = subprocess.run([sys.executable, "test.py", "--checkpoint", str(folder / "ensemble.json"),
-                             "--data-path", str(tree), "--split", "test"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert scored.returncode == 0, scored.stderr[-2000:]
+    test_script = load_script("test.py")
+    assert test_script.main(["--checkpoint", str(folder / "ensemble.json"), "--data-path", str(tree), "--split",
+                             "test"]) == 0
     ensemble = pd.read_csv(folder / "test_test" / "predictions.csv")
     members = []
-    for k in range(3):
+    for k in range(2):
         out = tmp_path / f"member{k}"
-        subprocess.run([sys.executable, "test.py", "--checkpoint",
-                        str(tmp_path / "out" / "tiny" / f"default-fold{k}" / "ckpt_best.pth"), "--data-path",
-                        str(tree), "--split", "test", "--tta", "--output", str(out)], cwd=ROOT, check=True,
-                       capture_output=True, timeout=300)
+        assert test_script.main(["--checkpoint", str(tmp_path / "out" / "tiny" / f"default-fold{k}" / "ckpt_best.pth"),
+                                 "--data-path", str(tree), "--split", "test", "--tta", "--output", str(out)]) == 0
         members.append(pd.read_csv(out / "predictions.csv")[list(CLASSES)].to_numpy())
     np.testing.assert_allclose(ensemble[list(CLASSES)].to_numpy(), np.mean(members, axis=0), atol=2e-6)
     thresholds = json.loads((folder / "ensemble.json").read_text())["thresholds"]
@@ -227,5 +223,5 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     second = pd.read_csv(tmp_path / "out" / "other" / "default-cv" / "oof.csv")
     np.testing.assert_allclose(mixed[list(CLASSES)], (oof[list(CLASSES)] + second[list(CLASSES)]) / 2, atol=1e-9)
     spec = Ensemble.read(combined / "ensemble.json")
-    assert len(spec.members) == 6 and {m.parent.parent.name for m in spec.members} == {"tiny", "other"}
+    assert len(spec.members) == 4 and {m.parent.parent.name for m in spec.members} == {"tiny", "other"}
     assert (combined / "thresholds_samples.json").is_file()
