@@ -1,10 +1,18 @@
-"""Shared fixtures: the real-data folder when PP_REAL_DATA is set (every test that uses it is marked real_data);
-the cores split between pytest-xdist's workers."""
+"""Shared fixtures: the tiny tree and the tiny trained Swins that several test files read (built once per
+session, per worker under pytest-xdist), the real-data folder when PP_REAL_DATA is set (every test that uses it
+is marked real_data), and the cores split between pytest-xdist's workers."""
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+from data.labels import CLASSES
+from helpers import ARCPSA, make_tree, tiny_runs
+
+# The tiny Swins shared by test_deploy, test_visual and test_app: (opts, training steps). 200 steps tell the
+# coloured spots apart (the web page's rust example is called rust).
+SHARED_MODELS = {"swin": ((), 200), "arcpsa": (ARCPSA, 10)}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -15,6 +23,19 @@ def pytest_configure(config: pytest.Config) -> None:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory) -> Path:
+    """A prepared tree of coloured-spot leaves (helpers.make_tree): 48 train, 16 val, 16 test."""
+    return make_tree(tmp_path_factory.mktemp("tiny_tree"), {"train": 48, "val": 16, "test": 16})
+
+
+@pytest.fixture(scope="session")
+def tiny_swin_runs(tmp_path_factory, tiny_tree) -> dict[str, Path]:
+    """The tiny Swin with a linear head and with ArcPSA, trained on tiny_tree and saved as main.py saves a run
+    (thresholds 0.5). Shared: read them, or write into a copy (helpers.copy_runs)."""
+    return tiny_runs(tmp_path_factory.mktemp("tiny_runs"), tiny_tree, SHARED_MODELS, [0.5] * len(CLASSES))
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,8 @@ TINY_SWIN_MODEL = [
     "DATA.NUM_WORKERS", "0", "SEED", "0",
 ]
 TINY_SWIN = [*TINY_SWIN_MODEL, "DATA.BATCH_SIZE", "8"]
+# The ArcPSA head and neck, as opts.
+ARCPSA = ("MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True")
 # A tiny CNN instead (the Swin keys emptied): opts to put after TINY_SWIN.
 CNN = ["MODEL.TYPE", "test_resnet", "MODEL.SWIN.EMBED_DIM", "0", "MODEL.SWIN.DEPTHS", "[]",
        "MODEL.SWIN.NUM_HEADS", "[]", "MODEL.SWIN.WINDOW_SIZE", "0", "DATA.IMG_SIZE", "96"]
@@ -193,6 +196,11 @@ def save_run(config, model: torch.nn.Module, thresholds: list[float] | None) -> 
     if thresholds is not None:
         write_thresholds(thresholds, run.thresholds())
     return run.path
+
+
+def copy_runs(runs: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """Copies of saved runs in ``folder`` (a test that writes into a run writes into its own copy)."""
+    return {name: Path(shutil.copytree(run, folder / name)) for name, run in runs.items()}
 
 
 def tiny_runs(output: Path, tree: Path, models: dict[str, tuple[tuple[str, ...], int]],

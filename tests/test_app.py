@@ -37,7 +37,8 @@ from deploy.backends import load_predictor
 from deploy.model_file import load_model_file
 from deploy.uploads import UploadError, UploadLimits, check_upload
 from evaluation.ensemble_file import Ensemble
-from helpers import ROOT, load_script, make_tree, snapshot, tiny_runs
+from evaluation.thresholds import write_thresholds
+from helpers import ROOT, copy_runs, load_script, make_tree, snapshot, tiny_runs
 from process.leaves import render_leaf
 from process.tree import Task, process_image
 from utils.errors import RunError
@@ -199,12 +200,12 @@ def test_example_leaves_are_the_first_test_leaf_of_each_class_named_after_its_la
 
 
 @pytest.fixture(scope="session")
-def app_run(tmp_path_factory) -> Path:
-    """A tiny Swin trained until it tells the spots apart, saved like main.py's best checkpoint (with
-    thresholds); its tree's test split gives the page its example leaves."""
-    tree = make_tree(tmp_path_factory.mktemp("app_tree"), {"train": 48, "test": 8})
-    thresholds = [0.3, 0.35, 0.4, 0.3, 0.35, 0.4]
-    return tiny_runs(tmp_path_factory.mktemp("app_output"), tree, {"app": ((), 200)}, thresholds)["app"]
+def app_run(tmp_path_factory, tiny_swin_runs) -> Path:
+    """A copy of the shared tiny Swin (it tells the spots apart) with thresholds.json of its own; its tree's test
+    split gives the page its example leaves."""
+    run = copy_runs({"app": tiny_swin_runs["swin"]}, tmp_path_factory.mktemp("app_output"))["app"]
+    write_thresholds([0.3, 0.35, 0.4, 0.3, 0.35, 0.4], run / "thresholds.json")
+    return run
 
 
 @pytest.mark.slow

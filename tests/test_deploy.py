@@ -26,7 +26,7 @@ from deploy.onnx_backend import OnnxPredictor, info_from_metadata, info_to_metad
 from evaluation.ensemble_file import Ensemble
 from evaluation.inference import Predictor
 from evaluation.thresholds import read_thresholds
-from helpers import CNN, ROOT, load_script, make_tree, tiny_runs
+from helpers import CNN, ROOT, copy_runs, load_script, tiny_runs
 from process.leaves import render_leaf
 
 pytestmark = pytest.mark.slow  # ONNX export of every model (the Swin's takes the longest), test.py in processes
@@ -34,24 +34,22 @@ pytestmark = pytest.mark.slow  # ONNX export of every model (the Swin's takes th
 export_script = load_script("export.py")
 test_script = load_script("test.py")
 
-MODELS = {
-    "swin": ((), 10),  # (opts, training steps)
-    "arcpsa": (("MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"), 10),
-    "cnn": ((*CNN, "DATA.IMG_SIZE", "64", "TEST.CROP", "True"), 5),
-}
+MODELS = {"cnn": ((*CNN, "DATA.IMG_SIZE", "64", "TEST.CROP", "True"), 5)}  # (opts, training steps), beside the Swins
 THRESHOLDS = [0.3, 0.35, 0.4, 0.45, 0.5, 0.55]
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="session")
-def deploy_tree(tmp_path_factory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("deploy_tree"), {"train": 24, "test": 16})
+def deploy_tree(tiny_tree) -> Path:
+    return tiny_tree
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory, deploy_tree) -> dict[str, Path]:
-    """One saved run per model kind; thresholds.json differs from the checkpoint's thresholds (it wins)."""
-    found = tiny_runs(tmp_path_factory.mktemp("deploy_output"), deploy_tree, MODELS, [0.5] * len(CLASSES))
+def runs(tmp_path_factory, tiny_tree, tiny_swin_runs) -> dict[str, Path]:
+    """One saved run per model kind (copies of the shared Swins, and a CNN); thresholds.json differs from the
+    checkpoint's thresholds (it wins)."""
+    output = tmp_path_factory.mktemp("deploy_output")
+    found = {**copy_runs(tiny_swin_runs, output), **tiny_runs(output, tiny_tree, MODELS, [0.5] * len(CLASSES))}
     for run in found.values():
         (run / "thresholds.json").write_text(json.dumps(dict(zip(CLASSES, THRESHOLDS))))
     return found

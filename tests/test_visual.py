@@ -16,27 +16,29 @@ from data.labels import CLASSES
 from data.transforms import build_transform
 from evaluation import inference
 from explain import gradcam
-from helpers import CNN, ODD_PHOTO_SIZE, draw_leaf, load_run, load_script, make_tree, odd_leaf_photo, tiny_runs
+from helpers import (
+    CNN,
+    ODD_PHOTO_SIZE,
+    copy_runs,
+    draw_leaf,
+    load_run,
+    load_script,
+    make_tree,
+    odd_leaf_photo,
+    tiny_runs,
+)
 
 visual_script = load_script("visual.py")
 
-MODELS = {
-    "swin": ((), 10),  # (opts, training steps)
-    "arcpsa": (("MODEL.HEAD", "arcface", "MODEL.PSA.ENABLE", "True"), 10),
-    "cnn": (tuple(CNN), 0),
-}
+MODELS = {"cnn": (tuple(CNN), 0)}  # (opts, training steps), beside the shared Swins
 IMAGE_SIZE = ODD_PHOTO_SIZE
 
 
 @pytest.fixture(scope="session")
-def cam_tree(tmp_path_factory) -> Path:
-    return make_tree(tmp_path_factory.mktemp("cam_tree"), {"train": 24})
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory, cam_tree) -> dict[str, Path]:
-    """One saved run per model kind (seeded; the Swin ones trained a few steps)."""
-    return tiny_runs(tmp_path_factory.mktemp("cam_output"), cam_tree, MODELS, [0.5] * len(CLASSES))
+def runs(tmp_path_factory, tiny_tree, tiny_swin_runs) -> dict[str, Path]:
+    """One saved run per model kind: copies of the shared Swins (visual.py writes into a run) and a CNN."""
+    output = tmp_path_factory.mktemp("cam_output")
+    return {**copy_runs(tiny_swin_runs, output), **tiny_runs(output, tiny_tree, MODELS, [0.5] * len(CLASSES))}
 
 
 @pytest.fixture(scope="session")
