@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +65,9 @@ def calibration_images(split: TreeSplit, preprocessing: EvalPreprocessing, count
 
 def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
     """The statically quantised model of the FP32 ``fp32`` bytes, calibrated on ``images`` (metadata unset)."""
-    # ONNX Runtime's quantisation tools import its transformers package, which appends its own folder to
-    # sys.path; its models/ would then shadow this project's ``models`` package (the one top-level name they
-    # share) wherever the project is not first on the path (an installed package). The path is put back.
-    path = list(sys.path)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    sys.path[:] = path
     with tempfile.TemporaryDirectory(prefix="int8_") as folder:
         source, prepared, target = (Path(folder) / name for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         source.write_bytes(fp32)

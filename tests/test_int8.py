@@ -245,3 +245,13 @@ def test_an_int8_file_that_failed_its_check_on_openvino_is_refused_there(files, 
         OpenVinoPredictor.from_file(failed)
     logger = logging.getLogger("test_int8")
     assert load_predictor(failed, "auto", CPU, logger).backend == "onnx"
+
+
+def test_our_models_package_stays_ours_after_onnx_runtimes_quantisation_tools_load():
+    """ONNX Runtime's quantisation tools append onnxruntime/transformers (which holds a ``models/``) to sys.path;
+    deploy.quantize imports this project's ``models`` first, so no later import can pick up theirs."""
+    code = ("import deploy.quantize, onnxruntime.quantization.shape_inference, models.ensemble, sys; "
+            "print(models.__file__); print(sys.path[-1])")
+    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=300)
+    ours, appended = result.stdout.split()
+    assert appended.endswith("onnxruntime/transformers") and ours == str(ROOT / "models" / "__init__.py")
