@@ -25,6 +25,12 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> Path:
+    """OUTPUT of the main.py runs of one test file (each run under its own --tag)."""
+    return tmp_path_factory.mktemp("output")
+
+
 @pytest.fixture(scope="session")
 def tiny_tree(tmp_path_factory) -> Path:
     """A prepared tree of coloured-spot leaves (helpers.make_tree): 48 train, 16 val, 16 test."""

@@ -39,11 +39,6 @@ def tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def output(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("output")
-
-
-@pytest.fixture(scope="module")
 def trained(tree, output) -> Path:
     """A one-epoch run of the tiny linear-head Swin (its run dir)."""
     assert main.main(cli(tree, output, "base", "TRAIN.EPOCHS", "1")) == 0

@@ -63,11 +63,6 @@ def tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def output(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("output")
-
-
-@pytest.fixture(scope="module")
 def whole(tree, output) -> Path:
     """The uninterrupted run (no loader workers: the result must not depend on them either)."""
     assert main.main(cli(tree, output, "whole", *OPTS)) == 0

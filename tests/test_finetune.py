@@ -50,11 +50,6 @@ def cli(tree: Path, output: Path, tag: str, *opts: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def output(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("output")
-
-
-@pytest.fixture(scope="module")
 def run(tree, output) -> Path:
     """Two epochs through main.py, a checkpoint after each."""
     assert main.main(cli(tree, output, "staged", "SAVE_FREQ", "1")) == 0

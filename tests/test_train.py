@@ -49,11 +49,6 @@ def tree(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("tree"), {"train": 24, "val": VAL_IMAGES})
 
 
-@pytest.fixture(scope="module")
-def output(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("output")
-
-
 def tiny_config(*opts: str):
     config = get_default_config()
     config.merge_from_list([*TINY_TRAINING, *opts])
