@@ -122,7 +122,7 @@ def test_stop_from_outside_then_resume_equals_the_uninterrupted_run(tree, output
 
 
 @pytest.mark.slow
-def test_sigkill_during_the_checkpoint_write_keeps_the_previous_one(tree, output, whole, capsys):
+def test_sigkill_during_the_checkpoint_write_keeps_the_previous_one(tree, output, whole, caplog):
     args = cli(tree, output, "sigkill_writing", *OPTS, *WORKERS)
     folder = run_dir(output, "sigkill_writing")
     killed, _ = stop_at(args, "writing:ckpt_latest.pth#2", signal.SIGKILL)
@@ -133,7 +133,7 @@ def test_sigkill_during_the_checkpoint_write_keeps_the_previous_one(tree, output
     assert f'"pid": {killed.pid}' in (folder / LOCK_NAME).read_text()
 
     assert main.main(args) == 0
-    assert f"taking over the lock of main.py training (pid {killed.pid}" in capsys.readouterr().err
+    assert f"taking over the lock of main.py training (pid {killed.pid}" in caplog.text
     assert re.search(r"removed 1 partial file\(s\) of a killed run: \.ckpt_latest\.pth\..*\.tmp",
                      (folder / "log.txt").read_text())
     assert_same_run(whole, folder)
@@ -264,7 +264,7 @@ with hold_run_lock(sys.argv[1], "holder"):
 """
 
 
-def test_lock_of_a_killed_process_is_taken_over_even_while_its_forked_children_live(tmp_path, capsys):
+def test_lock_of_a_killed_process_is_taken_over_even_while_its_forked_children_live(tmp_path, caplog):
     """DataLoader and pool workers are forked children: they must not keep a dead run's lock."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)
@@ -278,7 +278,7 @@ def test_lock_of_a_killed_process_is_taken_over_even_while_its_forked_children_l
         assert not has_ended(child)
         with hold_run_lock(tmp_path, "second") as lock:
             assert '"what": "second"' in lock.read_text()
-        assert f"taking over the lock of holder (pid {holder.pid} on " in capsys.readouterr().err
+        assert f"taking over the lock of holder (pid {holder.pid} on " in caplog.text
     finally:
         os.kill(child, signal.SIGKILL)
     assert not (tmp_path / LOCK_NAME).exists()  # a normal release removes it

@@ -14,15 +14,16 @@ import contextlib
 import datetime
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
 from pathlib import Path
 from typing import Iterator
 
-from termcolor import colored
-
 from utils.errors import RunError
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -81,8 +82,8 @@ def hold_run_lock(folder: str | Path, what: str) -> Iterator[Path]:
     try:
         previous = _read_holder(fd)
         if previous:
-            print(colored(f"warning: {folder}: taking over the lock of {_describe(previous)}, which ended "
-                          "without releasing it (killed?)", "yellow"), file=sys.stderr)
+            logger.warning(f"{folder}: taking over the lock of {_describe(previous)}, which ended without "
+                           "releasing it (killed?)")
         _write_holder(fd, what)
         _held.add(fd)
         yield path
