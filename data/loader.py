@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,13 @@ def oversample_indices(targets: np.ndarray, factors: Mapping[str, int]) -> list[
     weights = np.array([int(factors.get(name, 1)) for name in CLASSES])
     repeats = np.where(targets > 0, weights, 1).max(axis=1)
     return np.repeat(np.arange(len(targets)), repeats).tolist()
+
+
+def oversampling_summary(targets: np.ndarray, indices: Sequence[int]) -> str:
+    """``complex 355 -> 2,130, scab ...``: each class's training images before and after oversampling (the
+    classes whose count changed; empty when none did)."""
+    before, after = targets.sum(axis=0).astype(int), targets[np.asarray(indices, dtype=int)].sum(axis=0).astype(int)
+    return ", ".join(f"{name} {b:,} -> {a:,}" for name, b, a in zip(CLASSES, before, after) if a != b)
 
 
 def balance_weights(targets: np.ndarray, power: float) -> np.ndarray:

@@ -131,6 +131,39 @@ def heatmap_png(table: pd.DataFrame) -> bytes:
     return png_bytes(fig)
 
 
+BAR_METRICS = ("precision", "recall", "f1", "ap")  # the bars of metrics_bars.png, per class
+AVERAGE_LINES = {"macro": ("-", "black"), "micro": ("--", "purple"), "samples": (":", "saddlebrown")}  # F1 lines
+
+
+def class_bars_png(table: pd.DataFrame) -> bytes:
+    """metrics_bars.png: per-class precision, recall, F1 and AP as grouped bars (support under each class), with
+    the macro, micro and samples F1 as lines across."""
+    return png_bytes(class_bars_figure(table))
+
+
+def class_bars_figure(table: pd.DataFrame) -> Any:
+    """The matplotlib Figure of :func:`class_bars_png` (one bar container per metric of BAR_METRICS)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(BAR_METRICS)
+    x = np.arange(len(CLASSES))
+    for i, metric in enumerate(BAR_METRICS):
+        values = table.loc[list(CLASSES), metric].to_numpy(dtype=float)
+        bars = ax.bar(x + (i - (len(BAR_METRICS) - 1) / 2) * width, np.nan_to_num(values), width, label=metric)
+        ax.bar_label(bars, labels=["-" if np.isnan(v) else f"{v:.2f}" for v in values], fontsize=6)
+    for row, (style, colour) in AVERAGE_LINES.items():
+        if row in table.index and not np.isnan(table.loc[row, "f1"]):
+            ax.axhline(table.loc[row, "f1"], color=colour, linestyle=style, linewidth=1.2,
+                       label=f"{row} F1 {table.loc[row, 'f1']:.3f}")
+    support = table.loc[list(CLASSES), "support"].astype(int)
+    ax.set_xticks(x, [f"{name}\n({n} positive)" for name, n in zip(CLASSES, support)])
+    ax.set(ylim=(0, 1.08), ylabel="score", title="Per-class scores at the decision thresholds")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return fig
+
+
 def class_curves_png(targets: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, kind: str) -> bytes:
     """One PR (``kind='pr'``) or ROC (``kind='roc'``) curve per class, the decision threshold marked."""
     from matplotlib.figure import Figure
@@ -181,10 +214,11 @@ def confusion_png(targets: np.ndarray, predicted: np.ndarray) -> bytes:
 
 def write_report(folder: Path, table: pd.DataFrame, targets: np.ndarray, probs: np.ndarray,
                  thresholds: np.ndarray, meta: dict) -> None:
-    """metrics.csv/.json and the four figures of a labelled evaluation."""
+    """metrics.csv/.json and the five figures of a labelled evaluation."""
     atomic_write_text(table.to_csv(index_label="row"), folder / "metrics.csv")
     atomic_write_text(metrics_json(table, **meta), folder / "metrics.json")
     atomic_write_bytes(heatmap_png(table), folder / "metrics_heatmap.png")
+    atomic_write_bytes(class_bars_png(table), folder / "metrics_bars.png")
     atomic_write_bytes(class_curves_png(targets, probs, thresholds, "pr"), folder / "pr_curves.png")
     atomic_write_bytes(class_curves_png(targets, probs, thresholds, "roc"), folder / "roc_curves.png")
     atomic_write_bytes(confusion_png(targets, (probs >= thresholds).astype(int)), folder / "confusion_matrices.png")

@@ -2,7 +2,9 @@
 
 DST gets ``{train,val,test}/<code>/<image>.jpg`` (a multi-label image hard-linked into the folder of
 each of its labels), ``{train,val,test}.csv`` (``images`` + six 0/1 columns in CLASSES order),
-``stats.json`` and ``label_distribution.png``.
+``stats.json``, and pictures of the data: ``label_distribution.png`` (labels per split),
+``labels_per_image.png`` (images carrying 1, 2, 3... labels per split) and ``samples.png`` (a few leaves of
+every label combination, with their labels and split).
 
 Why it is built this way: training reads small JPEGs instead of 4000x2672 photos, and the tree alone
 carries the multi-label truth. An unreadable image is skipped and reported. ``stats.json`` is written
@@ -55,7 +57,7 @@ from process.duplicates import (
 from process.sources import KAGGLE, SPLITS, InputError, read_source
 from process.splits import assign_folds, assign_splits, folds_frame
 from utils.errors import RunError
-from utils.figures import png_bytes
+from utils.figures import Tile, png_bytes, tile_sheet
 from utils.files import DiskFullError, atomic_write, atomic_write_bytes, atomic_write_text, remove_partial_writes
 from utils.runlock import LOCK_NAME, hold_run_lock
 
@@ -65,7 +67,9 @@ JPEG_QUALITY = 95
 RESAMPLE = Image.Resampling.LANCZOS
 FORMAT_VERSION = 2  # part of the fingerprint: bump when the output of the same inputs changes
 STAGING = ".staged"  # resized JPEGs before the split is known (every hash is needed first)
-REPORTS = ("label_distribution.png", REPORT_CSV, SHEET_PNG, FOLDS_FILE)
+DISTRIBUTION_PNG, LABELS_PER_IMAGE_PNG, SAMPLES_PNG = "label_distribution.png", "labels_per_image.png", "samples.png"
+REPORTS = (DISTRIBUTION_PNG, LABELS_PER_IMAGE_PNG, SAMPLES_PNG, REPORT_CSV, SHEET_PNG, FOLDS_FILE)
+SAMPLES_PER_COMBINATION = 4  # leaves drawn per label combination in samples.png
 
 
 class NoUsableImages(RuntimeError):
@@ -276,9 +280,11 @@ def one_hot(rows: pd.DataFrame) -> pd.DataFrame:
 def split_stats(rows: pd.DataFrame) -> dict:
     """Images, per-label and per-combination counts of the rows of one split."""
     table = one_hot(rows)
+    counts = rows["labels"].str.split().str.len().value_counts().sort_index()
     return {"images": len(rows),
             "labels": {name: int(table[name].sum()) for name in CLASSES},
-            "combinations": {k: int(v) for k, v in rows["labels"].value_counts().sort_index().items()}}
+            "combinations": {k: int(v) for k, v in rows["labels"].value_counts().sort_index().items()},
+            "labels_per_image": {str(k): int(v) for k, v in counts.items()}}
 
 
 def plot_distribution(stats: dict) -> bytes:
@@ -296,6 +302,45 @@ def plot_distribution(stats: dict) -> bytes:
     axes.set_title("Label counts per split (a multi-label image counts once per label)")
     axes.legend(title="split (images)")
     return png_bytes(figure, dpi=120)
+
+
+def plot_labels_per_image(stats: dict) -> bytes:
+    """PNG of how many images carry 1, 2, 3... labels, per split (grouped bars)."""
+    counts = sorted({int(k) for split in SPLITS for k in stats["splits"][split]["labels_per_image"]}) or [1]
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    width = 0.8 / len(SPLITS)
+    x = np.arange(len(counts))
+    for i, split in enumerate(SPLITS):
+        found = stats["splits"][split]["labels_per_image"]
+        bars = axes.bar(x + (i - 1) * width, [found.get(str(k), 0) for k in counts], width,
+                        label=f"{split} ({stats['splits'][split]['images']})")
+        axes.bar_label(bars, fontsize=7)
+    axes.set_xticks(x, [f"{k} label{'s' if k > 1 else ''}" for k in counts])
+    axes.set_ylabel("images")
+    axes.set_title("Labels per image")
+    axes.legend(title="split (images)")
+    return png_bytes(figure, dpi=120)
+
+
+def sample_tiles(rows: pd.DataFrame, dst: Path, per_combination: int = SAMPLES_PER_COMBINATION
+                 ) -> tuple[list[list[Tile]], list[tuple[str, str]]]:
+    """samples.png's rows: the first leaves (by name) of every label combination in the tree, most frequent
+    combination first, each titled with its name and split; and each row's title (labels, count)."""
+    rows = rows.sort_values("output")
+    sheet, titles = [], []
+    for labels, count in rows["labels"].value_counts(sort=True).items():
+        chosen = rows[rows["labels"] == labels].head(per_combination)
+        titles.append((f"{labels} ({count} image{'s' if count > 1 else ''})", "black"))
+        sheet.append([Tile(dst / row.split / labels_to_codes(labels)[0] / row.output, f"{row.output[:20]}\n{row.split}")
+                      for row in chosen.itertuples()])
+    return sheet, titles
+
+
+def sample_sheet(rows: pd.DataFrame, dst: Path) -> bytes:
+    """samples.png: a few leaves of every label combination with their labels and split."""
+    sheet, titles = sample_tiles(rows, dst)
+    return tile_sheet(sheet, "A few leaves of each label combination", titles, side=160, inches=2.0)
 
 
 def summary_table(stats: dict) -> str:
@@ -331,7 +376,9 @@ def write_outputs(dst: Path, rows: pd.DataFrame, stats: dict, reports: dict[str,
     is complete."""
     for split in SPLITS:
         atomic_write_text(one_hot(rows[rows["split"] == split]).to_csv(index=False), dst / f"{split}.csv")
-    atomic_write_bytes(plot_distribution(stats), dst / "label_distribution.png")
+    atomic_write_bytes(plot_distribution(stats), dst / DISTRIBUTION_PNG)
+    atomic_write_bytes(plot_labels_per_image(stats), dst / LABELS_PER_IMAGE_PNG)
+    atomic_write_bytes(sample_sheet(rows, dst), dst / SAMPLES_PNG)
     for name, content in reports.items():
         (atomic_write_bytes if isinstance(content, bytes) else atomic_write_text)(content, dst / name)
     atomic_write_text(json.dumps(stats, indent=2), dst / "stats.json")

@@ -19,6 +19,7 @@ from data.labels import CLASSES, labels_to_vector
 from data.transforms import build_transform
 from evaluation import inference, reports
 from evaluation.metrics import multilabel_metrics
+from evaluation.reports import BAR_METRICS, class_bars_figure
 from evaluation.thresholds import read_thresholds, tune_thresholds, write_thresholds
 from helpers import ROOT, draw_leaf, load_script, make_tree, save_run, tiny_swin_config, train_a_little, val_thresholds
 from models import build_model
@@ -26,7 +27,7 @@ from models import build_model
 test_script = load_script("test.py")
 
 REPORT_FILES = ("metrics.csv", "metrics.json", "predictions.csv", "submission.csv", "metrics_heatmap.png",
-                "pr_curves.png", "roc_curves.png", "confusion_matrices.png")
+                "metrics_bars.png", "pr_curves.png", "roc_curves.png", "confusion_matrices.png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,6 +121,21 @@ def test_metrics_csv_equals_metrics_recomputed_from_predictions_csv(evaluated, r
     report = json.loads((evaluated / "metrics.json").read_text())
     assert report["num_images"] == len(predictions) == 16
     assert report["metrics"]["macro"]["f1"] == pytest.approx(expected.loc["macro", "f1"])
+
+
+def test_the_bar_chart_draws_metrics_csv(evaluated):
+    """One group of bars per class, one bar per metric of BAR_METRICS at its metrics.csv value; the averages'
+    F1 as lines."""
+    table = pd.read_csv(evaluated / "metrics.csv", index_col="row")
+    axes = class_bars_figure(table).axes[0]
+    assert len(axes.containers) == len(BAR_METRICS)
+    for bars, metric in zip(axes.containers, BAR_METRICS):
+        heights = [bar.get_height() for bar in bars]
+        np.testing.assert_allclose(heights, np.nan_to_num(table.loc[list(CLASSES), metric].to_numpy(dtype=float)))
+    lines = sorted(line.get_ydata()[0] for line in axes.get_lines())
+    assert lines == pytest.approx(sorted(table.loc[["macro", "micro", "samples"], "f1"]))
+    with Image.open(evaluated / "metrics_bars.png") as image:
+        assert image.width > image.height > 300
 
 
 def test_predictions_csv_holds_the_split_truth_and_the_models_probabilities(evaluated, run, tree):

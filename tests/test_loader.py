@@ -19,6 +19,7 @@ from data.loader import (
     balance_weights,
     build_loader,
     oversample_indices,
+    oversampling_summary,
 )
 from data.transforms import build_transform
 from helpers import make_tree
@@ -74,6 +75,9 @@ def test_oversample_indices_repeat_by_largest_factor():
     targets = np.stack([labels_to_vector(s) for s in ("healthy", "complex", "rust complex", "rust")])
     indices = oversample_indices(targets, {"complex": 3, "rust": 2})
     assert Counter(indices) == {0: 1, 1: 3, 2: 3, 3: 2}
+    # rust rides along on the rust + complex leaf: 2 -> 1*3 + 1*2; healthy is left as it was
+    assert oversampling_summary(targets, indices) == "complex 2 -> 6, rust 2 -> 5"
+    assert oversampling_summary(targets, oversample_indices(targets, {})) == ""
 
 
 def test_oversampling_touches_training_only(tree):

@@ -18,7 +18,7 @@ from helpers import snapshot
 from process.sources import InputError
 from process.splits import allocate, assign_splits
 from process.synthesize import synthesize
-from process.tree import SPLITS, NoUsableImages, prepare
+from process.tree import SAMPLES_PER_COMBINATION, SPLITS, NoUsableImages, prepare, sample_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -84,8 +84,32 @@ def test_tree_holds_every_image_in_one_split_with_exactly_its_labels(generated):
         assert len(splits) == 1, f"{name} in {splits}"
         assert codes == set(labels_to_codes(labels)), name
     assert sorted(p.name for p in dst.iterdir()) == sorted(
-        [*SPLITS, *(f"{s}.csv" for s in SPLITS), "stats.json", "label_distribution.png", "duplicates.csv"])
+        [*SPLITS, *(f"{s}.csv" for s in SPLITS), "stats.json", "label_distribution.png", "labels_per_image.png",
+         "samples.png", "duplicates.csv"])
     assert stats["total"]["images"] == 240 and stats["skipped"] == []
+
+
+def test_pictures_of_the_data_show_what_the_tree_holds(generated):
+    """labels_per_image.png counts what stats.json counts (from the split CSVs); samples.png has one row per label
+    combination of the tree, most frequent first, with its first leaves by name, each a file of the tree."""
+    _, dst, source, stats = generated
+    for split in SPLITS:
+        per_image = pd.read_csv(dst / f"{split}.csv")[list(CLASSES)].sum(axis=1).value_counts()
+        assert stats["splits"][split]["labels_per_image"] == {str(k): int(v) for k, v in per_image.items()}
+    split_of = {name: split for split in SPLITS for name in pd.read_csv(dst / f"{split}.csv")["images"]}
+    rows = pd.DataFrame({"output": [f"{Path(n).stem}.jpg" for n in source.index], "labels": source.to_numpy()})
+    rows["split"] = rows["output"].map(split_of)
+    sheet, titles = sample_tiles(rows, dst)
+    combinations = source.value_counts()
+    assert len(sheet) == len(titles) == len(combinations) == 12
+    assert [title for title, _ in titles] == [f"{labels} ({n} image{'s' if n > 1 else ''})"
+                                              for labels, n in combinations.items()]
+    for row, (labels, _) in zip(sheet, combinations.items()):
+        firsts = sorted(rows.loc[rows["labels"] == labels, "output"])[:SAMPLES_PER_COMBINATION]
+        assert [tile.picture.name for tile in row] == firsts and all(tile.picture.is_file() for tile in row)
+    for name in ("labels_per_image.png", "samples.png"):
+        with Image.open(dst / name) as image:
+            assert image.format == "PNG" and min(image.size) > 300
 
 
 def test_split_csvs_match_the_tree_and_the_source(generated):

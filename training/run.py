@@ -21,7 +21,7 @@ from yacs.config import CfgNode
 
 from data.dataset import TreeSplit
 from data.labels import CLASSES
-from data.loader import build_loader
+from data.loader import build_loader, oversampling_summary
 from evaluation.evaluate import evaluate_checkpoint
 from evaluation.metrics import summarize
 from evaluation.reports import coloured_table, training_curves_png
@@ -145,6 +145,9 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
         f"data: {len(dataset_train)} train images ({len(loader_train.sampler.indices)} samples with "
         f"DATA.OVERSAMPLE), {len(dataset_val)} val images, {len(loader_train)} steps/epoch"
     )
+    oversampled = oversampling_summary(dataset_train.targets, loader_train.sampler.indices)
+    if oversampled:
+        logger.info(f"oversampling (images with the label, per epoch): {oversampled}")
     model = place_model(build_model(config), config, device)
     logger.info(f"model: {config.MODEL.TYPE} head={config.MODEL.HEAD} psa={config.MODEL.PSA.ENABLE} "
                 f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
