@@ -14,9 +14,11 @@ from timm.data import create_transform
 from torchvision import transforms
 
 from config import get_config, get_default_config
+from data.dataset import first_leaf_of_each_class
 from data.transforms import TRAIN_CROP_SCALE, build_transform, normalization
 from deploy.onnx_export import export_checked
 from evaluation.inference import Predictor
+from explain.augmentations import augmentation_rows
 from helpers import ROOT, cli, load_script, make_tree
 
 main = load_script("main.py")
@@ -127,3 +129,37 @@ def test_report_config_trains_at_tiny_size_with_plateau_and_exports_with_parity(
     assert predictor.config.AUG.PRESET == "report" and predictor.config.TRAIN.OPTIMIZER.NAME == "adam"
     _, parity = export_checked(predictor.model, predictor.info, checkpoint)
     assert parity <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# The augmentation preview (scripts/augmentations.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_preview_draws_each_leaf_and_the_mixed_batch_the_same_way_for_a_seed(tiny_tree):
+    """A row per leaf (the photo, then the draws of the training transform), a row of the batch mixup made of the
+    first draws with targets that mix the leaves' labels; the same seed draws the same pixels."""
+    config = config_with("AUG.MIXUP", "0.8", "AUG.MIXUP_PROB", "1.0", "AUG.MIXUP_SWITCH_PROB", "0.0")
+    leaves = first_leaf_of_each_class(tiny_tree, "train")
+    rows, titles = augmentation_rows(config, leaves, draws=3, seed=5)
+    assert len(rows) == len(titles) == len(leaves) + 1
+    assert all(len(row) == 4 and row[0].title == "photo" for row in rows[:-1])
+    assert [t.picture.shape for t in rows[0][1:]] == [(config.DATA.IMG_SIZE, config.DATA.IMG_SIZE, 3)] * 3
+    assert titles[0][0].endswith(": complex") and len(rows[-1]) == len(leaves) - len(leaves) % 2
+    # mixup pairs image i with image n-1-i: the first leaf's target mixes its label (complex) with the last's (scab)
+    mixed = dict(part.split() for part in rows[-1][0].title.split(", "))
+    assert set(mixed) == {"complex", "scab"} and sum(map(float, mixed.values())) == pytest.approx(1, abs=0.011)
+    again, _ = augmentation_rows(config, leaves, draws=3, seed=5)
+    other, _ = augmentation_rows(config, leaves, draws=3, seed=6)
+    assert all(np.array_equal(a.picture, b.picture) for a, b in zip(rows[2][1:], again[2][1:]))
+    assert not all(np.array_equal(a.picture, b.picture) for a, b in zip(rows[2][1:], other[2][1:]))
+    assert len(augmentation_rows(get_default_config(), leaves[:2], draws=1, seed=0)[0]) == 2  # nothing mixed
+
+
+def test_the_preview_script_writes_its_sheet(tiny_tree, tmp_path):
+    output = tmp_path / "aug.png"
+    assert load_script("scripts/augmentations.py").main(["--cfg", str(ROOT / "configs" / "demo_cpu.yaml"),
+                                                         "--data-path", str(tiny_tree), "--draws", "2",
+                                                         "--output", str(output)]) == 0
+    with Image.open(output) as sheet:
+        assert sheet.format == "PNG" and sheet.height > sheet.width > 300  # 6 leaves x 3 pictures

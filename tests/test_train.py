@@ -185,6 +185,13 @@ def test_run_dir_and_checkpoint_contract(trained):
     assert {"train_loss", "train_macro_f1", "train_mAP", "val_loss", "lr", "macro_f1", "macro_f1_tuned",
             "mAP"} <= set(history.columns)
     assert list(json.loads((trained / "thresholds.json").read_text())) == list(CLASSES)
+    # the end of training: the best checkpoint's validation report, as test.py --split val writes it
+    report = json.loads((trained / "val_best" / "metrics.json").read_text())
+    assert report["split"] == "val" and report["best_epoch"] in (0, 1) and report["num_images"] == VAL_IMAGES
+    assert report["metrics"]["macro"]["f1"] == pytest.approx(
+        pd.read_csv(trained / "val_best" / "metrics.csv", index_col="row").loc["macro", "f1"])
+    for name in ("metrics_bars.png", "pr_curves.png", "predictions.csv"):
+        assert (trained / "val_best" / name).is_file(), name
 
     latest = torch.load(trained / "ckpt_latest.pth", map_location="cpu", weights_only=True)
     assert set(latest) == CONTRACT_KEYS

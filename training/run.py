@@ -377,6 +377,8 @@ def report_best(run: Run) -> None:
     result, thresholds, _ = evaluate_checkpoint(best_file, split_dir, device, batch_size, workers)
     run.logger.info(f"validation of the best epoch ({run.best.epoch}, thresholds tuned on val):\n"
                     + coloured_table(result.table))
+    result.write(run.dir.best_validation, thresholds, {"checkpoint": str(best_file), "split": "val",
+                                                        "best_epoch": run.best.epoch, "num_images": len(result.names)})
     flipped, _, _ = evaluate_checkpoint(best_file, split_dir, device, batch_size, workers, tta=True)
     tta_thresholds = tune_thresholds(flipped.targets, flipped.probs)
     write_thresholds(tta_thresholds, run.dir.thresholds(tta=True))

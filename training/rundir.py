@@ -83,6 +83,11 @@ class RunDir:
         return self.path / f"test_{split}"
 
     @property
+    def best_validation(self) -> Path:
+        """main.py's report of ckpt_best.pth on validation at the end of training (test.py's files for a split)."""
+        return self.path / "val_best"
+
+    @property
     def predictions(self) -> Path:
         """test.py's folder for ``--images``."""
         return self.path / "predict"
