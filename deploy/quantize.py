@@ -63,8 +63,36 @@ def calibration_images(split: TreeSplit, preprocessing: EvalPreprocessing, count
     return np.stack([dataset[i][0].numpy() for i in indices]).astype(np.float32)
 
 
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm")  # the layers INT8 is for
+
+
+def float_tail(model: onnx.ModelProto) -> list[str]:
+    """The nodes after the graph's last weight layers (no weight layer downstream of them, one upstream): the
+    logits' arithmetic, and an ensemble's sigmoid, weighted mean and logit. Left in float: quantised, a mean
+    probability near 1 rounds to exactly 1 and its logit to infinity."""
+    nodes = list(model.graph.node)  # ONNX keeps them in topological order
+    op_of = {node.name: node.op_type for node in nodes}
+    producer = {output: node.name for node in nodes for output in node.output}
+    consumers: dict[str, list[str]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    after_weights: dict[str, bool] = {}
+    for node in nodes:
+        after_weights[node.name] = node.op_type in WEIGHT_OPS or any(
+            after_weights.get(producer.get(name, ""), False) for name in node.input)
+    before_weights: dict[str, bool] = {}
+    for node in reversed(nodes):
+        before_weights[node.name] = any(
+            next_node in before_weights and (before_weights[next_node] or op_of[next_node] in WEIGHT_OPS)
+            for output in node.output for next_node in consumers.get(output, []))
+    return [node.name for node in nodes
+            if after_weights[node.name] and node.op_type not in WEIGHT_OPS and not before_weights[node.name]]
+
+
 def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
-    """The statically quantised model of the FP32 ``fp32`` bytes, calibrated on ``images`` (metadata unset)."""
+    """The statically quantised model of the FP32 ``fp32`` bytes, calibrated on ``images`` (metadata unset);
+    the arithmetic after its last weight layers stays in float (:func:`float_tail`)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -73,7 +101,8 @@ def quantize_int8(fp32: bytes, images: np.ndarray) -> bytes:
         source.write_bytes(fp32)
         quant_pre_process(source, prepared)
         quantize_static(prepared, target, LeafBatches(images), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=float_tail(onnx.load(prepared)))
         return target.read_bytes()
 
 

@@ -170,7 +170,17 @@ def tiny_swin_config(output: Path, tag: str, data_path: Path | str = "dataset", 
 
 
 def train_a_little(model: torch.nn.Module, train_dir: Path, config, steps: int) -> torch.nn.Module:
-    """A few AdamW steps of BCE on the (un-augmented) training images: weights that mean something."""
+    """A few AdamW steps of BCE on the (un-augmented) training images: weights that mean something. On one
+    thread, so that they are the same weights however many cores pytest-xdist gives this worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, train_dir, config, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: torch.nn.Module, train_dir: Path, config, steps: int) -> torch.nn.Module:
     torch.manual_seed(0)
     loader = DataLoader(MultiLabelImageFolder(train_dir, build_transform(False, config)), batch_size=8, shuffle=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)

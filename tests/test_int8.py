@@ -21,7 +21,7 @@ from data.labels import CLASSES
 from deploy.backends import load_predictor
 from deploy.onnx_backend import OnnxPredictor, info_to_metadata
 from deploy.openvino_backend import OpenVinoPredictor
-from deploy.quantize import DecisionError, check_decisions, require_decisions
+from deploy.quantize import WEIGHT_OPS, DecisionError, check_decisions, float_tail, require_decisions
 from evaluation.ensemble_file import Ensemble
 from evaluation.evaluate import split_logits
 from evaluation.inference import Predictor, sigmoid
@@ -36,7 +36,8 @@ test_script = load_script("test.py")
 app_script = load_script("app.py")
 
 # A tiny CNN (convolutions are what INT8 quantises per channel), trained enough to be confident.
-MODELS = {"cnn": ((*CNN, "DATA.IMG_SIZE", "64", "TEST.CROP", "True"), 60)}
+# 120 steps: a model whose INT8 file passes export's decision check (tolerance 0.005 on 16 validation leaves)
+MODELS = {"cnn": ((*CNN, "DATA.IMG_SIZE", "64", "TEST.CROP", "True"), 120)}
 CPU = torch.device("cpu")
 CALIBRATION = 8  # leaves
 OWN_KEYS = ("thresholds", "thresholds_from", "quantization")  # the metadata an INT8 file may hold apart from FP32's
@@ -158,6 +159,17 @@ def test_int8_export_of_an_ensemble_file(run, tmp_path):
     assert info.name == "ensemble of 2, TTA inside"
     assert info.thresholds == tuple(thresholds) or info.thresholds_from
     assert "INT8 decision check on" in (tmp_path / "log.txt").read_text()
+    # the members are quantised; the ensemble's mean of probabilities and its logit stay in float (quantised, a
+    # confident leaf's mean probability rounds to exactly 1 and its logit to infinity)
+    assert export_script.main(["--checkpoint", str(path)]) == 0  # its FP32 graph, ensemble.onnx
+    fp32, int8 = (onnx.load(tmp_path / name).graph for name in ("ensemble.onnx", "ensemble.int8.onnx"))
+    tail = float_tail(onnx.load(tmp_path / "ensemble.onnx"))
+    assert {"Sigmoid", "Clip"} <= {node.op_type for node in fp32.node if node.name in tail}
+    assert not any(node.op_type in WEIGHT_OPS for node in fp32.node if node.name in tail)
+    kept = [node for node in int8.node if node.name in tail]
+    requantised = {name for node in int8.node if node.op_type == "QuantizeLinear" for name in node.input}
+    assert len(kept) == len(tail) and not any(name in requantised for node in kept for name in node.output)
+    assert any(node.op_type == "QuantizeLinear" for node in int8.node)  # the members are quantised
 
 
 def scored(path: Path, backend: str, tree: Path, out: Path) -> tuple[pd.DataFrame, dict]:
