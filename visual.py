@@ -18,8 +18,17 @@ and the log says which member it is; written to ``<member's run>/cam/`` by defau
 
 ``--method rollout`` draws the attention map instead (``<stem>_rollout.png``, not per class): attention
 rollout for ViT-family models, the last stage's window attention for Swin (attention.py). ``--layers``
-adds ``<stem>_layer<k>.png`` per stage (Swin, CNNs) or block (ViT) and ``<stem>_layers.gif``. A model
+adds ``<stem>_layer<k>.png`` per stage (Swin, CNNs) or block (ViT) and ``<stem>_layers.gif``, and for attention
+models ``<stem>_attention<k>.png`` per attention block (heads fused by ``--head-fusion``) and
+``<stem>_attention.gif``: a ViT block's class-token attention over the patches, a Swin block's attention
+received within each window (on its stage's grid). A model
 with a spatial transformer (MODEL.STN) also gets ``<stem>_stn.png``: its input beside the warped view.
+Several ``--target-layer``s also draw ``<stem>_target_layers.png`` (a class per row, a layer per column);
+``--epochs`` walks the run's ``ckpt_epoch_N.pth`` files (``SAVE_FREQ``) in epoch order and draws the same
+photo's per-class maps at each epoch (``<stem>_epochs.png`` and ``<stem>_epochs.gif``).
+
+    python visual.py --cfg configs/demo_cpu.yaml --epochs --classes scab rust
+    python visual.py --cfg configs/demo_cpu.yaml --target-layer backbone.layers[0] backbone.layers[1]
 """
 from __future__ import annotations
 
@@ -42,8 +51,11 @@ from explain.gradcam import (
     class_indices,
     default_target_layer,
     explain_attention,
+    explain_block_attention,
     explain_image,
     explain_layers,
+    explain_over_epochs,
+    explain_target_layers,
     explain_warp,
     unique_stem,
 )
@@ -68,9 +80,13 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--discard-ratio", type=float, default=0.0,
                         help="rollout: the weakest fraction of each block's attention set to zero (default 0)")
     parser.add_argument("--layers", action="store_true",
-                        help="also one mean-activation panel per stage/block and a GIF of them")
-    parser.add_argument("--target-layer", help=f"dotted module path (default: {SWIN_TARGET_LAYER} for Swin, "
-                                               f"{VIT_TARGET_LAYER} for ViT, the last stage for CNNs)")
+                        help="also one mean-activation panel per stage/block and a GIF of them; for ViT-family and "
+                             "Swin models also each attention block's map (heads: --head-fusion) and a GIF")
+    parser.add_argument("--target-layer", nargs="+", metavar="LAYER",
+                        help=f"dotted module path (default: {SWIN_TARGET_LAYER} for Swin, {VIT_TARGET_LAYER} for ViT, "
+                             "the last stage for CNNs); several: also a panel of them side by side")
+    parser.add_argument("--epochs", action="store_true",
+                        help="also the maps of each ckpt_epoch_N.pth of the run (SAVE_FREQ), in epoch order")
     parser.add_argument("--thresholds", type=Path, metavar="FILE", help="thresholds JSON (default: the run's)")
     parser.add_argument("--output", type=Path, help="output folder (default: <run>/cam)")
     parser.add_argument("--gif", action="store_true", help="also write an animated GIF cycling the classes")
@@ -82,6 +98,31 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
 
 
 ROLLOUT = "rollout"
+
+
+def can_draw_attention(model) -> bool:
+    """Whether ``model``'s attention can be captured (timm ViT family, Swin V1)."""
+    try:
+        attention_kind(model)
+    except ValueError:
+        return False
+    return True
+
+
+def epoch_cams(run: RunDir, args: Namespace, device, logger) -> list[tuple[str, object]]:
+    """(``epoch N``, CAM) of each ckpt_epoch_N.pth of the run, in epoch order, at the same target layer."""
+    if args.method == ROLLOUT:
+        raise ValueError("--epochs draws Grad-CAM maps: not with --method rollout")
+    found = run.epoch_checkpoints()
+    if not found:
+        raise FileNotFoundError(f"{run.path}: no ckpt_epoch_N.pth to walk (train with SAVE_FREQ N)")
+    logger.info(f"--epochs: {len(found)} checkpoints, {found[0].name} .. {found[-1].name}")
+    cams = []
+    for path in found:
+        model = Predictor.from_checkpoint(path, device).model
+        layer = args.target_layer[0] if args.target_layer else default_target_layer(model)
+        cams.append((f"epoch {path.stem.rsplit('_', 1)[1]}", build_cam(model, args.method, layer)))
+    return cams
 
 
 def example_leaves(data_path: str) -> list[str]:
@@ -106,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(note)
     thresholds = resolve_thresholds(args.thresholds, run, predictor, logger)
     model, transform = predictor.model, predictor.transform
+    layers = [] if args.method == ROLLOUT else args.target_layer or [default_target_layer(model)]
     if args.method == ROLLOUT:
         try:
             kind = attention_kind(model)
@@ -113,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{predictor.path}: --method rollout: {error}") from None
         described = f"{args.method} ({kind}, heads {args.head_fusion}, discard ratio {args.discard_ratio})"
     else:
-        cam = build_cam(model, args.method, args.target_layer)
-        described = f"{args.method} at {args.target_layer or default_target_layer(model)}"
+        cam = build_cam(model, args.method, layers[0])
+        described = f"{args.method} at {', '.join(layers)}"
+    epochs = epoch_cams(run, args, device, logger) if args.epochs else []
+    has_attention = args.layers and can_draw_attention(model)
     preprocessing = predictor.info.preprocessing
     written, stems = [], set()
     images = args.images or example_leaves(predictor.info.data_path)
@@ -134,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                                   predictor.path)
         if args.layers:
             files += explain_layers(model, image, stem, transform, cam_folder)
+            if has_attention:
+                files += explain_block_attention(model, image, stem, transform, cam_folder, args.head_fusion)
+        if len(layers) > 1:
+            files += explain_target_layers(model, args.method, layers, image, stem, transform, classes, cam_folder)
+        if epochs:
+            files += explain_over_epochs(epochs, image, stem, transform, classes, cam_folder)
         if model.stn is not None:
             files += explain_warp(model, image, stem, transform, preprocessing.mean, preprocessing.std, cam_folder)
         written.extend(files)

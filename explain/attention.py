@@ -151,6 +151,39 @@ def swin_window_attention(model: nn.Module, images: torch.Tensor, head_fusion: s
     return torch.stack(maps).mean(dim=0)
 
 
+@torch.no_grad()
+def block_attention_maps(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean"
+                         ) -> tuple[list[str], list[torch.Tensor]]:
+    """Names and (B, h, w) maps of every attention block, first block first, heads fused by ``head_fusion``.
+
+    ViT family: the class token's attention over the patches (without a class token: the mean over the
+    patches' rows), on the patch grid. Swin: the attention each token receives within its window, on its
+    stage's token grid (a block sees only its windows: the maps show where, inside each window, it looks).
+    """
+    backbone = model.eval().backbone
+    if attention_kind(model) == "vit":
+        blocks, sizes = list(backbone.blocks), []
+        with captured_attention([block.attn for block in blocks]) as attentions:
+            model(images)
+        prefix, grid = backbone.num_prefix_tokens, backbone.patch_embed.grid_size
+        class_token = getattr(backbone, "cls_token", None) is not None
+        maps = [rollout_map(fuse_heads(a, head_fusion), prefix, grid, class_token) for a in attentions]
+        return [f"block {i + 1}/{len(maps)}" for i in range(len(maps))], maps
+    blocks = [(s, block) for s, stage in enumerate(backbone.layers) for block in stage.blocks]
+    sizes: list[tuple[int, int]] = []
+    hooks = [block.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[1:3])))
+             for _, block in blocks]
+    try:
+        with captured_attention([block.attn for _, block in blocks]) as attentions:
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    maps = [received_in_windows(a, block, *size, head_fusion) for a, (_, block), size in zip(attentions, blocks, sizes)]
+    names = [f"stage {s + 1} block {i + 1}/{len(blocks)}" for i, (s, _) in enumerate(blocks)]
+    return names, maps
+
+
 def attention_map(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean",
                   discard_ratio: float = 0.0) -> torch.Tensor:
     """(B, h, w) token-grid map: rollout for ViT-family models, last-stage window attention for Swin."""

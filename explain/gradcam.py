@@ -24,7 +24,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
-from explain.attention import attention_map, layer_maps
+from explain.attention import attention_map, block_attention_maps, layer_maps
 from models.family import SWIN, VIT, family_of
 from models.vit import PatchGrid
 from utils.errors import RunError
@@ -148,11 +148,12 @@ def grid_png(image: Image.Image, overlays: Sequence[np.ndarray], names: Sequence
     return tile_sheet(in_rows(tiles, 4), side=GIF_SIDE, inches=3.6, fontsize=11)
 
 
-def gif_bytes(overlays: Sequence[np.ndarray], captions: Sequence[str], seconds: float = 1.0) -> bytes:
-    """An endless animation of the overlays, each with its caption."""
+def gif_bytes(overlays: Sequence[np.ndarray], captions: Sequence[str], seconds: float = 1.0,
+              side: int = GIF_SIDE) -> bytes:
+    """An endless animation of the overlays (longer side at most ``side``), each with its caption."""
     frames = []
     for pixels, text in zip(overlays, captions):
-        frame = thumbnail(pixels, GIF_SIDE)
+        frame = thumbnail(pixels, side)
         draw = ImageDraw.Draw(frame)
         draw.rectangle((0, 0, frame.width, 22), fill=(0, 0, 0))
         draw.text((6, 4), text.replace(PASS, "(pass)").replace(FAIL, "(below threshold)"), fill=(255, 255, 255))
@@ -250,6 +251,65 @@ def explain_layers(model: nn.Module, image: Image.Image, stem: str, transform: C
     written.append(folder / f"{stem}_layers.gif")
     atomic_write_bytes(gif_bytes(overlays, captions), written[-1])
     return written
+
+
+def explain_block_attention(model: nn.Module, image: Image.Image, stem: str, transform: Callable, folder: Path,
+                            head_fusion: str = "mean") -> list[Path]:
+    """``<stem>_attention<k>.png`` per attention block (heads fused) and ``<stem>_attention.gif`` of them."""
+    device = next(model.parameters()).device
+    names, maps = block_attention_maps(model, transform(image)[None].to(device), head_fusion)
+    overlays = [overlay(image, scaled_to_max(at_image_size(m[0], image))) for m in maps]
+    written = []
+    for k, pixels in enumerate(overlays, start=1):
+        written.append(folder / f"{stem}_attention{k}.png")
+        atomic_write_bytes(png_bytes(pixels), written[-1])
+    written.append(folder / f"{stem}_attention.gif")
+    atomic_write_bytes(gif_bytes(overlays, [f"{name}, heads {head_fusion}" for name in names]), written[-1])
+    return written
+
+
+def explain_over_epochs(cams: Sequence[tuple[str, BaseCAM]], image: Image.Image, stem: str, transform: Callable,
+                        classes: Sequence[int], folder: Path) -> list[Path]:
+    """``<stem>_epochs.png``: one row per checkpoint (``cams``: (label, CAM) in epoch order), one overlay per class
+    titled with that checkpoint's probability; ``<stem>_epochs.gif``: the rows one after another."""
+    rows, titles, frames = [], [], []
+    for label, cam in cams:
+        maps, probs = class_maps(cam, image, transform, classes)
+        overlays = [overlay(image, m) for m in maps]
+        titles.append((label, "black"))
+        rows.append([Tile(o, f"{CLASSES[c]} {probs[c]:.2f}") for o, c in zip(overlays, classes)])
+        frames.append(side_by_side([thumbnail(o, GIF_SIDE // 2) for o in overlays]))
+    sheet, gif = folder / f"{stem}_epochs.png", folder / f"{stem}_epochs.gif"
+    atomic_write_bytes(tile_sheet(rows, f"{stem}: Grad-CAM per class over training", titles, side=GIF_SIDE // 2,
+                                  inches=2.4, fontsize=8), sheet)
+    atomic_write_bytes(gif_bytes(frames, [label for label, _ in cams], side=max(f.shape[1] for f in frames)), gif)
+    return [sheet, gif]
+
+
+def explain_target_layers(model: nn.Module, method: str, layers: Sequence[str], image: Image.Image, stem: str,
+                          transform: Callable, classes: Sequence[int], folder: Path) -> list[Path]:
+    """``<stem>_target_layers.png``: one row per class, one column per target layer, side by side."""
+    columns = []
+    for layer in layers:
+        maps, probs = class_maps(build_cam(model, method, layer), image, transform, classes)
+        columns.append([overlay(image, m) for m in maps])
+    rows = [[Tile(columns[j][i], layer) for j, layer in enumerate(layers)] for i in range(len(classes))]
+    titles = [(f"{CLASSES[c]} {probs[c]:.2f}", "black") for c in classes]
+    path = folder / f"{stem}_target_layers.png"
+    atomic_write_bytes(tile_sheet(rows, f"{stem}: {method} at each target layer", titles, side=GIF_SIDE // 2,
+                                  inches=2.6, fontsize=7), path)
+    return [path]
+
+
+def side_by_side(pictures: Sequence[Image.Image]) -> np.ndarray:
+    """Pictures of one height (``thumbnail`` of one image) in a row, as one RGB array."""
+    height = max(p.height for p in pictures)
+    row = Image.new("RGB", (sum(p.width for p in pictures), height))
+    x = 0
+    for picture in pictures:
+        row.paste(picture, (x, 0))
+        x += picture.width
+    return np.asarray(row)
 
 
 def unnormalised(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:

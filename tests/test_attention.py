@@ -176,6 +176,30 @@ def test_layers_gif_has_one_frame_per_stage_or_block(runs, leaf, tmp_path, kind)
     assert len(panels) == depth and all(Image.open(p).size == IMAGE_SIZE for p in panels)
     assert len({Image.open(p).tobytes() for p in panels}) == depth  # every depth draws its own map
     assert (out / "leaf_rust.png").is_file()  # the Grad-CAM maps are still written
+    attention_blocks = sorted(out.glob("leaf_attention[0-9]*.png"))
+    if kind == "cnn":
+        assert not attention_blocks and not (out / "leaf_attention.gif").exists()  # a CNN has no attention
+        return
+    blocks = len(backbone.blocks) if kind == "vit" else sum(len(stage.blocks) for stage in backbone.layers)
+    assert len(attention_blocks) == blocks and all(Image.open(p).size == IMAGE_SIZE for p in attention_blocks)
+    with Image.open(out / "leaf_attention.gif") as gif:
+        assert gif.n_frames == blocks
+
+
+def test_block_attention_is_each_blocks_own_class_token_row(runs, leaf):
+    """A ViT block's map is its own attention (heads fused), the class token's row over the patches, laid on
+    the patch grid: no product over blocks, as rollout takes."""
+    loaded = load_run(runs["vit"])
+    model, images = loaded.model, loaded.transform(load_image(leaf))[None]
+    names, maps = attention.block_attention_maps(model, images, "max")
+    backbone = model.backbone
+    assert names == [f"block {i + 1}/{len(backbone.blocks)}" for i in range(len(backbone.blocks))]
+    with attention.captured_attention([backbone.blocks[-1].attn]) as captured:
+        model(images)
+    fused = attention.fuse_heads(captured[0], "max")
+    expected = fused[:, 0, backbone.num_prefix_tokens:].reshape(1, *backbone.patch_embed.grid_size)
+    torch.testing.assert_close(maps[-1], expected)
+    assert all(m.shape == (1, *backbone.patch_embed.grid_size) for m in maps)
 
 
 @pytest.mark.parametrize("kind", ["vit", "arcpsa_vit"])

@@ -26,7 +26,12 @@ from helpers import (
     make_tree,
     odd_leaf_photo,
     tiny_runs,
+    train_a_little,
 )
+from models import build_model
+from training.checkpoint import model_state
+from training.rundir import RunDir
+from utils.files import atomic_save
 
 visual_script = load_script("visual.py")
 
@@ -208,3 +213,56 @@ def test_visual_without_images_explains_the_first_test_leaf_of_each_class(tmp_pa
         f"{Path(p).stem}_scab.png" for p in leaves)
     with pytest.raises(FileNotFoundError, match=r"no test split to take example leaves from; give --images"):
         visual_script.example_leaves(str(tmp_path / "out"))
+
+
+def test_epochs_walks_the_epoch_checkpoints_in_epoch_order(runs, tiny_tree, leaf, tmp_path, monkeypatch):
+    """--epochs: one row of per-class maps per ckpt_epoch_N.pth, epoch 2 before epoch 10, the GIF a frame each;
+    the maps change as the weights do."""
+    run = copy_runs({"run": runs["swin"]}, tmp_path)["run"]
+    config = inference.Predictor.from_checkpoint(run / "ckpt_best.pth", torch.device("cpu")).config
+    for epoch, steps in ((10, 30), (2, 3), (1, 0)):
+        torch.manual_seed(0)
+        model = train_a_little(build_model(config), tiny_tree / "train", config, steps)
+        atomic_save(model_state(config, model, [0.5] * len(CLASSES)), run / f"ckpt_epoch_{epoch}.pth")
+    assert [p.name for p in RunDir(run).epoch_checkpoints()] == [f"ckpt_epoch_{e}.pth" for e in (1, 2, 10)]
+    drawn = spy_on_sheets(monkeypatch)
+    out = tmp_path / "cam"
+    assert visual_script.main(["--checkpoint", str(run / "ckpt_best.pth"), "--images", str(leaf), "--epochs",
+                               "--classes", "scab", "rust", "--output", str(out), "--device", "cpu"]) == 0
+    rows, titles = drawn[-1]
+    assert [t for t, _ in titles] == ["epoch 1", "epoch 2", "epoch 10"] and [len(r) for r in rows] == [2, 2, 2]
+    assert [[tile.title.split()[0] for tile in r] for r in rows] == [["rust", "scab"]] * 3  # in class order
+    assert not np.array_equal(rows[0][0].picture, rows[2][0].picture)
+    with Image.open(out / "leaf_epochs.gif") as gif:
+        assert gif.n_frames == 3
+    assert (out / "leaf_epochs.png").is_file()
+    with pytest.raises(FileNotFoundError, match="no ckpt_epoch_N.pth to walk"):
+        visual_script.main(["--checkpoint", str(runs["cnn"] / "ckpt_best.pth"), "--images", str(leaf), "--epochs",
+                            "--output", str(tmp_path / "none")])
+
+
+def test_several_target_layers_are_drawn_side_by_side(runs, leaf, tmp_path, monkeypatch):
+    drawn = spy_on_sheets(monkeypatch)
+    layers = ["backbone.layers[0]", "backbone.layers[-1].blocks[-1].norm1"]
+    out = tmp_path / "cam"
+    assert visual_script.main(["--checkpoint", str(runs["swin"] / "ckpt_best.pth"), "--images", str(leaf),
+                               "--target-layer", *layers, "--classes", "scab", "rust", "complex", "--output",
+                               str(out), "--device", "cpu"]) == 0
+    rows, titles = drawn[-1]
+    assert [t.split()[0] for t, _ in titles] == ["complex", "rust", "scab"]  # in class order
+    assert [[tile.title for tile in row] for row in rows] == [layers] * 3
+    assert not np.array_equal(rows[0][0].picture, rows[0][1].picture)
+    assert (out / "leaf_target_layers.png").is_file() and (out / "leaf_scab.png").is_file()
+
+
+def spy_on_sheets(monkeypatch) -> list:
+    """The (rows, row titles) of every tile sheet explain/gradcam.py draws from now on."""
+    drawn = []
+    real = gradcam.tile_sheet
+
+    def spy(rows, title="", row_titles=(), **kwargs):
+        drawn.append((rows, list(row_titles)))
+        return real(rows, title, row_titles, **kwargs)
+
+    monkeypatch.setattr(gradcam, "tile_sheet", spy)
+    return drawn

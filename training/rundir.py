@@ -11,6 +11,7 @@ checkpoint's ``.onnx`` beside it.
 from __future__ import annotations
 
 import argparse
+import re
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,10 @@ class RunDir:
         return self.path / f"ckpt_epoch_{epoch}.pth"
 
     def epoch_checkpoints(self) -> list[Path]:
-        return [path for path in self.path.glob("ckpt_epoch_*.pth") if path.is_file()]
+        """The ``ckpt_epoch_N.pth`` files (SAVE_FREQ) in epoch order."""
+        found = [path for path in self.path.glob("ckpt_epoch_*.pth") if path.is_file()]
+        numbered = [(int(m.group(1)), p) for p in found if (m := re.fullmatch(r"ckpt_epoch_(\d+)\.pth", p.name))]
+        return [path for _, path in sorted(numbered)]
 
     def thresholds(self, tta: bool = False) -> Path:
         """The best checkpoint's thresholds tuned on validation (with TTA: on flip-averaged predictions)."""
