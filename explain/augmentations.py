@@ -1,5 +1,5 @@
 """What a config's training pipeline does to a leaf: N leaves x M draws of its training transform, and the batch
-mixup/cutmix makes of them, as one sheet with the settings written on it (scripts/augmentations.py).
+mixup/cutmix makes of them, as one sheet with the settings written on it (scripts/augmentation_sheet.py).
 
 Why: a recipe's augmentation is a list of keys; whether it keeps a lesion visible, or crops it away, is seen
 in a picture before hours of training. The draws are seeded: the same config and seed give the same sheet.

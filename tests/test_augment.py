@@ -132,7 +132,7 @@ def test_report_config_trains_at_tiny_size_with_plateau_and_exports_with_parity(
 
 
 # ---------------------------------------------------------------------------------------------
-# The augmentation preview (scripts/augmentations.py)
+# The augmentation preview (scripts/augmentation_sheet.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -158,7 +158,7 @@ def test_the_preview_draws_each_leaf_and_the_mixed_batch_the_same_way_for_a_seed
 
 def test_the_preview_script_writes_its_sheet(tiny_tree, tmp_path):
     output = tmp_path / "aug.png"
-    assert load_script("scripts/augmentations.py").main(["--cfg", str(ROOT / "configs" / "demo_cpu.yaml"),
+    assert load_script("scripts/augmentation_sheet.py").main(["--cfg", str(ROOT / "configs" / "demo_cpu.yaml"),
                                                          "--data-path", str(tiny_tree), "--draws", "2",
                                                          "--output", str(output)]) == 0
     with Image.open(output) as sheet:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from evaluation.ensemble_file import Ensemble, average_probs, probs_to_logits
 from evaluation.inference import sigmoid
 from evaluation.oof import fold_metrics, targets_of
 from evaluation.thresholds import decide, read_thresholds, samples_f1
-from helpers import ROOT, TINY_YAML, load_script
+from helpers import TINY_YAML, load_script
 from models.ensemble import MeanOfProbabilities, MemberInput
 from process.synthesize import synthesize
 from process.tree import DataOptions, prepare
@@ -168,13 +166,12 @@ def test_out_of_fold_metrics_on_known_predictions(tmp_path):
 def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_scores(tree, tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY_YAML)
-    command = [sys.executable, "scripts/cv.py", str(cfg), "--data-path", str(tree), "--output", str(tmp_path / "out")]
-    part = subprocess.run([*command, "--folds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert part.returncode == 0, part.stderr[-2000:]
+    # scripts/cv.py in this process (its folds' main.py and test.py are its child processes, as always)
+    command = [str(cfg), "--data-path", str(tree), "--output", str(tmp_path / "out")]
+    assert cv.main([*command, "--folds", "1"]) == 0
     folder = tmp_path / "out" / "tiny" / "default-cv"
     assert not (folder / "oof.csv").exists() and "folds [0] not finished yet" in (folder / "log.txt").read_text()
-    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert first.returncode == 0, first.stderr[-2000:]
+    assert cv.main(command) == 0
     assert (folder / "log.txt").read_text().count("finished earlier, skipped") == 1  # fold 1 not trained again
     oof = pd.read_csv(folder / "oof.csv")
     folds = pd.read_csv(tree / "folds.csv").set_index("image")
@@ -194,8 +191,7 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     ranked = pd.read_csv(folder / "label_issues" / "label_issues.csv")
     assert sorted(ranked["image"]) == sorted(oof["image"]) and ranked["quality"].is_monotonic_increasing
 
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 1 + 2
+    assert cv.main(command) == 0 and (folder / "log.txt").read_text().count("finished earlier, skipped") == 1 + 2
 
     test_script = load_script("test.py")
     assert test_script.main(["--checkpoint", str(folder / "ensemble.json"), "--data-path", str(tree), "--split",
@@ -215,9 +211,7 @@ def test_cv_trains_every_fold_pools_out_of_fold_predictions_and_the_ensemble_sco
     # A second config on the same tree: its folds, then the ensemble of both configs' members.
     other = tmp_path / "other.yaml"
     other.write_text(TINY_YAML.replace("NAME: tiny", "NAME: other") + "SEED: 7\n")
-    both = subprocess.run([sys.executable, "scripts/cv.py", str(cfg), str(other), "--data-path", str(tree),
-                           "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert both.returncode == 0, both.stderr[-2000:]
+    assert cv.main([str(cfg), str(other), "--data-path", str(tree), "--output", str(tmp_path / "out")]) == 0
     combined = tmp_path / "out" / "tiny+other" / "default-cv"
     mixed = pd.read_csv(combined / "oof.csv")
     second = pd.read_csv(tmp_path / "out" / "other" / "default-cv" / "oof.csv")

@@ -157,3 +157,12 @@ def library_modules() -> list[str]:
 @pytest.mark.parametrize("module", library_modules())
 def test_the_architecture_page_names_every_module(module: str):
     assert f"`{module}`" in (ROOT / "docs" / "architecture.md").read_text(), f"docs/architecture.md: no {module}"
+
+
+def test_no_two_modules_share_a_name():
+    """Library, entry points, scripts and benchmarks: a module's name says which it is (``export.py`` and a
+    ``deploy/export.py`` once both existed)."""
+    modules = [p for p in ROOT.rglob("*.py") if p.name != "__init__.py"
+               and p.relative_to(ROOT).parts[0] not in ("tests", ".venv", "demo", "output")]
+    names = [p.name for p in modules]
+    assert len(modules) > 60 and len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})

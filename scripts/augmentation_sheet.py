@@ -1,7 +1,7 @@
 """Picture what a config's training augmentation does: N leaves x M seeded draws, and the batch mixup/cutmix makes.
 
-    python scripts/augmentations.py --cfg configs/demo_cpu.yaml --data-path demo/dataset [--draws 6] [--seed 0]
-    python scripts/augmentations.py --cfg configs/demo_cpu.yaml --images leaf1.jpg leaf2.jpg --output aug.png
+    python scripts/augmentation_sheet.py --cfg configs/demo_cpu.yaml --data-path demo/dataset [--draws 6] [--seed 0]
+    python scripts/augmentation_sheet.py --cfg configs/demo_cpu.yaml --images leaf1.jpg leaf2.jpg --output aug.png
 
 Without ``--images``, the leaves are the first training leaf of each class of the tree (``--data-path``, else
 the config's DATA.DATA_PATH), with their labels. Written to ``--output`` (default: ``augmentations.png`` in the
