@@ -215,6 +215,9 @@ _C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30
 _C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1
 # Ours: 'plateau': epochs without improvement tolerated before the lr drops (PyTorch's ReduceLROnPlateau)
 _C.TRAIN.LR_SCHEDULER.PATIENCE_EPOCHS = 2
+# Ours: 'multistep': the epochs (counted from the start of training, after WARMUP_EPOCHS) at whose start the
+# lr is multiplied by DECAY_RATE, as PyTorch's MultiStepLR (required: timm's defaults are epochs 90, 180, 270)
+_C.TRAIN.LR_SCHEDULER.MILESTONES = []
 
 # Optimizer
 _C.TRAIN.OPTIMIZER = CN()
@@ -538,10 +541,25 @@ def _check_config(config: CN) -> None:
         raise ValueError(f"DATA.OVERSAMPLE.{low[0]} must be an integer >= 1")
     _check_normalization(config.DATA)
     train = config.TRAIN
+    _check_milestones(train)
     if train.BACKBONE_LR_SCALE < 0 or not 0 < train.LAYER_DECAY <= 1 or train.FREEZE_BACKBONE_EPOCHS < 0:
         raise ValueError("TRAIN.BACKBONE_LR_SCALE must be >= 0, TRAIN.LAYER_DECAY in (0, 1] and "
                          f"TRAIN.FREEZE_BACKBONE_EPOCHS >= 0; got {train.BACKBONE_LR_SCALE}, "
                          f"{train.LAYER_DECAY}, {train.FREEZE_BACKBONE_EPOCHS}")
+
+
+def _check_milestones(train: CN) -> None:
+    """TRAIN.LR_SCHEDULER.MILESTONES: given for multistep (only), increasing epochs after the warmup."""
+    schedule, milestones = train.LR_SCHEDULER, list(train.LR_SCHEDULER.MILESTONES)
+    if schedule.NAME == "multistep" and not milestones:
+        raise ValueError("TRAIN.LR_SCHEDULER.NAME multistep needs TRAIN.LR_SCHEDULER.MILESTONES (epochs at which "
+                         "the lr is multiplied by DECAY_RATE), e.g. [20, 30]")
+    if milestones and schedule.NAME != "multistep":
+        raise ValueError(f"TRAIN.LR_SCHEDULER.MILESTONES are for the multistep schedule, not {schedule.NAME!r}")
+    if milestones and (milestones != sorted(set(milestones)) or milestones[0] <= train.WARMUP_EPOCHS
+                       or milestones[-1] >= train.EPOCHS):
+        raise ValueError(f"TRAIN.LR_SCHEDULER.MILESTONES must be increasing epochs after the warmup "
+                         f"({train.WARMUP_EPOCHS}) and before TRAIN.EPOCHS ({train.EPOCHS}), got {milestones}")
 
 
 def _check_run_dir_names(config: CN) -> None:

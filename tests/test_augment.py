@@ -116,6 +116,7 @@ def test_report_config_states_the_reports_recipe():
             config.TRAIN.ACCUMULATION_STEPS, config.DATA.BATCH_SIZE, config.TRAIN.EPOCHS,
             config.DATA.OVERSAMPLE.complex, config.TRAIN.PATIENCE) == ("adam", "cosine", 1.0, 2, 16, 8, 6, 10)
     assert config.AUG.PRESET == "report" and config.AUG.ROTATION == 30 and config.AUG.HUE == 0.2
+    assert config.TRAIN.BASE_LR == 1e-4  # its appendix's "Learning Rate: 0.0001"
 
 
 def test_report_config_trains_at_tiny_size_with_plateau_and_exports_with_parity(tmp_path: Path):

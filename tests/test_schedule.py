@@ -103,6 +103,36 @@ def test_unknown_schedule_is_an_error_that_names_plateau():
         build_scheduler(config, two_group_optimizer(), 2)
 
 
+def test_multistep_decays_at_its_milestones_counted_from_the_start_of_training():
+    """Warmup epoch 0 (from WARMUP_LR 0), then BASE_LR 1.0; x0.1 at the start of epochs 3 and 5: the table by hand."""
+    config = get_default_config()
+    config.merge_from_list(["TRAIN.LR_SCHEDULER.NAME", "multistep", "TRAIN.LR_SCHEDULER.MILESTONES", "[3, 5]",
+                            "TRAIN.LR_SCHEDULER.DECAY_RATE", "0.1", "TRAIN.BASE_LR", "1.0", "TRAIN.WARMUP_LR", "0.0",
+                            "TRAIN.WARMUP_EPOCHS", "1", "TRAIN.EPOCHS", "7"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule, updates_per_epoch = build_scheduler(config, optimizer, 4), 4
+    lrs = []
+    for epoch in range(7):
+        schedule.step_update(epoch * updates_per_epoch)  # the first update of the epoch
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.0, 1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["TRAIN.LR_SCHEDULER.NAME", "multistep"], "multistep needs TRAIN.LR_SCHEDULER.MILESTONES"),
+    (["TRAIN.LR_SCHEDULER.MILESTONES", "[10]"], "MILESTONES are for the multistep schedule, not 'cosine'"),
+    (["TRAIN.LR_SCHEDULER.NAME", "multistep", "TRAIN.LR_SCHEDULER.MILESTONES", "[20, 10]"], "must be increasing"),
+    (["TRAIN.LR_SCHEDULER.NAME", "multistep", "TRAIN.LR_SCHEDULER.MILESTONES", "[300]"], "before TRAIN.EPOCHS"),
+])
+def test_milestones_are_checked_before_training(opts, message):
+    from argparse import Namespace
+
+    from config import get_config
+
+    with pytest.raises(ValueError, match=message):
+        get_config(Namespace(opts=opts))
+
+
 def test_main_with_plateau_halves_the_lr_after_every_epoch_that_did_not_improve(tmp_path):
     tree = make_tree(tmp_path / "tree", {"train": 16, "val": 8})
     opts = ("TRAIN.LR_SCHEDULER.NAME", "plateau", "TRAIN.LR_SCHEDULER.PATIENCE_EPOCHS", "0",

@@ -185,6 +185,10 @@ def test_run_dir_and_checkpoint_contract(trained):
     assert {"train_loss", "train_macro_f1", "train_mAP", "val_loss", "lr", "macro_f1", "macro_f1_tuned",
             "mAP"} <= set(history.columns)
     assert list(json.loads((trained / "thresholds.json").read_text())) == list(CLASSES)
+    model = build_model(config_from_string((trained / "config.yaml").read_text()))
+    assert (trained / "model.txt").read_text() == f"{model}\n"  # the module tree, as the fork prints it
+    total, backbone = (f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for m in (model, model.backbone))
+    assert f"{total} parameters, {total} trainable (backbone {backbone}, " in (trained / "log.txt").read_text()
     # the end of training: the best checkpoint's validation report, as test.py --split val writes it
     report = json.loads((trained / "val_best" / "metrics.json").read_text())
     assert report["split"] == "val" and report["best_epoch"] in (0, 1) and report["num_images"] == VAL_IMAGES
@@ -387,3 +391,12 @@ def test_counted_positive_weights_are_used_and_recorded(tree, output):
     assert list(recorded.LOSS.POS_WEIGHT) == counted_pos_weight(targets, 0.5) != [1.0] * 6
     saved = config_from_string(load_checkpoint_file(folder / "ckpt_best.pth")["config"])
     assert list(saved.LOSS.POS_WEIGHT) == list(recorded.LOSS.POS_WEIGHT)
+
+
+def test_pretrained_weights_given_as_resume_are_refused_naming_pretrained(tree, output, tmp_path):
+    """The fork's habit: official weights as --resume. One line naming the file and --pretrained; nothing trained."""
+    official_swin_checkpoint(tmp_path / "swin_official.pth")
+    with pytest.raises(ValueError, match=r"swin_official.pth: not a checkpoint of main.py \(no .*\): it holds weights "
+                                         r"only; to start from pretrained weights, give them as --pretrained "):
+        main.main(cli(tree, output, "resume_official", extra=("--resume", str(tmp_path / "swin_official.pth"))))
+    assert not (run_dir(output, "resume_official") / "ckpt_latest.pth").exists()

@@ -66,6 +66,18 @@ def load_training_checkpoint(path: Path) -> dict:
     return require_keys(load_checkpoint_file(path), path, TRAINING_KEYS)
 
 
+def load_resume_file(path: Path) -> dict:
+    """``--resume FILE`` (MODEL.RESUME): a checkpoint of main.py. Weights alone (Microsoft's or timm's
+    pretrained files, which the fork's users give as --resume) are a ValueError that names --pretrained."""
+    try:
+        return load_training_checkpoint(path)
+    except ValueError as error:
+        if "not a checkpoint of main.py" not in str(error):
+            raise
+        raise ValueError(f"{error}: it holds weights only; to start from pretrained weights, give them as "
+                         f"--pretrained {path} (MODEL.PRETRAINED), --resume continues a run of main.py") from None
+
+
 def inference_weights(ckpt: dict, config: CfgNode) -> dict:
     """EMA weights when the checkpoint has them and MODEL.EMA.EVAL is on, else the raw ones."""
     return ckpt["ema"] if ckpt.get("ema") is not None and config.MODEL.EMA.EVAL else ckpt["model"]
@@ -148,7 +160,7 @@ def load_resume_checkpoint(config: CfgNode, run: RunDir, logger: logging.Logger)
     candidates = run_checkpoints(run) if config.TRAIN.AUTO_RESUME else []
     if not candidates:
         resume = Path(config.MODEL.RESUME) if config.MODEL.RESUME else None
-        return (resume, load_training_checkpoint(resume)) if resume else None
+        return (resume, load_resume_file(resume)) if resume else None
     if config.MODEL.RESUME and Path(config.MODEL.RESUME).resolve() != candidates[0].resolve():
         logger.warning(f"auto-resume: {candidates[0]} takes over from MODEL.RESUME {config.MODEL.RESUME}")
     for path in candidates:

@@ -149,8 +149,10 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     if oversampled:
         logger.info(f"oversampling (images with the label, per epoch): {oversampled}")
     model = place_model(build_model(config), config, device)
-    logger.info(f"model: {config.MODEL.TYPE} head={config.MODEL.HEAD} psa={config.MODEL.PSA.ENABLE} "
-                f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    logger.info(f"model: {config.MODEL.TYPE} head={config.MODEL.HEAD} psa={config.MODEL.PSA.ENABLE}, "
+                f"{parameter_summary(model)}")
+    if rank == 0:
+        atomic_write_text(f"{model}\n", RunDir.of(config).model_file)
     updates_per_epoch = math.ceil(len(loader_train) / config.TRAIN.ACCUMULATION_STEPS)
     trainer = build_trainer(config, model, device, updates_per_epoch, mixup_fn, logger)
     run = Run(config, trainer, loader_train, loader_val, rank, logger)
@@ -186,6 +188,18 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     if code == EXIT_OK and rank == 0:
         report_best(run)
     return code
+
+
+def parameter_summary(model: torch.nn.Module) -> str:
+    """``28.29M parameters, 28.29M trainable (backbone 27.52M, neck 0.77M, head 0.00M)``: the model's parts
+    with parameters, in millions."""
+    def millions(parameters) -> str:
+        return f"{sum(p.numel() for p in parameters) / 1e6:.2f}M"
+
+    parts = ", ".join(f"{name} {millions(part.parameters())}" for name, part in model.named_children()
+                      if any(True for _ in part.parameters()))
+    trainable = millions(p for p in model.parameters() if p.requires_grad)
+    return f"{millions(model.parameters())} parameters, {trainable} trainable ({parts})"
 
 
 def restore_or_refuse(path: Path, ckpt: dict, trainer: Trainer, config: CfgNode) -> None:

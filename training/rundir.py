@@ -44,6 +44,11 @@ class RunDir:
         return self.path / "history.csv"
 
     @property
+    def model_file(self) -> Path:
+        """The module tree of the run's model (``print(model)``, as the fork logs it)."""
+        return self.path / "model.txt"
+
+    @property
     def curves(self) -> Path:
         return self.path / "curves.png"
 
