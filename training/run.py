@@ -151,8 +151,6 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
     model = place_model(build_model(config), config, device)
     logger.info(f"model: {config.MODEL.TYPE} head={config.MODEL.HEAD} psa={config.MODEL.PSA.ENABLE}, "
                 f"{parameter_summary(model)}")
-    if rank == 0:
-        atomic_write_text(f"{model}\n", RunDir.of(config).model_file)
     updates_per_epoch = math.ceil(len(loader_train) / config.TRAIN.ACCUMULATION_STEPS)
     trainer = build_trainer(config, model, device, updates_per_epoch, mixup_fn, logger)
     run = Run(config, trainer, loader_train, loader_val, rank, logger)
@@ -182,6 +180,7 @@ def train(config: CfgNode, device: torch.device, rank: int, logger: logging.Logg
                     f"(best {config.TRAIN.BEST_METRIC} {run.best.value:.4f} at epoch {run.best.epoch})")
     if rank == 0:
         atomic_write_text(config.dump(), run.dir.config_file)
+        atomic_write_text(f"{model}\n", run.dir.model_file)
 
     with GracefulStop() as stop:
         code = train_epochs(run, start_epoch, start_step, stop)
