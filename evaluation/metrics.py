@@ -82,7 +82,8 @@ def _average_score(score_fn, y_true: np.ndarray, probs: np.ndarray, average: str
 def summarize(
     y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float] | np.ndarray | None = None
 ) -> dict[str, float]:
-    """Flat per-epoch numbers: F1 at the default threshold (0.5) and at tuned ones, mAP, per-class AP and AUC.
+    """Flat per-epoch numbers: F1, accuracy (label-wise) and exact match (all six labels right: subset accuracy)
+    at the default threshold (0.5) and at tuned ones, mAP, per-class AP, AUC and accuracy (tuned thresholds).
 
     ``thresholds=None`` tunes them on these very arrays (what training does on validation).
     """
@@ -96,10 +97,14 @@ def summarize(
         pred = (probs >= thr).astype(int)
         for average in SUMMARY_ROWS:
             out[f"{average}_f1{suffix}"] = float(f1_score(y_true, pred, average=average, zero_division=0))
+        out[f"accuracy{suffix}"] = float((pred == y_true).mean())
+        out[f"exact_match{suffix}"] = float((pred == y_true).all(axis=1).mean())
+    right = (probs >= tuned).astype(int) == y_true
     out["mAP"] = _average_score(average_precision_score, y_true, probs, "macro")
     for c, name in enumerate(CLASSES):
         out[f"ap_{name}"] = _safe_score(average_precision_score, y_true[:, c], probs[:, c])
         out[f"auc_{name}"] = _safe_score(roc_auc_score, y_true[:, c], probs[:, c])
+        out[f"acc_{name}"] = float(right[:, c].mean())
     return out
 
 

@@ -83,14 +83,15 @@ def training_curves_png(rows: list[dict], best_metric: str) -> bytes:
     ax_loss, ax_f1, ax_lr = fig.subplots(1, 3)
     for column in ("train_loss", "val_loss"):
         ax_loss.plot(frame["epoch"], frame[column], marker=".", label=column)
-    for column in dict.fromkeys(("macro_f1", "macro_f1_tuned", "micro_f1", "mAP", best_metric)):
+    for column in dict.fromkeys(("macro_f1", "macro_f1_tuned", "micro_f1", "exact_match_tuned", "mAP", best_metric)):
         if column in frame:
             ax_f1.plot(frame["epoch"], frame[column], marker=".", label=column)
     for column in ("train_macro_f1", "train_mAP"):
         if column in frame and frame[column].notna().any():
             ax_f1.plot(frame["epoch"], frame[column], marker=".", linestyle="--", label=column)
     ax_lr.plot(frame["epoch"], frame["lr"], marker=".")
-    titles = ((ax_loss, "loss"), (ax_f1, "F1 and mAP (training: dashed)"), (ax_lr, "learning rate (end of epoch)"))
+    titles = ((ax_loss, "loss"), (ax_f1, "F1, exact match, mAP (training: dashed)"),
+              (ax_lr, "learning rate (end of epoch)"))
     for ax, title in titles:
         ax.set_title(title)
         ax.set_xlabel("epoch")

@@ -10,6 +10,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from config import get_default_config
 from data.labels import CLASSES
 from evaluation import metrics, thresholds
 
@@ -132,3 +133,27 @@ def test_tuned_thresholds_match_a_brute_force_search_with_middle_ties(arrays):
         scores = np.array([f1_score(y[:, c], p[:, c] >= t, zero_division=0) for t in grid])
         best = np.flatnonzero(np.isclose(scores, scores.max()))
         assert thr[c] == grid[best[len(best) // 2]]
+
+
+def test_accuracy_and_exact_match_are_scikit_learns():
+    """Label-wise accuracy (1 - Hamming loss), exact match (subset accuracy) and per-class accuracy, at 0.5 and
+    at the given thresholds, equal scikit-learn's on the same decisions; any of them can be TRAIN.BEST_METRIC."""
+    from sklearn.metrics import accuracy_score, hamming_loss
+
+    from training.run import check_best_metric
+
+    rng = np.random.default_rng(4)
+    targets = (rng.random((40, len(CLASSES))) < 0.3).astype(int)
+    probs = np.clip(targets * 0.6 + rng.random(targets.shape) * 0.5, 0, 1)
+    thresholds = np.linspace(0.3, 0.7, len(CLASSES))
+    out = metrics.summarize(targets, probs, thresholds)
+    for suffix, cut in (("", 0.5), ("_tuned", thresholds)):
+        predicted = (probs >= cut).astype(int)
+        assert out[f"exact_match{suffix}"] == pytest.approx(accuracy_score(targets, predicted))
+        assert out[f"accuracy{suffix}"] == pytest.approx(1 - hamming_loss(targets, predicted))
+    tuned = (probs >= thresholds).astype(int)
+    for c, name in enumerate(CLASSES):
+        assert out[f"acc_{name}"] == pytest.approx(accuracy_score(targets[:, c], tuned[:, c]))
+    config = get_default_config()
+    config.merge_from_list(["TRAIN.BEST_METRIC", "exact_match_tuned"])
+    check_best_metric(config)

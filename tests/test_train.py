@@ -182,8 +182,8 @@ def test_run_dir_and_checkpoint_contract(trained):
         assert (trained / name).is_file(), name
     history = pd.read_csv(trained / "history.csv")
     assert history["epoch"].tolist() == [0, 1]
-    assert {"train_loss", "train_macro_f1", "train_mAP", "val_loss", "lr", "macro_f1", "macro_f1_tuned",
-            "mAP"} <= set(history.columns)
+    assert {"train_loss", "train_macro_f1", "train_exact_match", "train_mAP", "val_loss", "lr", "macro_f1",
+            "macro_f1_tuned", "accuracy_tuned", "exact_match_tuned", "acc_rust", "mAP"} <= set(history.columns)
     assert list(json.loads((trained / "thresholds.json").read_text())) == list(CLASSES)
     model = build_model(config_from_string((trained / "config.yaml").read_text()))
     assert (trained / "model.txt").read_text() == f"{model}\n"  # the module tree, as the fork prints it

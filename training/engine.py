@@ -89,13 +89,14 @@ class TrainOutputs:
         return cls([state["probs"]], [state["targets"]])
 
     def metrics(self) -> dict[str, float]:
-        """``train_macro_f1`` (at the 0.5 threshold: tuning on the training batches would flatter) and
-        ``train_mAP``; nan when no batch had hard labels."""
+        """``train_macro_f1``, ``train_exact_match`` (at the 0.5 threshold: tuning on the training batches would
+        flatter) and ``train_mAP``; nan when no batch had hard labels."""
         if not self.probs:
-            return {"train_macro_f1": math.nan, "train_mAP": math.nan}
+            return {"train_macro_f1": math.nan, "train_exact_match": math.nan, "train_mAP": math.nan}
         state = self.state_dict()
         summary = summarize(state["targets"].numpy(), state["probs"].numpy(), [DEFAULT_THRESHOLD] * NUM_CLASSES)
-        return {"train_macro_f1": summary["macro_f1"], "train_mAP": summary["mAP"]}
+        return {"train_macro_f1": summary["macro_f1"], "train_exact_match": summary["exact_match"],
+                "train_mAP": summary["mAP"]}
 
 
 @dataclass

@@ -344,8 +344,8 @@ def validate_epoch(run: Run, epoch: int) -> tuple[dict, list[float]]:
 
 def log_epoch(run: Run, epoch: int, improved: bool) -> None:
     """One line per epoch: the training loss and metrics, then validation's (history's last row)."""
-    keys = ("train_loss", "train_macro_f1", "train_mAP", "val_loss", "macro_f1", "macro_f1_tuned", "micro_f1",
-            "samples_f1", "mAP", run.config.TRAIN.BEST_METRIC)
+    keys = ("train_loss", "train_macro_f1", "train_exact_match", "train_mAP", "val_loss", "macro_f1", "macro_f1_tuned",
+            "micro_f1", "samples_f1", "exact_match_tuned", "mAP", run.config.TRAIN.BEST_METRIC)
     row = run.history[-1]
     shown = " ".join(f"{k} {row[k]:.4f}" for k in dict.fromkeys(keys) if k in row)
     mark = " *best*" if improved else f" (best {run.best.value:.4f} at epoch {run.best.epoch})"
