@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, f1_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score
 
 from config import get_default_config
 from helpers import cli, load_script, make_tree, run_dir
@@ -165,6 +165,8 @@ def test_train_outputs_score_the_batches_at_the_default_threshold_and_survive_a_
     probs = torch.sigmoid(logits).numpy()
     expected_f1 = f1_score(targets, probs >= 0.5, average="macro", zero_division=0)
     expected_map = average_precision_score(targets, probs, average="macro")
-    assert resumed.metrics() == {"train_macro_f1": pytest.approx(expected_f1), "train_mAP": pytest.approx(expected_map)}
+    expected_exact = accuracy_score(targets, probs >= 0.5)  # subset accuracy: all six labels right
+    assert resumed.metrics() == {"train_macro_f1": pytest.approx(expected_f1), "train_mAP": pytest.approx(expected_map),
+                                 "train_exact_match": pytest.approx(expected_exact)}
     assert all(math.isnan(v) for v in TrainOutputs().metrics().values())
     assert TrainOutputs.from_state(TrainOutputs().state_dict()).probs == []

@@ -337,7 +337,7 @@ def test_unknown_config_key_is_an_error(tree, output, tmp_path):
     with pytest.raises(ValueError, match="NO_SUCH_KEY"):
         main.main(cli(tree, output, "bad", extra=("--cfg", str(tmp_path / "bad.yaml"))))
     with pytest.raises(ValueError, match="BEST_METRIC"):
-        main.main(cli(tree, output, "bad", "TRAIN.BEST_METRIC", "accuracy"))
+        main.main(cli(tree, output, "bad", "TRAIN.BEST_METRIC", "top1_accuracy"))
 
 
 def test_train_tmux_without_tmux_says_how_to_get_it(tree, output, tmp_path):
