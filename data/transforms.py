@@ -10,10 +10,13 @@ model was trained with.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import timm
+import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, resolve_data_config
 from timm.data import auto_augment as timm_auto_augment
@@ -126,6 +129,12 @@ def build_transform(is_train: bool, config: CfgNode) -> Callable:
         return report_pipeline(config, interpolation, final)
     return _keep_a_posterize_bit(transforms.Compose([*primary.transforms, *rotation(aug), *affine(aug),
                                                      *secondary.transforms, *final.transforms]))
+
+
+def unnormalised(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
+    """A normalised (3, H, W) tensor back to an RGB image (the transform's normalisation undone)."""
+    pixels = tensor.detach().float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def colour_jitter(aug: CfgNode) -> float | tuple[float, ...] | None:

@@ -105,16 +105,24 @@ def rollout_map(joint: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[in
     return rows[:, num_prefix_tokens:].reshape(joint.shape[0], *grid_size)
 
 
+def vit_attentions(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's attention (B, heads, N, N) of a ViT-family ``MultiLabelNet`` on ``images``, first block first."""
+    with captured_attention([block.attn for block in model.backbone.blocks]) as attentions:
+        model.eval()(images)
+    return attentions
+
+
+def on_patch_grid(joint: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """:func:`rollout_map` of a ViT-family backbone's (B, N, N) attention: its prefix tokens, grid, class token."""
+    return rollout_map(joint, backbone.num_prefix_tokens, backbone.patch_embed.grid_size,
+                       getattr(backbone, "cls_token", None) is not None)
+
+
 @torch.no_grad()
 def vit_rollout(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean",
                 discard_ratio: float = 0.0) -> torch.Tensor:
     """Attention rollout (B, H, W) of a ViT-family ``MultiLabelNet`` on normalised ``images``, patch grid."""
-    backbone = model.backbone
-    with captured_attention([block.attn for block in backbone.blocks]) as attentions:
-        model.eval()(images)
-    joint = rollout(attentions, head_fusion, discard_ratio)
-    return rollout_map(joint, backbone.num_prefix_tokens, backbone.patch_embed.grid_size,
-                       getattr(backbone, "cls_token", None) is not None)
+    return on_patch_grid(rollout(vit_attentions(model, images), head_fusion, discard_ratio), model.backbone)
 
 
 def received_in_windows(attention: torch.Tensor, block: nn.Module, height: int, width: int,
@@ -134,10 +142,10 @@ def received_in_windows(attention: torch.Tensor, block: nn.Module, height: int, 
     return grid
 
 
-@torch.no_grad()
-def swin_window_attention(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
-    """(B, H, W) on the last stage's token grid: window attention received, averaged over that stage's blocks."""
-    blocks = list(model.backbone.layers[-1].blocks)
+def swin_block_maps(model: nn.Module, images: torch.Tensor, blocks: Sequence[nn.Module], head_fusion: str = "mean"
+                    ) -> list[torch.Tensor]:
+    """(B, H, W) of each of ``blocks`` (Swin blocks of ``model``) on its stage's token grid: the window attention
+    each token receives (:func:`received_in_windows`)."""
     sizes: list[tuple[int, int]] = []
     hooks = [block.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[1:3])))
              for block in blocks]
@@ -147,8 +155,13 @@ def swin_window_attention(model: nn.Module, images: torch.Tensor, head_fusion: s
     finally:
         for hook in hooks:
             hook.remove()
-    maps = [received_in_windows(a, block, *size, head_fusion) for a, block, size in zip(attentions, blocks, sizes)]
-    return torch.stack(maps).mean(dim=0)
+    return [received_in_windows(a, block, *size, head_fusion) for a, block, size in zip(attentions, blocks, sizes)]
+
+
+@torch.no_grad()
+def swin_window_attention(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
+    """(B, H, W) on the last stage's token grid: window attention received, averaged over that stage's blocks."""
+    return torch.stack(swin_block_maps(model, images, list(model.backbone.layers[-1].blocks), head_fusion)).mean(dim=0)
 
 
 @torch.no_grad()
@@ -160,28 +173,13 @@ def block_attention_maps(model: nn.Module, images: torch.Tensor, head_fusion: st
     patches' rows), on the patch grid. Swin: the attention each token receives within its window, on its
     stage's token grid (a block sees only its windows: the maps show where, inside each window, it looks).
     """
-    backbone = model.eval().backbone
+    backbone = model.backbone
     if attention_kind(model) == "vit":
-        blocks, sizes = list(backbone.blocks), []
-        with captured_attention([block.attn for block in blocks]) as attentions:
-            model(images)
-        prefix, grid = backbone.num_prefix_tokens, backbone.patch_embed.grid_size
-        class_token = getattr(backbone, "cls_token", None) is not None
-        maps = [rollout_map(fuse_heads(a, head_fusion), prefix, grid, class_token) for a in attentions]
+        maps = [on_patch_grid(fuse_heads(a, head_fusion), backbone) for a in vit_attentions(model, images)]
         return [f"block {i + 1}/{len(maps)}" for i in range(len(maps))], maps
-    blocks = [(s, block) for s, stage in enumerate(backbone.layers) for block in stage.blocks]
-    sizes: list[tuple[int, int]] = []
-    hooks = [block.register_forward_pre_hook(lambda _m, args: sizes.append(tuple(args[0].shape[1:3])))
-             for _, block in blocks]
-    try:
-        with captured_attention([block.attn for _, block in blocks]) as attentions:
-            model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    maps = [received_in_windows(a, block, *size, head_fusion) for a, (_, block), size in zip(attentions, blocks, sizes)]
-    names = [f"stage {s + 1} block {i + 1}/{len(blocks)}" for i, (s, _) in enumerate(blocks)]
-    return names, maps
+    stages = [s for s, stage in enumerate(backbone.layers) for _ in stage.blocks]
+    maps = swin_block_maps(model, images, [block for stage in backbone.layers for block in stage.blocks], head_fusion)
+    return [f"stage {s + 1} block {i + 1}/{len(maps)}" for i, s in enumerate(stages)], maps
 
 
 def attention_map(model: nn.Module, images: torch.Tensor, head_fusion: str = "mean",

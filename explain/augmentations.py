@@ -18,7 +18,7 @@ from yacs.config import CfgNode
 
 from data.labels import CLASSES, labels_to_string, vector_to_labels
 from data.loader import build_mixup
-from data.transforms import build_transform, normalization
+from data.transforms import build_transform, normalization, unnormalised
 from utils.figures import Tile, tile_sheet
 
 MIXED_LABEL = 0.005  # a class shown in a mixed image's title when its target is at least this
@@ -28,13 +28,6 @@ def augmentation_settings(config: CfgNode) -> str:
     """The AUG.* keys and the input size, as lines for the sheet's title."""
     keys = ", ".join(f"{key} {value}" for key, value in sorted(config.AUG.items()))
     return "\n".join(textwrap.wrap(f"DATA.IMG_SIZE {config.DATA.IMG_SIZE}; AUG: {keys}", 150))
-
-
-def to_picture(tensor: torch.Tensor, config: CfgNode) -> np.ndarray:
-    """A normalised (3, H, W) tensor of the config's transform back to RGB uint8 pixels."""
-    mean, std, _ = normalization(config)
-    pixels = tensor.detach().float() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-    return (pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def seed_draws(seed: int) -> None:
@@ -48,7 +41,7 @@ def augmentation_rows(config: CfgNode, leaves: Sequence[tuple[Path, np.ndarray]]
                       ) -> tuple[list[list[Tile]], list[tuple[str, str]]]:
     """One row per leaf (the photo, then ``draws`` draws of the training transform), and, when the config
     mixes, one row per draw index of the batch that mixup/cutmix makes of the first draws; with row titles."""
-    transform = build_transform(True, config)
+    transform, (mean, std, _) = build_transform(True, config), normalization(config)
     seed_draws(seed)
     rows, titles, batches = [], [], []
     for path, target in leaves:
@@ -58,7 +51,7 @@ def augmentation_rows(config: CfgNode, leaves: Sequence[tuple[Path, np.ndarray]]
         batches.append(drawn)
         labels = labels_to_string(vector_to_labels(target))
         titles.append((f"{Path(path).name}: {labels}", "black"))
-        pictures = [Tile(to_picture(t, config), f"draw {i + 1}") for i, t in enumerate(drawn)]
+        pictures = [Tile(np.asarray(unnormalised(t, mean, std)), f"draw {i + 1}") for i, t in enumerate(drawn)]
         rows.append([Tile(photo, "photo"), *pictures])
     mixup = build_mixup(config)
     if mixup is not None and len(leaves) >= 2:
@@ -67,7 +60,8 @@ def augmentation_rows(config: CfgNode, leaves: Sequence[tuple[Path, np.ndarray]]
         targets = torch.tensor(np.stack([target for _, target in leaves[:even]]), dtype=torch.float32)
         mixed, soft = mixup(images.clone(), targets)
         titles.append(("the first draws as one batch through mixup/cutmix (targets mixed alike)", "black"))
-        rows.append([Tile(to_picture(image, config), _soft_labels(target)) for image, target in zip(mixed, soft)])
+        rows.append([Tile(np.asarray(unnormalised(image, mean, std)), _soft_labels(target))
+                     for image, target in zip(mixed, soft)])
     return rows, titles
 
 

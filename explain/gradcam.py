@@ -24,6 +24,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from data.labels import CLASS_INDEX, CLASSES, parse_labels
+from data.transforms import unnormalised
 from explain.attention import attention_map, block_attention_maps, layer_maps
 from models.family import SWIN, VIT, family_of
 from models.vit import PatchGrid
@@ -243,12 +244,18 @@ def explain_layers(model: nn.Module, image: Image.Image, stem: str, transform: C
     device = next(model.parameters()).device
     names, maps = layer_maps(model, transform(image)[None].to(device))
     overlays = [overlay(image, min_max(at_image_size(m[0], image))) for m in maps]
+    captions = [f"{name} ({m.shape[1]} x {m.shape[2]})" for name, m in zip(names, maps)]
+    return write_depths(overlays, captions, folder, f"{stem}_layer", f"{stem}_layers")
+
+
+def write_depths(overlays: Sequence[np.ndarray], captions: Sequence[str], folder: Path, frame_stem: str,
+                 gif_stem: str) -> list[Path]:
+    """``<frame_stem><k>.png`` per depth (k from 1) and ``<gif_stem>.gif`` cycling them; the files written."""
     written = []
     for k, pixels in enumerate(overlays, start=1):
-        written.append(folder / f"{stem}_layer{k}.png")
+        written.append(folder / f"{frame_stem}{k}.png")
         atomic_write_bytes(png_bytes(pixels), written[-1])
-    captions = [f"{name} ({m.shape[1]} x {m.shape[2]})" for name, m in zip(names, maps)]
-    written.append(folder / f"{stem}_layers.gif")
+    written.append(folder / f"{gif_stem}.gif")
     atomic_write_bytes(gif_bytes(overlays, captions), written[-1])
     return written
 
@@ -259,13 +266,8 @@ def explain_block_attention(model: nn.Module, image: Image.Image, stem: str, tra
     device = next(model.parameters()).device
     names, maps = block_attention_maps(model, transform(image)[None].to(device), head_fusion)
     overlays = [overlay(image, scaled_to_max(at_image_size(m[0], image))) for m in maps]
-    written = []
-    for k, pixels in enumerate(overlays, start=1):
-        written.append(folder / f"{stem}_attention{k}.png")
-        atomic_write_bytes(png_bytes(pixels), written[-1])
-    written.append(folder / f"{stem}_attention.gif")
-    atomic_write_bytes(gif_bytes(overlays, [f"{name}, heads {head_fusion}" for name in names]), written[-1])
-    return written
+    captions = [f"{name}, heads {head_fusion}" for name in names]
+    return write_depths(overlays, captions, folder, f"{stem}_attention", f"{stem}_attention")
 
 
 def explain_over_epochs(cams: Sequence[tuple[str, BaseCAM]], image: Image.Image, stem: str, transform: Callable,
@@ -302,7 +304,7 @@ def explain_target_layers(model: nn.Module, method: str, layers: Sequence[str], 
 
 
 def side_by_side(pictures: Sequence[Image.Image]) -> np.ndarray:
-    """Pictures of one height (``thumbnail`` of one image) in a row, as one RGB array."""
+    """Pictures of one height in a row (left to right), as one RGB array."""
     height = max(p.height for p in pictures)
     row = Image.new("RGB", (sum(p.width for p in pictures), height))
     x = 0
@@ -312,12 +314,6 @@ def side_by_side(pictures: Sequence[Image.Image]) -> np.ndarray:
     return np.asarray(row)
 
 
-def unnormalised(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> Image.Image:
-    """A normalised (3, H, W) tensor back to an RGB image (the transform's normalisation undone)."""
-    pixels = tensor.detach().float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-
-
 def explain_warp(model: nn.Module, image: Image.Image, stem: str, transform: Callable, mean: Sequence[float],
                  std: Sequence[float], folder: Path) -> list[Path]:
     """``<stem>_stn.png``: the model's input beside the spatial transformer's warp of it, side by side."""
@@ -325,10 +321,7 @@ def explain_warp(model: nn.Module, image: Image.Image, stem: str, transform: Cal
     batch = transform(image)[None].to(device)
     with torch.no_grad():
         warped = model.eval().stn(batch)
-    before, after = unnormalised(batch[0], mean, std), unnormalised(warped[0], mean, std)
-    pair = Image.new("RGB", (before.width + after.width, before.height))
-    pair.paste(before, (0, 0))
-    pair.paste(after, (before.width, 0))
+    pair = side_by_side([unnormalised(batch[0], mean, std), unnormalised(warped[0], mean, std)])
     path = folder / f"{stem}_stn.png"
     atomic_write_bytes(png_bytes(pair), path)
     return [path]
