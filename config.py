@@ -352,14 +352,20 @@ def _check_not_removed(keys: list[str], where: str) -> None:
             raise ValueError(f"{where}: config key {key} was removed ({REMOVED_KEYS[key]}); delete it")
 
 
+def _parent_of(tree: dict, key: str) -> tuple[dict | None, str]:
+    """The nested dict that holds dotted ``key`` in ``tree`` (None when a parent is missing), and its last part."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
+
+
 def _drop_removed(saved: CN) -> None:
     """Remove the keys of REMOVED_KEYS from a checkpoint's saved config, so older checkpoints still load."""
     for key in REMOVED_KEYS:
-        *parents, leaf = key.split(".")
-        node = saved
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _parent_of(saved, key)
+        if node is not None:
             node.pop(leaf, None)
 
 
@@ -367,11 +373,8 @@ def _rename_old_keys(tree: dict, where: str) -> None:
     """Move each RENAMED_KEYS key of a nested dict (a yaml file's or a checkpoint's config) to its new
     name, with a one-line note; the new name wins where both are set."""
     for old, new in RENAMED_KEYS.items():
-        *old_parents, old_leaf = old.split(".")
-        node = tree
-        for part in old_parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or old_leaf not in node:
+        node, old_leaf = _parent_of(tree, old)
+        if node is None or old_leaf not in node:
             continue
         value = node.pop(old_leaf)
         *new_parents, new_leaf = new.split(".")

@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -289,36 +290,32 @@ def split_stats(rows: pd.DataFrame) -> dict:
 
 def plot_distribution(stats: dict) -> bytes:
     """PNG of per-split label counts as grouped bars."""
-    figure = Figure(figsize=(10, 5), layout="constrained")
-    axes = figure.add_subplot()
-    width = 0.8 / len(SPLITS)
-    x = np.arange(len(CLASSES))
-    for i, split in enumerate(SPLITS):
-        counts = [stats["splits"][split]["labels"][name] for name in CLASSES]
-        bars = axes.bar(x + (i - 1) * width, counts, width, label=f"{split} ({stats['splits'][split]['images']})")
-        axes.bar_label(bars, fontsize=7)
-    axes.set_xticks(x, CLASSES, rotation=15)
-    axes.set_ylabel("images")
-    axes.set_title("Label counts per split (a multi-label image counts once per label)")
-    axes.legend(title="split (images)")
-    return png_bytes(figure, dpi=120)
+    return split_bars(stats, CLASSES, lambda split: [split["labels"][name] for name in CLASSES], (10, 5),
+                      "Label counts per split (a multi-label image counts once per label)", rotation=15)
 
 
 def plot_labels_per_image(stats: dict) -> bytes:
     """PNG of how many images carry 1, 2, 3... labels, per split (grouped bars)."""
     counts = sorted({int(k) for split in SPLITS for k in stats["splits"][split]["labels_per_image"]}) or [1]
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    return split_bars(stats, [f"{k} label{'s' if k > 1 else ''}" for k in counts],
+                      lambda split: [split["labels_per_image"].get(str(k), 0) for k in counts], (7, 4.5),
+                      "Labels per image")
+
+
+def split_bars(stats: dict, ticks: Sequence[str], counts_of: Callable[[dict], list[int]], size: tuple[float, float],
+               title: str, rotation: float = 0) -> bytes:
+    """PNG of grouped bars: per tick, one bar per split of ``counts_of(stats["splits"][split])``, counts on top."""
+    figure = Figure(figsize=size, layout="constrained")
     axes = figure.add_subplot()
     width = 0.8 / len(SPLITS)
-    x = np.arange(len(counts))
+    x = np.arange(len(ticks))
     for i, split in enumerate(SPLITS):
-        found = stats["splits"][split]["labels_per_image"]
-        bars = axes.bar(x + (i - 1) * width, [found.get(str(k), 0) for k in counts], width,
+        bars = axes.bar(x + (i - 1) * width, counts_of(stats["splits"][split]), width,
                         label=f"{split} ({stats['splits'][split]['images']})")
         axes.bar_label(bars, fontsize=7)
-    axes.set_xticks(x, [f"{k} label{'s' if k > 1 else ''}" for k in counts])
+    axes.set_xticks(x, ticks, rotation=rotation)
     axes.set_ylabel("images")
-    axes.set_title("Labels per image")
+    axes.set_title(title)
     axes.legend(title="split (images)")
     return png_bytes(figure, dpi=120)
 

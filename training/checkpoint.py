@@ -53,11 +53,11 @@ def load_checkpoint_file(path: str | Path) -> dict:
     return obj
 
 
-def require_keys(ckpt: dict, path: Path, keys: tuple[str, ...]) -> dict:
-    """``ckpt`` when it has every key, else a ValueError naming the file and what it lacks."""
+def require_keys(ckpt: dict, path: Path, keys: tuple[str, ...], hint: str = "") -> dict:
+    """``ckpt`` when it has every key, else a ValueError naming the file, what it lacks (and ``hint``)."""
     missing = set(keys) - set(ckpt)
     if missing:
-        raise ValueError(f"{path}: not a checkpoint of main.py (no {', '.join(sorted(missing))})")
+        raise ValueError(f"{path}: not a checkpoint of main.py (no {', '.join(sorted(missing))}){hint}")
     return ckpt
 
 
@@ -69,13 +69,9 @@ def load_training_checkpoint(path: Path) -> dict:
 def load_resume_file(path: Path) -> dict:
     """``--resume FILE`` (MODEL.RESUME): a checkpoint of main.py. Weights alone (Microsoft's or timm's
     pretrained files, which the fork's users give as --resume) are a ValueError that names --pretrained."""
-    try:
-        return load_training_checkpoint(path)
-    except ValueError as error:
-        if "not a checkpoint of main.py" not in str(error):
-            raise
-        raise ValueError(f"{error}: it holds weights only; to start from pretrained weights, give them as "
-                         f"--pretrained {path} (MODEL.PRETRAINED), --resume continues a run of main.py") from None
+    return require_keys(load_checkpoint_file(path), path, TRAINING_KEYS,
+                        f": it holds weights only; to start from pretrained weights, give them as --pretrained "
+                        f"{path} (MODEL.PRETRAINED), --resume continues a run of main.py")
 
 
 def inference_weights(ckpt: dict, config: CfgNode) -> dict:

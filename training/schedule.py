@@ -78,7 +78,7 @@ def build_scheduler(config: CfgNode, optimizer: torch.optim.Optimizer, updates_p
             num_epochs=max(train.EPOCHS - train.WARMUP_EPOCHS, 1),
             decay_epochs=schedule.DECAY_EPOCHS,
             # multistep: timm counts its milestones after the warmup prefix, ours from the start of training
-            decay_milestones=[m - train.WARMUP_EPOCHS for m in schedule.MILESTONES] or (90, 180, 270),
+            decay_milestones=[m - train.WARMUP_EPOCHS for m in schedule.MILESTONES],
             decay_rate=schedule.DECAY_RATE,
             min_lr=train.MIN_LR,
             warmup_lr=train.WARMUP_LR,
